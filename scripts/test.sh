@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Run every pgmux test. The one command for a fresh Debian bookworm machine:
+#
+#   scripts/test.sh [CARGO TEST ARGS...]      e.g. scripts/test.sh --test pooling
+#
+# What it does, idempotently:
+#   1. PostgreSQL 15 server and client binaries (initdb, postgres, pg_ctl,
+#      pg_basebackup, psql, pgbench) in $PGBIN: installed with apt when missing
+#      (packages postgresql-15 and postgresql-client-15; pgbench ships in
+#      postgresql-15). Needs root; without root it stops and says what is missing.
+#      No default cluster is created and no service is started by the install.
+#   2. An OS user `postgres`: PostgreSQL refuses to run as root, so the test
+#      support runs it as `postgres` when the tests run as root.
+#   3. The open-file limit raised to the hard limit (tests open many clients).
+#   4. `cargo test --locked` from the repository root. Plain `cargo test`, not
+#      nextest: the tests of one binary share one PostgreSQL cluster.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+PG_TOOLS=(postgres initdb pg_ctl pg_basebackup pg_isready psql pgbench)
+PG_PACKAGES=(postgresql-15 postgresql-client-15)
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'scripts/test.sh: %s\n' "$*" >&2; exit 1; }
+is_root() { [ "$(id -u)" = 0 ]; }
+
+missing_tools() {
+  local t
+  for t in "${PG_TOOLS[@]}"; do
+    [ -x "$PGBIN/$t" ] || printf '%s ' "$t"
+  done
+}
+
+# --- 1. PostgreSQL 15 -------------------------------------------------------
+missing=$(missing_tools)
+if [ -n "$missing" ]; then
+  if ! is_root; then
+    die "missing in $PGBIN: $missing
+  install them as root:  apt-get install -y ${PG_PACKAGES[*]}
+  (or run this script as root, or point PGBIN at a PostgreSQL 15 bin directory)"
+  fi
+  command -v apt-get >/dev/null || die "missing in $PGBIN: $missing, and apt-get is not available"
+  say "PostgreSQL 15 tools missing ($missing): installing ${PG_PACKAGES[*]} with apt"
+  # Tests start their own clusters: ask postgresql-common not to create and
+  # start the default cluster on port 5432, and keep services from starting.
+  mkdir -p /etc/postgresql-common/createcluster.d
+  if [ ! -f /etc/postgresql-common/createcluster.d/pgmux-no-main-cluster.conf ]; then
+    say "writing /etc/postgresql-common/createcluster.d/pgmux-no-main-cluster.conf (create_main_cluster = false)"
+    echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/pgmux-no-main-cluster.conf
+  fi
+  policy_rc=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    policy_rc=/usr/sbin/policy-rc.d
+  fi
+  say "apt-get update"
+  apt-get update -q
+  say "apt-get install -y ${PG_PACKAGES[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --no-upgrade "${PG_PACKAGES[@]}"
+  [ -n "$policy_rc" ] && rm -f "$policy_rc"
+  missing=$(missing_tools)
+  [ -z "$missing" ] || die "still missing in $PGBIN after the install: $missing"
+  say "installed: $("$PGBIN/postgres" --version)"
+else
+  say "PostgreSQL: $("$PGBIN/postgres" --version) in $PGBIN"
+fi
+export PATH="$PGBIN:$PATH"
+
+# --- 2. the postgres OS user --------------------------------------------------
+if ! id -u postgres >/dev/null 2>&1; then
+  if is_root; then
+    say "creating the OS user postgres"
+    useradd --system --user-group --home-dir /var/lib/postgresql --create-home \
+      --shell /bin/bash postgres
+  else
+    say "no OS user postgres: fine when not root (PostgreSQL runs as $(id -un))"
+  fi
+fi
+
+# --- 3. open files --------------------------------------------------------------
+hard=$(ulimit -Hn)
+ulimit -n "$hard" 2>/dev/null || true
+say "open-file limit: $(ulimit -n) (hard $hard)"
+
+# --- 4. cargo test ---------------------------------------------------------------
+if ! command -v cargo >/dev/null && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
+  export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+fi
+command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (https://rustup.rs), then run this again"
+
+cd "$ROOT"
+say "cargo test --locked $*"
+exec cargo test --locked "$@"

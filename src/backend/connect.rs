@@ -1,0 +1,266 @@
+//! Opening a server connection: TCP, StartupMessage, authentication as a client, parameters.
+
+use super::error::BackendError;
+use super::server::{parse_error, ServerConn};
+use super::settings::Settings;
+use crate::config::Secret;
+use crate::protocol::frame::peek_header;
+use bytes::BytesMut;
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::{backend::Message, frontend};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Login-phase messages are small; a larger one means the peer is not a PostgreSQL server.
+const MAX_LOGIN_MESSAGE: usize = 1 << 20;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Where to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub connect_timeout: Duration,
+}
+
+impl Target {
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Who to log in as.
+#[derive(Clone, PartialEq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: Option<Secret>,
+}
+
+/// A logged-in server connection and the ParameterStatus values the server reported.
+pub async fn connect(
+    target: &Target,
+    creds: &Credentials,
+) -> Result<(ServerConn, Vec<(String, String)>), BackendError> {
+    let addr = target.addr();
+    let login = login(target, creds, &addr);
+    if target.connect_timeout.is_zero() {
+        return login.await;
+    }
+    tokio::time::timeout(target.connect_timeout, login)
+        .await
+        .map_err(|_| BackendError::Timeout {
+            addr,
+            secs: target.connect_timeout.as_secs_f64(),
+        })?
+}
+
+async fn login(
+    target: &Target,
+    creds: &Credentials,
+    addr: &str,
+) -> Result<(ServerConn, Vec<(String, String)>), BackendError> {
+    let stream = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|source| BackendError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    let _ = stream.set_nodelay(true);
+    let sock = socket2::SockRef::from(&stream);
+    let _ = sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
+    let mut conn = Login {
+        stream,
+        buf: BytesMut::with_capacity(8192),
+        addr: addr.to_owned(),
+    };
+
+    let mut out = BytesMut::new();
+    let params = [("user", creds.user.as_str()), ("database", target.database.as_str())];
+    frontend::startup_message(params.iter().copied(), &mut out).map_err(|e| conn.io(e))?;
+    conn.send(&mut out).await?;
+
+    let mut scram: Option<ScramSha256> = None;
+    let mut reported = Vec::new();
+    let (mut process_id, mut secret_key) = (0, 0);
+    loop {
+        match conn.read().await? {
+            Message::AuthenticationOk => {}
+            Message::AuthenticationCleartextPassword => {
+                let password = conn.plain_password(creds)?;
+                frontend::password_message(password.as_bytes(), &mut out).map_err(|e| conn.io(e))?;
+                conn.send(&mut out).await?;
+            }
+            Message::AuthenticationMd5Password(body) => {
+                let hashed = match &creds.password {
+                    Some(Secret::Plain(p)) => {
+                        postgres_protocol::authentication::md5_hash(creds.user.as_bytes(), p.as_bytes(), body.salt())
+                    }
+                    Some(Secret::Md5(inner)) => md5_from_inner(inner, body.salt()),
+                    _ => return Err(conn.no_password(creds)),
+                };
+                frontend::password_message(hashed.as_bytes(), &mut out).map_err(|e| conn.io(e))?;
+                conn.send(&mut out).await?;
+            }
+            Message::AuthenticationSasl(body) => {
+                let mut mechanisms = body.mechanisms();
+                let mut offered = false;
+                while let Some(m) = mechanisms.next().map_err(|e| conn.io(e))? {
+                    offered |= m == SCRAM_SHA_256;
+                }
+                if !offered {
+                    return Err(conn.unsupported("SASL without SCRAM-SHA-256"));
+                }
+                let password = conn.plain_password(creds)?;
+                let client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                frontend::sasl_initial_response(SCRAM_SHA_256, client.message(), &mut out).map_err(|e| conn.io(e))?;
+                conn.send(&mut out).await?;
+                scram = Some(client);
+            }
+            Message::AuthenticationSaslContinue(body) => {
+                let client = scram
+                    .as_mut()
+                    .ok_or_else(|| conn.protocol("unexpected SASL continue"))?;
+                client.update(body.data()).map_err(|e| conn.protocol(&e.to_string()))?;
+                frontend::sasl_response(client.message(), &mut out).map_err(|e| conn.io(e))?;
+                conn.send(&mut out).await?;
+            }
+            Message::AuthenticationSaslFinal(body) => {
+                let client = scram.as_mut().ok_or_else(|| conn.protocol("unexpected SASL final"))?;
+                client.finish(body.data()).map_err(|e| conn.protocol(&e.to_string()))?;
+            }
+            Message::ParameterStatus(body) => {
+                let name = body.name().map_err(|e| conn.io(e))?;
+                let value = body.value().map_err(|e| conn.io(e))?;
+                reported.push((name.to_owned(), value.to_owned()));
+            }
+            Message::BackendKeyData(body) => {
+                process_id = body.process_id();
+                secret_key = body.secret_key();
+            }
+            Message::NoticeResponse(_) => {}
+            Message::ReadyForQuery(_) => break,
+            Message::AuthenticationGss | Message::AuthenticationSspi | Message::AuthenticationKerberosV5 => {
+                return Err(conn.unsupported("GSSAPI/SSPI/Kerberos"));
+            }
+            _ => return Err(conn.protocol("unexpected message during login")),
+        }
+    }
+    let now = Instant::now();
+    let server = ServerConn {
+        stream: conn.stream,
+        buf: conn.buf,
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        addr: conn.addr,
+        process_id,
+        secret_key,
+        created: now,
+        idle_since: now,
+        settings: Settings::default(),
+    };
+    Ok((server, reported))
+}
+
+/// "md5" + hex(md5(hex(inner) + salt)), for an md5 secret stored as md5(password + user).
+fn md5_from_inner(inner: &[u8; 16], salt: [u8; 4]) -> String {
+    use md5::{Digest, Md5};
+    let mut hasher = Md5::new();
+    hasher.update(hex(inner).as_bytes());
+    hasher.update(salt);
+    format!("md5{}", hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct Login {
+    stream: TcpStream,
+    buf: BytesMut,
+    addr: String,
+}
+
+impl Login {
+    async fn send(&mut self, out: &mut BytesMut) -> Result<(), BackendError> {
+        let result = self.stream.write_all(out).await;
+        out.clear();
+        result.map_err(|e| self.io(e))
+    }
+
+    async fn read(&mut self) -> Result<Message, BackendError> {
+        loop {
+            let header = peek_header(&self.buf, MAX_LOGIN_MESSAGE).map_err(|e| self.protocol(&e.to_string()))?;
+            if let Some((b'E', total)) = header {
+                if self.buf.len() >= total {
+                    let error = parse_error(&self.buf[5..total]);
+                    return Err(BackendError::Refused {
+                        addr: self.addr.clone(),
+                        error,
+                    });
+                }
+            }
+            if let Some(message) = Message::parse(&mut self.buf).map_err(|e| self.protocol(&e.to_string()))? {
+                return Ok(message);
+            }
+            let n = self.stream.read_buf(&mut self.buf).await.map_err(|e| self.io(e))?;
+            if n == 0 {
+                return Err(self.io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    fn plain_password<'c>(&self, creds: &'c Credentials) -> Result<&'c str, BackendError> {
+        match &creds.password {
+            Some(Secret::Plain(p)) => Ok(p),
+            _ => Err(self.no_password(creds)),
+        }
+    }
+
+    fn no_password(&self, creds: &Credentials) -> BackendError {
+        BackendError::NoPassword {
+            addr: self.addr.clone(),
+            user: creds.user.clone(),
+        }
+    }
+
+    fn unsupported(&self, method: &str) -> BackendError {
+        BackendError::UnsupportedAuth {
+            addr: self.addr.clone(),
+            method: method.to_owned(),
+        }
+    }
+
+    fn protocol(&self, what: &str) -> BackendError {
+        BackendError::Protocol {
+            addr: self.addr.clone(),
+            what: what.to_owned(),
+        }
+    }
+
+    fn io(&self, source: std::io::Error) -> BackendError {
+        BackendError::Io {
+            addr: self.addr.clone(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn md5_inner_matches_plain() {
+        let salt = [1, 2, 3, 4];
+        let plain = postgres_protocol::authentication::md5_hash(b"app", b"secret", salt);
+        let inner: [u8; 16] = {
+            use md5::{Digest, Md5};
+            Md5::digest(b"secretapp").into()
+        };
+        assert_eq!(md5_from_inner(&inner, salt), plain);
+    }
+}

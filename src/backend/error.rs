@@ -1,0 +1,39 @@
+use crate::protocol::messages::PgError;
+use thiserror::Error;
+
+/// Why a server connection could not be made or used.
+#[derive(Debug, Error)]
+pub enum BackendError {
+    #[error("could not connect to server {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("timed out connecting to server {addr} after {secs} s (server_connect_timeout)")]
+    Timeout { addr: String, secs: f64 },
+    /// The server refused the login; its own error is passed on as it was.
+    #[error("server {addr} refused the login: {error}")]
+    Refused { addr: String, error: PgError },
+    #[error("server {addr} asks for a password for user {user:?}, and pgmux has none for it")]
+    NoPassword { addr: String, user: String },
+    #[error("server {addr} asks for an authentication method pgmux does not support ({method})")]
+    UnsupportedAuth { addr: String, method: String },
+    #[error("server {addr} broke the protocol: {what}")]
+    Protocol { addr: String, what: String },
+    #[error("connection to server {addr} lost: {source}")]
+    Io { addr: String, source: std::io::Error },
+}
+
+impl BackendError {
+    /// What the client sees. A login refusal keeps the server's SQLSTATE (28P01, 3D000, 53300 ...).
+    pub fn to_pg(&self) -> PgError {
+        match self {
+            BackendError::Refused { error, .. } => error.clone(),
+            BackendError::NoPassword { .. } => PgError::fatal("08006", self.to_string())
+                .with_hint("set a plain-text password in [users.NAME] or [databases.NAME] of pooler.toml"),
+            other => PgError::fatal("08006", other.to_string()),
+        }
+    }
+
+    /// A wrong password or unknown role, as opposed to a server that is down.
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(self, BackendError::Refused { error, .. } if error.code == "28P01" || error.code == "28000")
+    }
+}

@@ -1,0 +1,11 @@
+//! Server connections: connect, log in, and the state each one carries between clients.
+
+pub mod connect;
+pub mod error;
+pub mod server;
+pub mod settings;
+
+pub use connect::{connect, Credentials, Target};
+pub use error::BackendError;
+pub use server::ServerConn;
+pub use settings::Settings;

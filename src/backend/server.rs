@@ -1,0 +1,110 @@
+//! One server connection and what it remembers between the clients it serves.
+
+use super::settings::Settings;
+use bytes::BytesMut;
+use std::time::Instant;
+use tokio::net::TcpStream;
+
+pub struct ServerConn {
+    pub stream: TcpStream,
+    /// Bytes read from the server and not yet forwarded.
+    pub buf: BytesMut,
+    pub id: u64,
+    pub addr: String,
+    pub process_id: i32,
+    pub secret_key: i32,
+    pub created: Instant,
+    /// When it was last checked in; the janitor closes connections idle past server_idle_timeout.
+    pub idle_since: Instant,
+    /// Client settings applied to this session, as far as pgmux knows.
+    pub settings: Settings,
+}
+
+impl ServerConn {
+    /// True when the idle socket has nothing to say: a server that closed it, or sent an
+    /// unsolicited message (a FATAL before a shutdown), is not handed to a client.
+    pub fn is_quiet(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+impl std::fmt::Debug for ServerConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "server #{} {} pid {}", self.id, self.addr, self.process_id)
+    }
+}
+
+/// What a query pgmux ran for itself ended with.
+pub struct Outcome {
+    pub error: Option<crate::protocol::messages::PgError>,
+    pub status: u8,
+}
+
+impl ServerConn {
+    /// Runs SQL of pgmux's own (settings, ROLLBACK, server_reset_query) and reads up to its
+    /// ReadyForQuery; nothing of the answer reaches a client. Only for a server with no pending
+    /// answers: the caller's tracking guarantees it.
+    pub async fn run(&mut self, sql: &str) -> Result<Outcome, super::BackendError> {
+        use crate::protocol::frame::peek_header;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut out = BytesMut::new();
+        crate::protocol::messages::query(&mut out, sql);
+        let io = |addr: &str, source| super::BackendError::Io {
+            addr: addr.to_owned(),
+            source,
+        };
+        self.stream.write_all(&out).await.map_err(|e| io(&self.addr, e))?;
+        let mut error = None;
+        loop {
+            let frame = peek_header(&self.buf, usize::MAX >> 1).map_err(|e| super::BackendError::Protocol {
+                addr: self.addr.clone(),
+                what: e.to_string(),
+            })?;
+            match frame {
+                Some((tag, total)) if self.buf.len() >= total => {
+                    let frame = self.buf.split_to(total);
+                    match tag {
+                        b'Z' => {
+                            let status = frame.get(5).copied().unwrap_or(b'?');
+                            return Ok(Outcome { error, status });
+                        }
+                        b'E' if error.is_none() => error = Some(parse_error(&frame[5..])),
+                        _ => {}
+                    }
+                }
+                _ => {
+                    if self
+                        .stream
+                        .read_buf(&mut self.buf)
+                        .await
+                        .map_err(|e| io(&self.addr, e))?
+                        == 0
+                    {
+                        return Err(io(&self.addr, std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Fields of an ErrorResponse body (type byte, text, NUL), tolerant of anything malformed.
+pub fn parse_error(body: &[u8]) -> crate::protocol::messages::PgError {
+    let mut error = crate::protocol::messages::PgError::new("XX000", "");
+    for field in body.split(|&b| b == 0) {
+        let Some((&kind, text)) = field.split_first() else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(text).into_owned();
+        match kind {
+            b'S' => error.fatal = text == "FATAL" || text == "PANIC",
+            b'C' => error.code = text,
+            b'M' => error.message = text,
+            b'D' => error.detail = Some(text),
+            b'H' => error.hint = Some(text),
+            _ => {}
+        }
+    }
+    error
+}

@@ -1,0 +1,225 @@
+//! Session settings a client asked for, and the SQL that moves a server connection to them.
+//!
+//! A client's startup parameters (application_name, TimeZone, the `-c` switches of `options`, ...)
+//! belong to the client, not to whichever server connection serves its next transaction. Each
+//! server remembers the settings last applied to it; when a client with different settings takes
+//! it, one batch of `SET`/`RESET` runs first.
+
+use crate::protocol::messages::PgError;
+
+/// Reported by PostgreSQL in ParameterStatus: a client's `SET` of one of these is seen on the wire
+/// and followed to its next server.
+pub const REPORTED: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "intervalstyle",
+    "standard_conforming_strings",
+    "timezone",
+];
+
+/// Startup parameters that are not settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+/// Settings by lower-case name, sorted, so two clients with the same settings compare equal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings(Vec<(String, String)>);
+
+impl Settings {
+    /// Takes the settings out of a client's startup parameters. `_pq_.` protocol options are the
+    /// caller's business (NegotiateProtocolVersion) and are skipped here.
+    pub fn from_startup(params: &[(String, String)]) -> Result<Settings, PgError> {
+        let mut settings = Settings::default();
+        for (name, value) in params {
+            let lower = name.to_ascii_lowercase();
+            if lower == "options" {
+                for (name, value) in parse_options(value)? {
+                    settings.insert(&name, value)?;
+                }
+            } else if !NOT_SETTINGS.contains(&lower.as_str()) && !lower.starts_with("_pq_.") {
+                settings.insert(&lower, value.clone())?;
+            }
+        }
+        Ok(settings)
+    }
+
+    fn insert(&mut self, name: &str, value: String) -> Result<(), PgError> {
+        let name = name.to_ascii_lowercase();
+        let valid = !name.is_empty()
+            && name
+                .split('.')
+                .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        if !valid {
+            return Err(PgError::fatal(
+                "08P01",
+                format!("invalid startup parameter name {name:?}"),
+            ));
+        }
+        self.set(&name, &value);
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()
+            .map(|i| self.0[i].1.as_str())
+    }
+
+    /// Records a value; `name` must already be lower case.
+    pub fn set(&mut self, name: &str, value: &str) {
+        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
+            Ok(i) => value.clone_into(&mut self.0[i].1),
+            Err(i) => self.0.insert(i, (name.to_owned(), value.to_owned())),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Whether a ParameterStatus for `name` (any case) changes what this client has set.
+    pub fn tracks(&self, lower_name: &str) -> bool {
+        REPORTED.contains(&lower_name) || self.get(lower_name).is_some()
+    }
+
+    /// SQL that takes a server from `current` to these settings, or None when they agree.
+    pub fn apply_sql(&self, current: &Settings) -> Option<String> {
+        if self == current {
+            return None;
+        }
+        let mut sql = String::new();
+        for (name, value) in self.iter() {
+            if current.get(name) != Some(value) {
+                sql.push_str("SET ");
+                push_name(&mut sql, name);
+                sql.push_str(" TO E'");
+                for c in value.chars() {
+                    if c == '\'' || c == '\\' {
+                        sql.push('\\');
+                    }
+                    sql.push(c);
+                }
+                sql.push_str("';");
+            }
+        }
+        for (name, _) in current.iter() {
+            if self.get(name).is_none() {
+                sql.push_str("RESET ");
+                push_name(&mut sql, name);
+                sql.push(';');
+            }
+        }
+        Some(sql)
+    }
+}
+
+/// Quotes each dotted part: names were checked to hold only letters, digits and `_`.
+fn push_name(sql: &mut String, name: &str) {
+    for (i, part) in name.split('.').enumerate() {
+        if i > 0 {
+            sql.push('.');
+        }
+        sql.push('"');
+        sql.push_str(part);
+        sql.push('"');
+    }
+}
+
+/// The `options` startup parameter: `-c name=value`, `-cname=value` or `--name=value`, separated
+/// by spaces, a backslash escaping the next character (as libpq writes them).
+fn parse_options(options: &str) -> Result<Vec<(String, String)>, PgError> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_ascii_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let refuse = |what: &str| {
+        PgError::fatal("0A000", format!("unsupported startup option {what:?}"))
+            .with_hint("pgmux accepts only \"-c name=value\" and \"--name=value\" in options")
+    };
+    let mut pairs = Vec::new();
+    let mut words = words.into_iter();
+    while let Some(word) = words.next() {
+        let assignment = if word == "-c" {
+            words.next().ok_or_else(|| refuse("-c"))?
+        } else if let Some(rest) = word.strip_prefix("--").or_else(|| word.strip_prefix("-c")) {
+            rest.to_owned()
+        } else {
+            return Err(refuse(&word));
+        };
+        let (name, value) = assignment.split_once('=').ok_or_else(|| refuse(&assignment))?;
+        // PostgreSQL accepts dashes for underscores in switch names.
+        pairs.push((name.replace('-', "_"), value.to_owned()));
+    }
+    Ok(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn startup_settings_skip_user_and_database() {
+        let s = Settings::from_startup(&params(&[
+            ("user", "app"),
+            ("database", "bench"),
+            ("TimeZone", "UTC"),
+            ("application_name", "psql"),
+            ("_pq_.x", "1"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.iter().collect::<Vec<_>>(),
+            vec![("application_name", "psql"), ("timezone", "UTC")]
+        );
+    }
+
+    #[test]
+    fn options_switches() {
+        let s = Settings::from_startup(&params(&[(
+            "options",
+            "-c search_path=a,b --work-mem=64MB -cgeqo=off -c x.y=with\\ space",
+        )]))
+        .unwrap();
+        assert_eq!(s.get("search_path"), Some("a,b"));
+        assert_eq!(s.get("work_mem"), Some("64MB"));
+        assert_eq!(s.get("geqo"), Some("off"));
+        assert_eq!(s.get("x.y"), Some("with space"));
+        assert!(Settings::from_startup(&params(&[("options", "-e")])).is_err());
+        assert!(Settings::from_startup(&params(&[("options", "-c")])).is_err());
+        assert!(Settings::from_startup(&params(&[("options", "-c novalue")])).is_err());
+        assert!(Settings::from_startup(&params(&[("bad;name", "x")])).is_err());
+    }
+
+    #[test]
+    fn apply_sql_sets_changed_and_resets_gone() {
+        let mut a = Settings::default();
+        a.set("application_name", "it's \\ me");
+        a.set("timezone", "UTC");
+        let mut b = Settings::default();
+        b.set("timezone", "UTC");
+        b.set("x.y", "1");
+        assert_eq!(a.apply_sql(&a.clone()), None);
+        assert_eq!(
+            a.apply_sql(&b).unwrap(),
+            "SET \"application_name\" TO E'it\\'s \\\\ me';RESET \"x\".\"y\";"
+        );
+    }
+}

@@ -1,0 +1,106 @@
+//! A client's socket, its read buffer and where its transaction stands.
+
+use super::track::{scan_client, Tracker};
+use crate::protocol::frame::{frame_len, FrameError};
+use crate::protocol::messages::PgError;
+use bytes::{Buf, BytesMut};
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub struct ClientConn {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    /// Bytes from the client not yet forwarded.
+    pub buf: BytesMut,
+    /// Complete, scanned frames at the front of `buf`, waiting for a server.
+    pub ready: usize,
+    /// The client sent Terminate (it sits at `buf[ready..]`).
+    pub terminate: bool,
+    pub max_message_size: usize,
+    pub tracker: Tracker,
+}
+
+/// What the client did while it held no server.
+pub enum Request {
+    /// Complete frames wait in the buffer: a server is needed.
+    Ready,
+    /// Terminate, or the socket closed.
+    Gone,
+    /// Malformed input; the client gets this error and is closed.
+    Invalid(PgError),
+}
+
+impl ClientConn {
+    pub fn new(stream: TcpStream, peer: SocketAddr, max_message_size: usize) -> ClientConn {
+        ClientConn {
+            stream,
+            peer,
+            buf: BytesMut::with_capacity(8192),
+            ready: 0,
+            terminate: false,
+            max_message_size,
+            tracker: Tracker::default(),
+        }
+    }
+
+    /// Reads until at least one complete frame is buffered.
+    pub async fn wait_for_request(&mut self) -> Request {
+        loop {
+            match scan_client(&self.buf, self.ready, self.max_message_size, &mut self.tracker) {
+                Ok(scan) => {
+                    self.ready = scan.end;
+                    self.terminate = scan.terminate;
+                }
+                Err(e) => return Request::Invalid(protocol_violation(&e)),
+            }
+            if self.ready > 0 {
+                return Request::Ready;
+            }
+            if self.terminate {
+                return Request::Gone;
+            }
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return Request::Gone,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Reads one complete regular frame during login (password and SASL messages).
+    pub async fn read_frame(&mut self, max: usize) -> Result<BytesMut, PgError> {
+        loop {
+            match frame_len(&self.buf, max) {
+                Ok(Some(len)) => return Ok(self.buf.split_to(len)),
+                Ok(None) => {}
+                Err(e) => return Err(protocol_violation(&e)),
+            }
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => {
+                    return Err(PgError::fatal("08006", "client closed the connection during login"));
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
+    /// Sends an error; FATAL ones are the last thing the client gets.
+    pub async fn send_error(&mut self, error: &PgError) {
+        let mut out = BytesMut::new();
+        error.encode(&mut out);
+        let _ = self.stream.write_all(&out).await;
+    }
+
+    /// Drops frames already handed over (used after login, where nothing is forwarded).
+    pub fn consume(&mut self, n: usize) {
+        self.buf.advance(n);
+    }
+}
+
+pub fn protocol_violation(e: &FrameError) -> PgError {
+    PgError::fatal("08P01", format!("protocol violation: {e}"))
+}

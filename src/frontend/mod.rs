@@ -1,0 +1,61 @@
+//! One tokio task per client: startup, authentication, then the session loop.
+
+pub mod auth;
+pub mod conn;
+pub mod login;
+pub mod relay;
+pub mod session;
+pub mod startup;
+pub mod track;
+
+use crate::auth::KeyCache;
+use crate::config::Config;
+use crate::pool::Pools;
+use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// What every client task shares.
+pub struct Shared {
+    pub config: ArcSwap<Config>,
+    pub pools: Arc<Pools>,
+    pub keys: KeyCache,
+    /// Clients connected now (logged in or not), for max_client_conn.
+    pub clients: AtomicU32,
+    next_client: AtomicU64,
+    /// Random per process: decoy SCRAM salts and passthrough password fingerprints.
+    pub secret: [u8; 32],
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Shared {
+        Shared {
+            config: ArcSwap::from_pointee(config),
+            pools: Arc::new(Pools::default()),
+            keys: KeyCache::default(),
+            clients: AtomicU32::new(0),
+            next_client: AtomicU64::new(1),
+            secret: rand::random(),
+        }
+    }
+
+    pub fn next_client_id(&self) -> u64 {
+        self.next_client.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Counts a connected client for as long as it lives.
+pub struct ClientSlot<'a>(&'a Shared);
+
+impl<'a> ClientSlot<'a> {
+    pub fn take(shared: &'a Shared) -> (ClientSlot<'a>, u32) {
+        let now = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
+        (ClientSlot(shared), now)
+    }
+}
+
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,165 @@
+//! The hot path: one task moves a transaction's bytes both ways between a client and the server
+//! it holds, with no channel in between, until the transaction ends.
+//!
+//! Each read lands in one buffer that is scanned in place for frame boundaries; the scanned
+//! bytes go out in one write. Both sockets are polled from a single future, so a peer that
+//! stops reading stalls only its own direction.
+
+use super::conn::{protocol_violation, ClientConn};
+use super::track::{scan_client, ServerScan, ServerStop};
+use crate::backend::{ServerConn, Settings};
+use crate::protocol::messages::PgError;
+use bytes::Buf;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::AsyncWrite;
+use tokio_util::io::poll_read_buf;
+
+/// Stop reading a peer while this much of its data waits for the other side.
+const HIGH_WATER: usize = 256 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// The transaction is over and every byte forwarded: the server may go back to the pool.
+    Release,
+    /// The client closed its socket or sent Terminate.
+    ClientGone,
+    /// Statement mode: the client opened a transaction block (its ReadyForQuery was held back).
+    TransactionBlock,
+    /// The client sent something malformed.
+    ClientInvalid(PgError),
+    /// The server closed or failed.
+    ServerGone(io::Error),
+}
+
+/// Relays until the transaction ends. `release_at_idle` is false in session mode.
+pub async fn relay(
+    client: &mut ClientConn,
+    server: &mut ServerConn,
+    settings: &mut Settings,
+    release_at_idle: bool,
+    statement_mode: bool,
+) -> RelayEnd {
+    let mut to_client = 0; // scanned server bytes at the front of server.buf
+    let mut scan = ServerScan::default();
+    let mut stop = ServerStop::More;
+    poll_fn(|cx| loop {
+        let mut progress = false;
+        match flush(cx, &mut server.stream, &mut client.buf, &mut client.ready) {
+            Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::ServerGone(e)),
+            Poll::Ready(Ok(moved)) => progress |= moved,
+            Poll::Pending => {}
+        }
+        match flush(cx, &mut client.stream, &mut server.buf, &mut to_client) {
+            Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
+            Poll::Ready(Ok(moved)) => progress |= moved,
+            Poll::Pending => {}
+        }
+        if to_client == 0 && client.ready == 0 {
+            match stop {
+                ServerStop::Release => return Poll::Ready(RelayEnd::Release),
+                ServerStop::TransactionBlock => return Poll::Ready(RelayEnd::TransactionBlock),
+                ServerStop::More if client.terminate => return Poll::Ready(RelayEnd::ClientGone),
+                ServerStop::More => {}
+            }
+        }
+
+        if !client.terminate && (client.buf.len() < HIGH_WATER || client.ready == 0) {
+            reserve(&mut client.buf);
+            match poll_read_buf(Pin::new(&mut client.stream), cx, &mut client.buf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
+                Poll::Ready(Ok(_)) => {
+                    match scan_client(&client.buf, client.ready, client.max_message_size, &mut client.tracker) {
+                        Ok(found) => {
+                            client.ready = found.end;
+                            client.terminate = found.terminate;
+                        }
+                        Err(e) => return Poll::Ready(RelayEnd::ClientInvalid(protocol_violation(&e))),
+                    }
+                    progress = true;
+                }
+                Poll::Pending => {}
+            }
+        }
+
+        if stop == ServerStop::More && server.buf.len() < HIGH_WATER {
+            reserve(&mut server.buf);
+            match poll_read_buf(Pin::new(&mut server.stream), cx, &mut server.buf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(RelayEnd::ServerGone(io::ErrorKind::UnexpectedEof.into())),
+                Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::ServerGone(e)),
+                Poll::Ready(Ok(_)) => {
+                    let tracker = &mut client.tracker;
+                    let server_settings = &mut server.settings;
+                    let found = scan.scan(
+                        &server.buf,
+                        to_client,
+                        tracker,
+                        release_at_idle,
+                        statement_mode,
+                        |name, value| follow_parameter(settings, server_settings, name, value),
+                    );
+                    match found {
+                        Ok((end, why)) => {
+                            to_client = end;
+                            stop = why;
+                        }
+                        Err(e) => return Poll::Ready(RelayEnd::ServerGone(io::Error::other(e.to_string()))),
+                    }
+                    progress = true;
+                }
+                Poll::Pending => {}
+            }
+        }
+        if !progress {
+            return Poll::Pending;
+        }
+    })
+    .await
+}
+
+/// Writes `buf[..*ready]` to `to`, as far as the socket takes it. Ready(Ok(true)) when some bytes
+/// moved, Ready(Ok(false)) when there was nothing to write.
+fn flush<W: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    to: &mut W,
+    buf: &mut bytes::BytesMut,
+    ready: &mut usize,
+) -> Poll<io::Result<bool>> {
+    let mut moved = false;
+    while *ready > 0 {
+        match Pin::new(&mut *to).poll_write(cx, &buf[..*ready]) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => {
+                buf.advance(n);
+                *ready -= n;
+                moved = true;
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending if moved => return Poll::Ready(Ok(true)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    Poll::Ready(Ok(moved))
+}
+
+fn reserve(buf: &mut bytes::BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+/// A ParameterStatus the server sent (the client ran SET on a reported parameter): the new value
+/// is the client's from now on, and it is what this server holds.
+fn follow_parameter(client: &mut Settings, server: &mut Settings, name: &[u8], value: &[u8]) {
+    let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else {
+        return;
+    };
+    let name = name.to_ascii_lowercase();
+    if client.tracks(&name) {
+        client.set(&name, value);
+        server.set(&name, value);
+    }
+}

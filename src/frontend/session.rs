@@ -1,0 +1,125 @@
+//! The session loop of one logged-in client: wait for a request, take a server, relay the
+//! transaction, give the server back clean.
+
+use super::conn::{ClientConn, Request};
+use super::relay::{relay, RelayEnd};
+use crate::backend::Settings;
+use crate::config::PoolMode;
+use crate::pool::{Lease, Pool};
+use crate::protocol::frame::peek_header;
+use crate::protocol::messages::PgError;
+use bytes::Buf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long pgmux's own clean-up (ROLLBACK, server_reset_query) may take before the server is
+/// closed instead.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn run(mut client: ClientConn, pool: Arc<Pool>, mut settings: Settings) {
+    let mode = pool.settings.mode;
+    let release_at_idle = mode != PoolMode::Session;
+    loop {
+        match client.wait_for_request().await {
+            Request::Ready => {}
+            Request::Gone => return,
+            Request::Invalid(e) => return client.send_error(&e).await,
+        }
+        let mut lease = match checkout(&pool, &settings).await {
+            Ok(lease) => lease,
+            Err(e) => return client.send_error(&e).await,
+        };
+        // Session mode never sees Release: the relay runs until the client leaves.
+        let end = relay(
+            &mut client,
+            lease.conn(),
+            &mut settings,
+            release_at_idle,
+            mode == PoolMode::Statement,
+        )
+        .await;
+        match end {
+            RelayEnd::Release if lease.conn().buf.is_empty() => lease.release(),
+            // Bytes after the last ReadyForQuery: the server is not in a state we know.
+            RelayEnd::Release => drop(lease),
+            RelayEnd::ClientGone => return clean_up(lease, &client, mode, &pool.settings.server_reset_query).await,
+            RelayEnd::TransactionBlock => {
+                let error = PgError::fatal(
+                    "0A000",
+                    "transaction blocks are not allowed in statement pooling mode (pool_mode = \"statement\")",
+                )
+                .with_hint(
+                    "run each statement on its own, or use pool_mode = \"transaction\" for this database or user",
+                );
+                client.send_error(&error).await;
+                drop_frame(lease.conn());
+                return clean_up(lease, &client, mode, "").await;
+            }
+            RelayEnd::ClientInvalid(e) => {
+                client.send_error(&e).await;
+                return clean_up(lease, &client, mode, &pool.settings.server_reset_query).await;
+            }
+            RelayEnd::ServerGone(e) => {
+                let addr = lease.conn().addr.clone();
+                tracing::warn!(pool = %pool, server = %addr, error = %e, "server connection lost");
+                let error = PgError::fatal("08006", format!("server connection lost ({addr}): {e}"))
+                    .with_hint("the server closed the connection or crashed; reconnect to get a new one");
+                return client.send_error(&error).await;
+            }
+        }
+    }
+}
+
+/// Takes a server and brings its session settings to the client's.
+async fn checkout(pool: &Arc<Pool>, settings: &Settings) -> Result<Lease, PgError> {
+    let mut lease = pool.checkout().await.map_err(|e| e.to_pg())?;
+    let server = lease.conn();
+    if let Some(sql) = settings.apply_sql(&server.settings) {
+        match server.run(&sql).await {
+            Ok(outcome) if outcome.error.is_none() && outcome.status == b'I' => server.settings = settings.clone(),
+            Ok(outcome) => {
+                let mut error = outcome
+                    .error
+                    .unwrap_or_else(|| PgError::new("08P01", "could not apply settings"));
+                error.fatal = true;
+                return Err(error.with_hint("a startup parameter of this connection was refused by the server"));
+            }
+            Err(e) => return Err(e.to_pg()),
+        }
+    }
+    Ok(lease)
+}
+
+/// The client left while holding this server: roll back what it left open, then give the
+/// server back; anything in an unknown state is closed instead.
+async fn clean_up(mut lease: Lease, client: &ClientConn, mode: PoolMode, reset_query: &str) {
+    let tracker = client.tracker;
+    let server = lease.conn();
+    if !tracker.quiet() || !server.buf.is_empty() {
+        return; // a query is in flight: dropping the lease closes the server
+    }
+    let work = async {
+        if tracker.status != b'I' {
+            let outcome = server.run("ROLLBACK").await.ok()?;
+            (outcome.error.is_none() && outcome.status == b'I').then_some(())?;
+        }
+        if mode == PoolMode::Session && !reset_query.is_empty() {
+            let outcome = server.run(reset_query).await.ok()?;
+            (outcome.status == b'I').then_some(())?;
+            server.settings = Settings::default();
+        }
+        Some(())
+    };
+    if let Ok(Some(())) = tokio::time::timeout(CLEANUP_TIMEOUT, work).await {
+        lease.release();
+    }
+}
+
+/// Drops the frame at the front of the server's buffer (a ReadyForQuery held back).
+fn drop_frame(server: &mut crate::backend::ServerConn) {
+    if let Ok(Some((_, total))) = peek_header(&server.buf, usize::MAX >> 1) {
+        if server.buf.len() >= total {
+            server.buf.advance(total);
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Where a client's transaction stands, read off the frame tags flowing each way.
+//!
+//! Every Query, FunctionCall and Sync the client sends is answered by exactly one ReadyForQuery,
+//! whatever happens in between (errors, COPY, several statements). So the server may go back to
+//! the pool when every one of them is answered, the client has sent nothing since its last Sync,
+//! and the last ReadyForQuery says idle (`I`).
+
+use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError, HEADER_LEN};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tracker {
+    /// Query, FunctionCall and Sync messages sent and not yet answered by ReadyForQuery.
+    pub pending: u32,
+    /// Extended-protocol messages sent since the last Sync.
+    pub unsynced: bool,
+    /// Status of the last ReadyForQuery: `I` idle, `T` in a transaction, `E` failed transaction.
+    pub status: u8,
+}
+
+impl Default for Tracker {
+    fn default() -> Tracker {
+        Tracker {
+            pending: 0,
+            unsynced: false,
+            status: b'I',
+        }
+    }
+}
+
+impl Tracker {
+    /// Nothing is in flight: the server owes no answer and the client is between messages.
+    pub fn quiet(&self) -> bool {
+        self.pending == 0 && !self.unsynced
+    }
+
+    /// The transaction is over and the server is clean.
+    pub fn idle(&self) -> bool {
+        self.quiet() && self.status == b'I'
+    }
+}
+
+/// What a scan of client bytes found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientScan {
+    /// End of the complete frames that may be forwarded.
+    pub end: usize,
+    /// A Terminate message starts at `end`: the client is leaving.
+    pub terminate: bool,
+}
+
+/// Scans the client's complete frames in `buf[from..]`, counting what will need an answer.
+/// A partial frame at the end is left for the next read.
+pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Result<ClientScan, FrameError> {
+    let mut pos = from;
+    while let Some((tag, total)) = peek_header(buf.get(pos..).unwrap_or_default(), max)? {
+        if !is_frontend_tag(tag) {
+            return Err(FrameError::BadTag(tag as char));
+        }
+        if tag == b'X' {
+            return Ok(ClientScan {
+                end: pos,
+                terminate: true,
+            });
+        }
+        if buf.len() - pos < total {
+            break;
+        }
+        match tag {
+            b'Q' | b'F' => t.pending += 1,
+            b'S' => {
+                t.pending += 1;
+                t.unsynced = false;
+            }
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => t.unsynced = true,
+            b'p' => return Err(FrameError::Malformed("password message outside authentication")),
+            _ => {}
+        }
+        pos += total;
+    }
+    Ok(ClientScan {
+        end: pos,
+        terminate: false,
+    })
+}
+
+/// Where a scan of server bytes stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerStop {
+    /// Ran out of bytes: forward up to `end` and read more.
+    More,
+    /// The transaction ended (idle ReadyForQuery) at `end`: the server can go back to the pool.
+    Release,
+    /// Statement mode: a ReadyForQuery at `end` says a transaction block is open.
+    TransactionBlock,
+}
+
+/// Server-side scan state: the server's frames may be large (a DataRow, a CopyData), so they
+/// stream through without being buffered whole; only ReadyForQuery and ParameterStatus,
+/// which are small, are read.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ServerScan {
+    /// Bytes of a large frame still to pass through before the next header.
+    pub skip: usize,
+}
+
+/// Server frames no larger than this are complete before they are looked at.
+const SERVER_FRAME_LIMIT: usize = usize::MAX >> 1;
+
+impl ServerScan {
+    /// Scans `buf[from..]`. Returns the end of what may be forwarded and why it stopped.
+    /// `release_at_idle` is false in session mode; `statement_mode` refuses transaction blocks.
+    /// `on_param` sees every ParameterStatus (name, value).
+    pub fn scan(
+        &mut self,
+        buf: &[u8],
+        from: usize,
+        t: &mut Tracker,
+        release_at_idle: bool,
+        statement_mode: bool,
+        mut on_param: impl FnMut(&[u8], &[u8]),
+    ) -> Result<(usize, ServerStop), FrameError> {
+        let mut pos = from;
+        loop {
+            if self.skip > 0 {
+                let step = self.skip.min(buf.len() - pos);
+                self.skip -= step;
+                pos += step;
+                if self.skip > 0 {
+                    return Ok((pos, ServerStop::More));
+                }
+            }
+            let Some((tag, total)) = peek_header(&buf[pos..], SERVER_FRAME_LIMIT)? else {
+                return Ok((pos, ServerStop::More));
+            };
+            if !matches!(tag, b'Z' | b'S') {
+                self.skip = total;
+                continue;
+            }
+            let Some(frame) = buf.get(pos..pos + total) else {
+                return Ok((pos, ServerStop::More));
+            };
+            let body = &frame[HEADER_LEN..];
+            if tag == b'S' {
+                let mut parts = body.split(|&b| b == 0);
+                if let (Some(name), Some(value)) = (parts.next(), parts.next()) {
+                    on_param(name, value);
+                }
+                pos += total;
+                continue;
+            }
+            let status = *body.first().ok_or(FrameError::Malformed("ReadyForQuery"))?;
+            t.pending = t.pending.saturating_sub(1);
+            t.status = status;
+            if t.quiet() {
+                if statement_mode && status != b'I' {
+                    return Ok((pos, ServerStop::TransactionBlock));
+                }
+                if release_at_idle && status == b'I' {
+                    return Ok((pos + total, ServerStop::Release));
+                }
+            }
+            pos += total;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![tag];
+        f.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[test]
+    fn client_counts_syncs_and_queries() {
+        let mut t = Tracker::default();
+        let mut buf = frame(b'P', b"\0select 1\0\0\0");
+        buf.extend(frame(b'B', b"\0\0\0\0\0\0\0\0"));
+        buf.extend(frame(b'E', b"\0\0\0\0\0"));
+        let scan = scan_client(&buf, 0, 1 << 20, &mut t).unwrap();
+        assert_eq!(
+            scan,
+            ClientScan {
+                end: buf.len(),
+                terminate: false
+            }
+        );
+        assert!(t.unsynced && t.pending == 0);
+        let start = buf.len();
+        buf.extend(frame(b'S', b""));
+        buf.extend(frame(b'Q', b"select 1\0"));
+        buf.extend(&frame(b'Q', b"x")[..3]);
+        let scan = scan_client(&buf, start, 1 << 20, &mut t).unwrap();
+        assert_eq!(scan.end, buf.len() - 3);
+        assert_eq!(
+            t,
+            Tracker {
+                pending: 2,
+                unsynced: false,
+                status: b'I'
+            }
+        );
+    }
+
+    #[test]
+    fn client_terminate_and_garbage() {
+        let mut t = Tracker::default();
+        let mut buf = frame(b'Q', b"select 1\0");
+        let end = buf.len();
+        buf.extend(frame(b'X', b""));
+        assert_eq!(
+            scan_client(&buf, 0, 100, &mut t).unwrap(),
+            ClientScan { end, terminate: true }
+        );
+        assert!(scan_client(b"GET / HTTP/1.1\r\n", 0, 100, &mut Tracker::default()).is_err());
+        assert!(scan_client(&frame(b'Q', &[b'x'; 200]), 0, 100, &mut Tracker::default()).is_err());
+    }
+
+    #[test]
+    fn server_release_at_last_ready_for_query() {
+        let mut t = Tracker {
+            pending: 2,
+            unsynced: false,
+            status: b'I',
+        };
+        let mut buf = frame(b'C', b"SELECT 1\0");
+        buf.extend(frame(b'Z', b"I"));
+        let first_end = buf.len();
+        buf.extend(frame(b'D', &[0; 100]));
+        buf.extend(frame(b'Z', b"I"));
+        let mut scan = ServerScan::default();
+        let mut seen = 0;
+        // Feed it in small pieces, as reads arrive.
+        let mut from = 0;
+        let mut stop = ServerStop::More;
+        for cut in (7..=buf.len()).step_by(7).chain([buf.len()]) {
+            let (end, s) = scan
+                .scan(&buf[..cut], from, &mut t, true, false, |_, _| seen += 1)
+                .unwrap();
+            assert!(end >= from && end <= cut);
+            from = end;
+            stop = s;
+            if s != ServerStop::More {
+                break;
+            }
+        }
+        assert!(from > first_end);
+        assert_eq!((from, stop), (buf.len(), ServerStop::Release));
+        assert!(t.idle());
+    }
+
+    #[test]
+    fn server_keeps_transactions_and_reports_params() {
+        let mut t = Tracker {
+            pending: 1,
+            unsynced: false,
+            status: b'I',
+        };
+        let mut buf = frame(b'S', b"application_name\0x\0");
+        buf.extend(frame(b'Z', b"T"));
+        let mut params = Vec::new();
+        let (end, stop) = ServerScan::default()
+            .scan(&buf, 0, &mut t, true, false, |n, v| {
+                params.push((n.to_vec(), v.to_vec()))
+            })
+            .unwrap();
+        assert_eq!((end, stop), (buf.len(), ServerStop::More));
+        assert_eq!(params, vec![(b"application_name".to_vec(), b"x".to_vec())]);
+        assert_eq!(t.status, b'T');
+        let mut t = Tracker {
+            pending: 1,
+            unsynced: false,
+            status: b'I',
+        };
+        let z = frame(b'Z', b"T");
+        let (end, stop) = ServerScan::default()
+            .scan(&z, 0, &mut t, true, true, |_, _| {})
+            .unwrap();
+        assert_eq!((end, stop), (0, ServerStop::TransactionBlock));
+    }
+}

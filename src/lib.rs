@@ -1,0 +1,13 @@
+//! pgmux: a PostgreSQL connection pooler.
+//!
+//! A client's bytes take one road: `listener` accepts, `frontend` logs the client in and runs
+//! its session, `pool` lends it a server connection per transaction, `backend` owns that
+//! connection. `protocol` is the wire and nothing else.
+
+pub mod auth; // server-side SCRAM and md5, and the cache of derived keys
+pub mod backend; // server connections: connect, log in, settings
+pub mod config; // pooler.toml: schema, defaults, validation
+pub mod frontend; // per-client task: startup, auth, session loop, relay
+pub mod listener; // accept loop
+pub mod pool; // pools per (database, user), wait queue, janitor
+pub mod protocol; // framing, startup packets, messages pgmux writes

@@ -1,0 +1,94 @@
+use clap::{Parser, Subcommand};
+use pgmux::config::Config;
+use pgmux::frontend::Shared;
+use pgmux::{listener, pool};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// pgmux: a PostgreSQL connection pooler.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// pooler.toml to use; without it, the embedded default (listen on 127.0.0.1:6432, serve
+    /// every database of the PostgreSQL on 127.0.0.1:5432, passthrough authentication).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a configuration file and exit (non-zero, naming the key and line, on an error).
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match &cli.config {
+        Some(path) => match Config::load(path) {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("pgmux: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None if matches!(cli.command, Some(Command::Check)) => {
+            eprintln!("pgmux check: give the file to check with --config FILE");
+            return ExitCode::from(2);
+        }
+        None => Config::embedded_default(),
+    };
+    if let Some(Command::Check) = cli.command {
+        println!("{}: ok", cli.config.unwrap_or_default().display());
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("pgmux: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let (addr, port) = (config.pooler.listen_addr.clone(), config.pooler.listen_port);
+    let listener = match listener::bind(&addr, port) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen on {addr}:{port}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!("pgmux {} listening on {addr}:{port}", env!("CARGO_PKG_VERSION"));
+    let shared = Arc::new(Shared::new(config));
+    tokio::spawn(pool::janitor::run(shared.pools.clone(), Duration::from_secs(1)));
+    tokio::select! {
+        _ = listener::run(listener, shared) => ExitCode::SUCCESS,
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

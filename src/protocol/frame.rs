@@ -1,0 +1,124 @@
+//! Framing of regular protocol messages: a tag byte, a 4-byte length that counts itself, the body.
+//!
+//! The relay never copies a frame: it finds frame boundaries in its read buffer and forwards the
+//! bytes as they are. Everything here is a pure function of the bytes, so it is fuzzed directly.
+
+use thiserror::Error;
+
+/// Tag byte plus length word.
+pub const HEADER_LEN: usize = 5;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("invalid message length {len} (must be at least 4)")]
+    BadLength { len: u32 },
+    #[error("message of {len} bytes exceeds max_message_size ({max} bytes)")]
+    TooLarge { len: usize, max: usize },
+    #[error("invalid message type {0:?}")]
+    BadTag(char),
+    #[error("malformed {0} message")]
+    Malformed(&'static str),
+}
+
+/// Tag and declared total size (tag included) of the frame that starts `buf`, once its header is
+/// there: `Ok(None)` means fewer than 5 bytes are buffered. The size is checked against `max`
+/// before the body arrives, so an oversized message is refused without buffering it.
+#[inline]
+pub fn peek_header(buf: &[u8], max: usize) -> Result<Option<(u8, usize)>, FrameError> {
+    let Some(header) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    if len < 4 {
+        return Err(FrameError::BadLength { len });
+    }
+    let len = len as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    Ok(Some((header[0], len + 1)))
+}
+
+/// Size of the complete frame at the start of `buf`, or `Ok(None)` until all of it is buffered.
+#[inline]
+pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
+    match peek_header(buf, max)? {
+        Some((_, total)) if buf.len() >= total => Ok(Some(total)),
+        _ => Ok(None),
+    }
+}
+
+/// Message types a client may send after startup.
+#[inline]
+pub fn is_frontend_tag(tag: u8) -> bool {
+    matches!(
+        tag,
+        b'B' | b'C' | b'd' | b'c' | b'f' | b'D' | b'E' | b'H' | b'F' | b'P' | b'p' | b'Q' | b'S' | b'X'
+    )
+}
+
+/// Reads a NUL-terminated string starting at `*pos`, advancing past the NUL.
+pub fn read_cstr<'a>(body: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
+    let rest = body.get(*pos..)?;
+    let end = rest.iter().position(|&b| b == 0)?;
+    *pos += end + 1;
+    rest.get(..end)
+}
+
+/// Reads a big-endian i32 at `*pos`, advancing past it.
+pub fn read_i32(body: &[u8], pos: &mut usize) -> Option<i32> {
+    let bytes = body.get(*pos..*pos + 4)?;
+    *pos += 4;
+    Some(i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn header_needs_five_bytes() {
+        assert_eq!(peek_header(b"Q\0\0\0", 100), Ok(None));
+        assert_eq!(peek_header(b"Q\0\0\0\x05", 100), Ok(Some((b'Q', 6))));
+        assert_eq!(frame_len(b"Q\0\0\0\x05", 100), Ok(None));
+        assert_eq!(frame_len(b"Q\0\0\0\x05x", 100), Ok(Some(6)));
+    }
+
+    #[test]
+    fn refuses_short_and_huge_lengths() {
+        assert_eq!(peek_header(b"Q\0\0\0\x03", 100), Err(FrameError::BadLength { len: 3 }));
+        assert_eq!(
+            peek_header(b"Q\x7f\xff\xff\xff", 1 << 20),
+            Err(FrameError::TooLarge {
+                len: 0x7fff_ffff,
+                max: 1 << 20
+            })
+        );
+    }
+
+    #[test]
+    fn cstr_and_i32() {
+        let body = b"abc\0\0\0\0\x07rest";
+        let mut pos = 0;
+        assert_eq!(read_cstr(body, &mut pos), Some(&b"abc"[..]));
+        assert_eq!(read_i32(body, &mut pos), Some(7));
+        assert_eq!(read_cstr(body, &mut pos), None);
+        assert_eq!(read_i32(b"\0\0", &mut 0), None);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64), max in 0usize..100) {
+            let mut rest = &bytes[..];
+            // Walk the buffer as the relay does: frame after frame until an error or a partial frame.
+            while let Ok(Some(n)) = frame_len(rest, max) {
+                prop_assert!(n >= HEADER_LEN && n <= rest.len());
+                rest = &rest[n..];
+            }
+            let mut pos = 0;
+            let _ = read_cstr(&bytes, &mut pos);
+            let _ = read_i32(&bytes, &mut pos);
+        }
+    }
+}
