@@ -187,10 +187,15 @@ CONF
 }
 
 # --- pgmux ----------------------------------------------------------------------
+# Stops the pgmux this run started, or the one an interrupted run left behind
+# (pgmux.pid holds its pid and binary; a recycled pid is left alone).
 stop_pgmux() {
-  local pid
-  pid=${PGMUX_PID:-$(pid_of "$BENCH_DIR/pgmux.pid")}
-  if alive "$pid" && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = pgmux ]; then
+  local pid=$PGMUX_PID
+  if [ -z "$pid" ] && [ -f "$BENCH_DIR/pgmux.pid" ]; then
+    pid=$(sed -n 1p "$BENCH_DIR/pgmux.pid")
+    [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(sed -n 2p "$BENCH_DIR/pgmux.pid")" ] || pid=""
+  fi
+  if alive "$pid"; then
     kill -TERM "$pid" 2>/dev/null || true
     local _
     for _ in $(seq 50); do alive "$pid" || break; sleep 0.1; done
@@ -243,7 +248,7 @@ CONF
     || die "pgmux check --config $cfg failed: $(head -3 "$BENCH_DIR/pgmux-check.log")"
   RUST_LOG=${PGMUX_LOG:-warn} "$bin" --config "$cfg" >"$BENCH_DIR/pgmux.log" 2>&1 &
   PGMUX_PID=$!
-  echo "$PGMUX_PID" > "$BENCH_DIR/pgmux.pid"
+  printf '%s\n%s\n' "$PGMUX_PID" "$(readlink -f "$bin")" > "$BENCH_DIR/pgmux.pid"
   local _
   for _ in $(seq 100); do
     listening "$PGMUX_PORT" && break
@@ -304,7 +309,7 @@ pgbench_run() {
   secs=$(sed -n 's/.*-T \{0,1\}\([0-9][0-9]*\).*/\1/p' <<<"$args")
   limit=$(( ${secs:-180} * 3 + 30 ))
   # shellcheck disable=SC2086  # ARGS are split into words on purpose
-  PGPASSWORD=$BENCH_PASSWORD timeout --kill-after=10 "$limit" "$PGBIN/pgbench" \
+  PGPASSWORD=$BENCH_PASSWORD timeout --foreground --kill-after=10 "$limit" "$PGBIN/pgbench" \
     -h 127.0.0.1 -p "$port" -U "$BENCH_USER" -n $args "$BENCH_DB" >"$log" 2>&1
 }
 

@@ -106,7 +106,7 @@ fn pgmux_config_path(doc: &Yaml) -> (PathBuf, String) {
         .iter()
         .find(|(_, dst)| dst.ends_with(".toml"))
         .unwrap_or_else(|| panic!("service pgmux mounts no .toml config file: {mounts:?}"));
-    (repo().join(src), dst.clone())
+    (repo().join(src.trim_start_matches("./")), dst.clone())
 }
 
 fn pooler_toml(path: &Path) -> toml::Table {
@@ -167,7 +167,7 @@ fn compose_bind_mounts_exist_in_the_repo() {
     };
     for (name, svc) in services {
         for (src, _) in bind_mounts(svc) {
-            let path = repo().join(&src);
+            let path = repo().join(src.trim_start_matches("./"));
             assert!(
                 path.exists(),
                 "service {name:?} mounts {src}, which is not in the repository"
@@ -181,6 +181,11 @@ fn pgmux_config_mount_is_a_valid_pooler_toml() {
     let doc = compose();
     let (path, target) = pgmux_config_path(&doc);
     assert!(path.is_file(), "{} (mounted by pgmux) is missing", path.display());
+    // pgmux's own loader accepts it (every key known, every value valid) ...
+    if let Err(e) = pgmux::config::Config::load(&path) {
+        panic!("pgmux rejects the config compose mounts: {e}");
+    }
+    // ... and it says what the compose file expects.
     let cfg = pooler_toml(&path);
     let pooler = cfg.get("pooler").and_then(|v| v.as_table()).expect("[pooler] section");
     let bench = cfg

@@ -196,7 +196,7 @@ impl Login {
             let header = peek_header(&self.buf, MAX_LOGIN_MESSAGE).map_err(|e| self.protocol(&e.to_string()))?;
             if let Some((b'E', total)) = header {
                 if self.buf.len() >= total {
-                    let error = parse_error(&self.buf[5..total]);
+                    let error = Box::new(parse_error(&self.buf[5..total]));
                     return Err(BackendError::Refused {
                         addr: self.addr.clone(),
                         error,

@@ -10,7 +10,7 @@ pub enum BackendError {
     Timeout { addr: String, secs: f64 },
     /// The server refused the login; its own error is passed on as it was.
     #[error("server {addr} refused the login: {error}")]
-    Refused { addr: String, error: PgError },
+    Refused { addr: String, error: Box<PgError> },
     #[error("server {addr} asks for a password for user {user:?}, and pgmux has none for it")]
     NoPassword { addr: String, user: String },
     #[error("server {addr} asks for an authentication method pgmux does not support ({method})")]
@@ -25,7 +25,7 @@ impl BackendError {
     /// What the client sees. A login refusal keeps the server's SQLSTATE (28P01, 3D000, 53300 ...).
     pub fn to_pg(&self) -> PgError {
         match self {
-            BackendError::Refused { error, .. } => error.clone(),
+            BackendError::Refused { error, .. } => (**error).clone(),
             BackendError::NoPassword { .. } => PgError::fatal("08006", self.to_string())
                 .with_hint("set a plain-text password in [users.NAME] or [databases.NAME] of pooler.toml"),
             other => PgError::fatal("08006", other.to_string()),

@@ -1,5 +1,6 @@
 //! Server connections: connect, log in, and the state each one carries between clients.
 
+pub mod cancel;
 pub mod connect;
 pub mod error;
 pub mod server;

@@ -42,7 +42,7 @@ pub async fn run(mut client: ClientConn, pool: Arc<Pool>, mut settings: Settings
             RelayEnd::Release if lease.conn().buf.is_empty() => lease.release(),
             // Bytes after the last ReadyForQuery: the server is not in a state we know.
             RelayEnd::Release => drop(lease),
-            RelayEnd::ClientGone => return clean_up(lease, &client, mode, &pool.settings.server_reset_query).await,
+            RelayEnd::ClientGone => return clean_up(lease, &client, &pool, &pool.settings.server_reset_query).await,
             RelayEnd::TransactionBlock => {
                 let error = PgError::fatal(
                     "0A000",
@@ -53,11 +53,11 @@ pub async fn run(mut client: ClientConn, pool: Arc<Pool>, mut settings: Settings
                 );
                 client.send_error(&error).await;
                 drop_frame(lease.conn());
-                return clean_up(lease, &client, mode, "").await;
+                return clean_up(lease, &client, &pool, "").await;
             }
             RelayEnd::ClientInvalid(e) => {
                 client.send_error(&e).await;
-                return clean_up(lease, &client, mode, &pool.settings.server_reset_query).await;
+                return clean_up(lease, &client, &pool, &pool.settings.server_reset_query).await;
             }
             RelayEnd::ServerGone(e) => {
                 let addr = lease.conn().addr.clone();
@@ -92,11 +92,21 @@ async fn checkout(pool: &Arc<Pool>, settings: &Settings) -> Result<Lease, PgErro
 
 /// The client left while holding this server: roll back what it left open, then give the
 /// server back; anything in an unknown state is closed instead.
-async fn clean_up(mut lease: Lease, client: &ClientConn, mode: PoolMode, reset_query: &str) {
+async fn clean_up(mut lease: Lease, client: &ClientConn, pool: &Pool, reset_query: &str) {
+    let mode = pool.settings.mode;
     let tracker = client.tracker;
     let server = lease.conn();
     if !tracker.quiet() || !server.buf.is_empty() {
-        return; // a query is in flight: dropping the lease closes the server
+        // A query is in flight. Closing the socket alone would leave the backend running it
+        // until it next writes, so cancel it, then drop the lease to close the connection.
+        let (host, port) = (pool.target.host.clone(), pool.target.port);
+        let (pid, key) = (server.process_id, server.secret_key);
+        tokio::spawn(async move {
+            if let Err(e) = crate::backend::cancel::cancel(&host, port, pid, key).await {
+                tracing::debug!(error = %e, "cancel of an abandoned query failed");
+            }
+        });
+        return;
     }
     let work = async {
         if tracker.status != b'I' {

@@ -144,7 +144,7 @@ mod tests {
     fn error_response_layout() {
         let mut buf = BytesMut::new();
         PgError::fatal("28P01", "bad").with_hint("h").encode(&mut buf);
-        assert_eq!(&buf[..], b"E\0\0\0\x25SFATAL\0VFATAL\0C28P01\0Mbad\0Hh\0\0");
+        assert_eq!(&buf[..], b"E\0\0\0\x22SFATAL\0VFATAL\0C28P01\0Mbad\0Hh\0\0");
     }
 
     #[test]

@@ -1,0 +1,151 @@
+//! Integration-test harness for pgmux.
+//!
+//! - `pg.rs`: one throwaway PostgreSQL 15 primary per test binary (`cluster()`), plus an
+//!   optional streaming replica (`cluster_with_replica()`); a watchdog process tears both
+//!   down when the test process exits, however it exits.
+//! - `pgmux.rs`: `Pgmux`, a spawned pgmux process with a generated config, killed on drop.
+//! - here: client helpers (`connect`, `try_connect`, `sqlstate`, `run_cmd`) and `free_port`.
+//!
+//! Use from a test file with `mod support;` and `use support::*;`.
+#![allow(dead_code, unused_imports)] // each test binary uses only a part
+
+mod pg;
+mod pgmux;
+
+pub use pg::{cluster, cluster_with_replica, Cluster, Replica};
+pub use pgmux::Pgmux;
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A connect that hangs is never what a test expects, so both connect helpers panic after this.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connect with tokio-postgres (NoTls), driving the connection on the current runtime; panics on error.
+pub async fn connect(conn_str: &str) -> tokio_postgres::Client {
+    match try_connect(conn_str).await {
+        Ok(client) => client,
+        Err(e) => panic!("connect({conn_str}) failed: {e} [{e:?}]"),
+    }
+}
+
+/// Like `connect` but returns the error (for refusal tests). Still panics on a 30 s hang.
+pub async fn try_connect(conn_str: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let fut = tokio_postgres::connect(conn_str, tokio_postgres::NoTls);
+    let (client, conn) = match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
+        Ok(res) => res?,
+        Err(_) => panic!("connect({conn_str}) timed out after {CONNECT_TIMEOUT:?}"),
+    };
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// SQLSTATE code (e.g. "28P01") of a server error; None for I/O or protocol errors.
+pub fn sqlstate(err: &tokio_postgres::Error) -> Option<String> {
+    err.code().map(|c| c.code().to_owned())
+}
+
+/// Run a command-line client (psql, pgbench, ...) and return (exit code, stdout, stderr).
+/// A bare program name found in PG_BIN is taken from there (the /usr/bin wrappers may pick
+/// another version). Killed on timeout, giving code 124. Signal deaths give 128 + signal.
+/// Blocking: from a current-thread tokio test, nothing else on that runtime runs meanwhile.
+pub fn run_cmd(program: &str, args: &[&str], env: &[(&str, &str)], timeout: Duration) -> (i32, String, String) {
+    let in_pg_bin = Path::new(PG_BIN).join(program);
+    let prog = if !program.contains('/') && in_pg_bin.exists() {
+        in_pg_bin
+    } else {
+        PathBuf::from(program)
+    };
+    let mut child = Command::new(&prog)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", prog.display()));
+    // Drain both pipes on threads so a chatty child cannot block on a full pipe.
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + timeout;
+    let mut timed_out = false;
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break exit_code(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            timed_out = true;
+            break 124;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = err.join().unwrap();
+    if timed_out {
+        stderr.push_str(&format!("\n[run_cmd: killed after {timeout:?}]"));
+    }
+    (code, out.join().unwrap(), stderr)
+}
+
+/// Exit code, or 128 + signal number for a signal death (like a shell).
+pub fn exit_code(status: ExitStatus) -> i32 {
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// A port on 127.0.0.1 that is free right now. Picked at random in 20000..32000, below the
+/// kernel's ephemeral range (32768+), so client sockets' local ports never steal it, and never
+/// handed out twice by this process. Collisions with other processes are unlikely; the cluster
+/// and Pgmux starts retry on "address in use" anyway.
+pub fn free_port() -> u16 {
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+    for i in 0..10_000u32 {
+        // RandomState is seeded randomly per process: a dependency-free random number.
+        let r = RandomState::new().hash_one((std::process::id(), i, nanos()));
+        let port = 20_000 + (r % 12_000) as u16;
+        if !handed.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed.push(port);
+            return port;
+        }
+    }
+    panic!("free_port: no free port found");
+}
+
+/// Create a fresh, unique directory /tmp/pgmux-test-<pid>-<counter>-<nanos>-<tag>.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = PathBuf::from(format!("/tmp/pgmux-test-{}-{n}-{}-{tag}", std::process::id(), nanos()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    dir
+}
+
+fn nanos() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
+}
+
+/// Last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -1,0 +1,191 @@
+//! A pgmux process under test, with a generated config file.
+use super::{cluster, free_port, tail, Cluster};
+use std::fs;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running pgmux. Its config and log live in `dir` (under the cluster's temp root, so the
+/// cluster watchdog kills the process and removes them even if the test binary aborts).
+/// Drop kills it (SIGKILL), waits for it and removes `dir`; if the thread is panicking it
+/// first prints the last 50 lines of the log to stderr (shown with the failed test).
+pub struct Pgmux {
+    pub port: u16,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    pub dir: PathBuf,
+    child: Child,
+    pid_file: PathBuf,
+    /// Placeholder substitutions for the config text: {pg_port}, {pg_socket_dir}, {replica_port}.
+    vars: Vec<(&'static str, String)>,
+}
+
+impl Pgmux {
+    /// Start pgmux against `cluster()` (the primary of this test binary).
+    pub fn start(pooler_extra: &str, rest: &str) -> Pgmux {
+        Self::start_with(cluster(), None, pooler_extra, rest)
+    }
+
+    /// Start pgmux with the config
+    /// `[pooler]\nlisten_addr = "127.0.0.1"\nlisten_port = <free port>\n<pooler_extra>\n[metrics]\nlisten = ""\n<rest>`
+    /// where `{pg_port}` becomes `cluster.port`, `{pg_socket_dir}` `cluster.dir` (its unix
+    /// socket directory) and `{replica_port}` the given replica port. Waits until the port
+    /// accepts TCP (10 s); panics with the log tail if pgmux exits or never listens.
+    pub fn start_with(cluster: &Cluster, replica_port: Option<u16>, pooler_extra: &str, rest: &str) -> Pgmux {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let mut vars = vec![
+            ("{pg_port}", cluster.port.to_string()),
+            ("{pg_socket_dir}", cluster.dir.to_str().unwrap().to_owned()),
+        ];
+        if let Some(p) = replica_port {
+            vars.push(("{replica_port}", p.to_string()));
+        }
+        for attempt in 1..=3 {
+            let dir = cluster.dir.join(format!("pgmux-{}", N.fetch_add(1, Ordering::Relaxed)));
+            fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+            let port = free_port();
+            let config_path = dir.join("pgmux.toml");
+            let log_path = dir.join("pgmux.log");
+            fs::write(&config_path, config_text(port, &vars, pooler_extra, rest)).expect("write config");
+            let log = fs::File::create(&log_path).expect("create pgmux log");
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgmux"));
+            cmd.arg("--config").arg(&config_path);
+            cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+            if std::env::var_os("RUST_LOG").is_none() {
+                cmd.env("RUST_LOG", "info");
+            }
+            let child = cmd.spawn().expect("spawn pgmux");
+            // Registered for the cluster watchdog, which kills leftovers when the tests die.
+            let pid_file = cluster.dir.join("pids").join(child.id().to_string());
+            let _ = fs::write(&pid_file, "");
+            let mut me = Pgmux {
+                port,
+                config_path,
+                log_path,
+                dir,
+                child,
+                pid_file,
+                vars: vars.clone(),
+            };
+            let why = match me.wait_listening() {
+                Ok(()) => return me,
+                Err(why) => why,
+            };
+            let log = me.log();
+            drop(me); // kills, reaps, removes the dir
+                      // Another process may have grabbed the port between free_port() and bind: retry.
+            if attempt < 3 && log.to_lowercase().contains("in use") {
+                continue;
+            }
+            panic!(
+                "pgmux did not start: {why}; last 50 lines of its log:\n{}",
+                tail(&log, 50)
+            );
+        }
+        unreachable!()
+    }
+
+    /// (Re)write the config file, same format and port as at start (e.g. before `signal("HUP")`).
+    pub fn write_config(&self, pooler_extra: &str, rest: &str) {
+        let text = config_text(self.port, &self.vars, pooler_extra, rest);
+        fs::write(&self.config_path, text).expect("write pgmux config");
+    }
+
+    fn wait_listening(&mut self) -> Result<(), String> {
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Err(format!("it exited with {status}"));
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            if t0.elapsed() > START_TIMEOUT {
+                return Err(format!("port {} not accepting after {START_TIMEOUT:?}", self.port));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill_and_reap(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.pid_file);
+    }
+
+    /// The whole log (stdout + stderr) so far.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.log_path).unwrap_or_default()).into_owned()
+    }
+
+    /// Poll the log until it contains `needle`; false after `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let t0 = Instant::now();
+        while !self.log().contains(needle) {
+            if t0.elapsed() > timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -s SIG <pid>`, e.g. "HUP", "INT", "TERM", "KILL".
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill").args(["-s", sig, &self.pid().to_string()]).status();
+        assert!(st.is_ok_and(|s| s.success()), "kill -s {sig} {} failed", self.pid());
+    }
+
+    /// Wait up to `timeout` for the process to exit; None if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if t0.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// libpq-style connection string for tokio-postgres.
+    pub fn url(&self, user: &str, password: &str, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={db} sslmode=disable",
+            self.port
+        )
+    }
+}
+
+fn config_text(port: u16, vars: &[(&str, String)], pooler_extra: &str, rest: &str) -> String {
+    let subst = |s: &str| vars.iter().fold(s.to_owned(), |s, (k, v)| s.replace(k, v));
+    format!(
+        "[pooler]\nlisten_addr = \"127.0.0.1\"\nlisten_port = {port}\n{}\n[metrics]\nlisten = \"\"\n{}\n",
+        subst(pooler_extra),
+        subst(rest)
+    )
+}
+
+impl Drop for Pgmux {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- last 50 lines of {} ---\n{}\n---",
+                self.log_path.display(),
+                tail(&self.log(), 50)
+            );
+        }
+        self.kill_and_reap();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
