@@ -1,0 +1,283 @@
+//! pgmux configuration file (see design/pooler.toml.example).
+//!
+//! The file is parsed into toml's spanned document tree and walked by hand
+//! rather than through serde derive, so that every error (unknown key, wrong
+//! type, bad value, cross-field conflict) can name `file:line`, the full key
+//! path and the problem on one line.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use toml::de::{DeString, DeTable, DeValue};
+use toml::Spanned;
+
+/// Defines a keyword enum with its file spelling, `Display`, `FromStr` and `ALL`.
+macro_rules! keyword_enum {
+    ($name:ident { $($variant:ident = $word:literal),+ $(,)? }) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $word),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        /// Case-insensitive; the error lists the allowed words.
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                let found = Self::ALL.iter().find(|v| v.as_str().eq_ignore_ascii_case(s));
+                found.copied().ok_or_else(|| {
+                    let words: Vec<String> =
+                        Self::ALL.iter().map(|v| format!("{:?}", v.as_str())).collect();
+                    format!("invalid value {s:?}, expected one of {}", words.join(", "))
+                })
+            }
+        }
+    };
+}
+
+keyword_enum!(PoolMode { Session = "session", Transaction = "transaction", Statement = "statement" });
+keyword_enum!(AuthType {
+    ScramSha256 = "scram-sha-256", Md5 = "md5", Trust = "trust", Passthrough = "passthrough"
+});
+keyword_enum!(TlsMode { Disable = "disable", Allow = "allow", Prefer = "prefer", Require = "require" });
+keyword_enum!(ServerTlsMode {
+    Disable = "disable", Prefer = "prefer", Require = "require", VerifyFull = "verify-full"
+});
+keyword_enum!(LoadBalancing {
+    LeastOutstanding = "least_outstanding", RoundRobin = "round_robin", Random = "random"
+});
+
+/// Defines a config section: the struct (all fields pub), its `Default`, the list of
+/// its keys (for "did you mean") and a setter that parses one key, so that each key's
+/// type, default and validation are written once, on one line.
+macro_rules! section {
+    ($(#[$meta:meta])* $name:ident, $keys:ident, $set:ident {
+        $($(#[$fmeta:meta])* $field:ident: $ty:ty = $default:expr, |$v:ident| $parse:expr;)+
+    }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $name { $($(#[$fmeta])* pub $field: $ty,)+ }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $($field: $default,)+ }
+            }
+        }
+
+        const $keys: &[&str] = &[$(stringify!($field)),+];
+
+        /// Parses `key` into `c`; Ok(false) when the key is unknown.
+        fn $set(c: &mut $name, key: &str, v: &Val) -> Result<bool, ConfigError> {
+            match key {
+                $(stringify!($field) => {
+                    fn parse($v: &Val) -> Result<$ty, ConfigError> { $parse }
+                    c.$field = parse(v)?;
+                })+
+                _ => return Ok(false),
+            }
+            Ok(true)
+        }
+    };
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+section! {
+    /// `[pooler]`. Durations of zero mean "disabled".
+    PoolerConfig, POOLER_KEYS, set_pooler {
+        listen_addr: String = "127.0.0.1".into(), |v| listen_addr(v);
+        listen_port: u16 = 6432, |v| v.port();
+        pool_mode: PoolMode = PoolMode::Transaction, |v| v.keyword();
+        max_client_conn: u32 = 1000, |v| v.u32(1);
+        default_pool_size: u32 = 20, |v| v.u32(1);
+        min_pool_size: u32 = 0, |v| v.u32(0);
+        reserve_pool_size: u32 = 0, |v| v.u32(0);
+        reserve_pool_timeout: Duration = secs(5), |v| v.duration();
+        max_db_connections: u32 = 0, |v| v.u32(0);
+        max_user_connections: u32 = 0, |v| v.u32(0);
+        auth_type: AuthType = AuthType::ScramSha256, |v| v.keyword();
+        admin_users: Vec<String> = Vec::new(), |v| v.names();
+        stats_users: Vec<String> = Vec::new(), |v| v.names();
+        server_reset_query: String = "DISCARD ALL".into(), |v| v.string();
+        server_check_query: String = String::new(), |v| v.string();
+        server_check_delay: Duration = secs(30), |v| v.duration();
+        server_connect_timeout: Duration = secs(15), |v| v.duration();
+        server_login_retry: Duration = secs(15), |v| v.duration();
+        query_wait_timeout: Duration = secs(120), |v| v.duration();
+        query_timeout: Duration = Duration::ZERO, |v| v.duration();
+        client_idle_timeout: Duration = Duration::ZERO, |v| v.duration();
+        client_login_timeout: Duration = secs(60), |v| v.duration();
+        idle_transaction_timeout: Duration = Duration::ZERO, |v| v.duration();
+        server_idle_timeout: Duration = secs(600), |v| v.duration();
+        server_lifetime: Duration = secs(3600), |v| v.duration();
+        max_prepared_statements: u32 = 200, |v| v.u32(0);
+        max_message_size: u32 = 256 * 1024 * 1024, |v| v.u32(1024);
+        shutdown_timeout: Duration = secs(30), |v| v.duration();
+        slow_query_threshold: Duration = secs(1), |v| v.duration();
+        /// Never zero: it divides the SHOW STATS averages.
+        stats_period: Duration = secs(60), |v| v.nonzero_duration();
+        tls_mode: TlsMode = TlsMode::Disable, |v| v.keyword();
+        tls_cert_file: String = String::new(), |v| v.string();
+        tls_key_file: String = String::new(), |v| v.string();
+        server_tls_mode: ServerTlsMode = ServerTlsMode::Disable, |v| v.keyword();
+        server_tls_ca_file: String = String::new(), |v| v.string();
+    }
+}
+
+section! {
+    /// `[metrics]`
+    MetricsConfig, METRICS_KEYS, set_metrics {
+        /// "host:port" of the Prometheus endpoint; "" disables it.
+        listen: String = "127.0.0.1:9930".into(), |v| metrics_listen(v);
+    }
+}
+
+section! {
+    /// `[breaker]`, per backend address.
+    BreakerConfig, BREAKER_KEYS, set_breaker {
+        failure_threshold: u32 = 5, |v| v.u32(1);
+        open_timeout: Duration = secs(30), |v| v.duration();
+    }
+}
+
+section! {
+    /// `[users.NAME]`
+    UserConfig, USER_KEYS, set_user {
+        password: Option<Secret> = None, |v| v.secret().map(Some);
+        pool_mode: Option<PoolMode> = None, |v| v.keyword().map(Some);
+        /// 0 = unlimited.
+        max_user_connections: Option<u32> = None, |v| v.u32(0).map(Some);
+    }
+}
+
+section! {
+    /// `[databases.NAME]`; the name `"*"` serves any database not listed.
+    DatabaseConfig, DATABASE_KEYS, set_database {
+        host: String = "127.0.0.1".into(), |v| v.nonempty();
+        port: u16 = 5432, |v| v.port();
+        dbname: Option<String> = None, |v| v.nonempty().map(Some);
+        user: Option<String> = None, |v| v.nonempty().map(Some);
+        password: Option<Secret> = None, |v| v.secret().map(Some);
+        pool_size: Option<u32> = None, |v| v.u32(1).map(Some);
+        min_pool_size: Option<u32> = None, |v| v.u32(0).map(Some);
+        pool_mode: Option<PoolMode> = None, |v| v.keyword().map(Some);
+        /// (host, port); IPv6 hosts are stored without brackets.
+        replicas: Vec<(String, u16)> = Vec::new(), |v| replicas(v);
+        read_write_split: bool = false, |v| v.bool();
+        max_replica_lag_bytes: u64 = 16 * 1024 * 1024, |v| v.int(0, i64::MAX as u64);
+        max_replica_lag_seconds: Duration = secs(5), |v| v.duration();
+        lag_check_interval: Duration = secs(1), |v| v.duration();
+        read_your_writes: bool = true, |v| v.bool();
+        load_balancing: LoadBalancing = LoadBalancing::LeastOutstanding, |v| v.keyword();
+        primary_reads: bool = false, |v| v.bool();
+        /// Lowercase names; when set in the file it replaces DEFAULT_WRITE_FUNCTIONS.
+        write_functions: Vec<String> = DEFAULT_WRITE_FUNCTIONS.iter().map(|s| s.to_string()).collect(),
+            |v| v.names().map(|names| names.iter().map(|s| s.to_lowercase()).collect());
+    }
+}
+
+/// Functions whose call sends a statement to the primary when `write_functions` is not
+/// set: they write, take locks that must be coordinated with the primary, read session
+/// state created there (currval, lastval), or fail on a standby (pg_current_wal_lsn).
+#[rustfmt::skip]
+pub const DEFAULT_WRITE_FUNCTIONS: &[&str] = &[
+    "nextval", "setval", "currval", "lastval",
+    "pg_advisory_lock", "pg_advisory_lock_shared", "pg_advisory_unlock", "pg_advisory_unlock_shared",
+    "pg_advisory_unlock_all", "pg_advisory_xact_lock", "pg_advisory_xact_lock_shared",
+    "pg_try_advisory_lock", "pg_try_advisory_lock_shared", "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared", "pg_notify",
+    "lo_create", "lo_creat", "lo_import", "lo_export", "lo_unlink", "lo_open", "lo_put",
+    "lo_from_bytea", "lowrite", "lo_truncate", "lo_truncate64",
+    "set_config", "txid_current", "pg_current_xact_id",
+    "pg_current_wal_lsn", "pg_current_wal_insert_lsn", "pg_current_wal_flush_lsn",
+    "pg_logical_emit_message", "pg_create_restore_point", "pg_switch_wal",
+    "pg_create_physical_replication_slot", "pg_create_logical_replication_slot",
+    "pg_drop_replication_slot", "dblink_exec",
+];
+
+use parse::{listen_addr, metrics_listen, replicas, Val};
+pub use secret::{ScramSecret, Secret};
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    pub pooler: PoolerConfig,
+    pub metrics: MetricsConfig,
+    pub breaker: BreakerConfig,
+    pub users: BTreeMap<String, UserConfig>,
+    pub databases: BTreeMap<String, DatabaseConfig>,
+}
+
+impl DatabaseConfig {
+    /// The database name to use on the server: `dbname`, or the name the client asked for.
+    pub fn server_dbname<'a>(&'a self, client_db: &'a str) -> &'a str {
+        self.dbname.as_deref().unwrap_or(client_db)
+    }
+}
+
+impl Config {
+    /// Used when there is no config file: clients authenticate against the server itself,
+    /// and any database name goes to 127.0.0.1:5432.
+    pub fn embedded_default() -> Config {
+        let mut config = Config::default();
+        config.pooler.auth_type = AuthType::Passthrough;
+        config.databases.insert("*".into(), DatabaseConfig::default());
+        config
+    }
+
+    /// The exact entry, else the `"*"` entry.
+    pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
+        self.databases.get(name).or_else(|| self.databases.get("*"))
+    }
+
+    /// User override, else database override, else `pooler.pool_mode`.
+    pub fn pool_mode_for(&self, database: &str, user: &str) -> PoolMode {
+        let user_mode = self.users.get(user).and_then(|u| u.pool_mode);
+        let db_mode = || self.database(database).and_then(|d| d.pool_mode);
+        user_mode.or_else(db_mode).unwrap_or(self.pooler.pool_mode)
+    }
+
+    pub fn pool_size_for(&self, database: &str) -> u32 {
+        let size = self.database(database).and_then(|d| d.pool_size);
+        size.unwrap_or(self.pooler.default_pool_size)
+    }
+
+    pub fn min_pool_size_for(&self, database: &str) -> u32 {
+        let size = self.database(database).and_then(|d| d.min_pool_size);
+        size.unwrap_or(self.pooler.min_pool_size)
+    }
+}
+
+/// One line: `origin:line: key.path: problem` (line and key left out where there is none).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}{}: {}{message}", .line.map(|l| format!(":{l}")).unwrap_or_default(),
+        if .key.is_empty() { String::new() } else { format!("{}: ", .key) })]
+pub struct ConfigError {
+    pub origin: String,
+    /// 1-based line of the offending key or value.
+    pub line: Option<usize>,
+    /// Full key path, e.g. `databases.bench.replicas[1]`; empty for file-level errors.
+    pub key: String,
+    pub message: String,
+}
+
+mod parse;
+mod secret;
+#[cfg(test)]
+mod tests;
