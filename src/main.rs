@@ -45,7 +45,11 @@ fn main() -> ExitCode {
         println!("{}: ok", cli.config.unwrap_or_default().display());
         return ExitCode::SUCCESS;
     }
+    // Logs go to stderr, coloured only on a terminal, so files and journald get plain lines.
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

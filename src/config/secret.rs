@@ -39,10 +39,13 @@ impl fmt::Debug for ScramSecret {
 
 impl Secret {
     /// Parses a password as written in the file: "md5" + 32 hex digits, a PostgreSQL
-    /// "SCRAM-SHA-256$..." secret, else plain text. Errors never contain the input.
+    /// "SCRAM-SHA-256$..." secret, else plain text (as PostgreSQL and PgBouncer read them, so a
+    /// plain password may well start with "md5"). Errors never contain the input.
     pub fn parse(text: &str) -> Result<Secret, String> {
         if let Some(hex) = text.strip_prefix("md5") {
-            return parse_md5(hex).map(Secret::Md5);
+            if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return parse_md5(hex).map(Secret::Md5);
+            }
         }
         if let Some(rest) = text.strip_prefix("SCRAM-SHA-256$") {
             return parse_scram(rest).map(Secret::Scram);

@@ -112,7 +112,12 @@ async fn login(
         .pools
         .get_or_create(config, db, database, user, password.as_deref());
     match password {
-        Some(password) => verify_passthrough(&pool, shared, &password).await?,
+        Some(password) => {
+            if let Err(e) = verify_passthrough(&pool, shared, &password).await {
+                shared.pools.forget_if_unused(&pool);
+                return Err(e);
+            }
+        }
         None if pool.welcome().is_none() => pool.checkout().await.map_err(|e| e.to_pg())?.release(),
         None => {}
     }

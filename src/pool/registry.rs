@@ -4,6 +4,7 @@ use super::pool::{Pool, PoolSettings};
 use crate::backend::{Credentials, Target};
 use crate::config::{Config, DatabaseConfig, Secret};
 use dashmap::DashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -37,6 +38,21 @@ impl Pools {
         }
         let pool = Arc::new(make_pool(config, db, database, user, password));
         self.map.entry(key).or_insert(pool).clone()
+    }
+
+    /// Drops a pool nobody uses: a passthrough login the server refused must not leave a pool
+    /// behind per guessed user name.
+    pub fn forget_if_unused(&self, pool: &Arc<Pool>) {
+        let key = PoolKey {
+            database: pool.database.clone(),
+            user: pool.user.clone(),
+        };
+        // Two references: the registry's and the caller's; any other is a login in progress.
+        self.map.remove_if(&key, |_, p| {
+            Arc::strong_count(p) <= 2
+                && p.counts.clients.load(Ordering::Relaxed) == 0
+                && p.counts.servers.load(Ordering::Relaxed) == 0
+        });
     }
 
     pub fn all(&self) -> Vec<Arc<Pool>> {

@@ -1,0 +1,239 @@
+//! The pgmux command line: `check`, `--help`, `--version`, and a listen port that is taken.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const PGMUX: &str = env!("CARGO_BIN_EXE_pgmux");
+
+/// The repository's own example configuration.
+fn repo_config() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pooler.toml");
+    assert!(path.exists(), "{} is missing", path.display());
+    path
+}
+
+/// A config file under the temp dir with a unique name, removed on drop.
+struct TempConfig(PathBuf);
+
+impl TempConfig {
+    fn new(text: &str) -> TempConfig {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path = std::env::temp_dir().join(format!("pgmux-cli-{}-{n}-{nanos}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        TempConfig(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 temp path")
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Runs pgmux to completion (it must finish within 10 s): (exit code, stdout, stderr).
+fn pgmux(args: &[&str]) -> (i32, String, String) {
+    let mut child = Command::new(PGMUX)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pgmux");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            panic!(
+                "pgmux {args:?} still running after 10 s; stdout: {}; stderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let Output { status, stdout, stderr } = child.wait_with_output().expect("wait");
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+/// `pgmux check --config F` must fail; returns stderr, asserted to name the file.
+fn check_fails(text: &str) -> String {
+    let file = TempConfig::new(text);
+    let (code, out, err) = pgmux(&["check", "--config", file.path()]);
+    assert_ne!(code, 0, "check passed a bad config:\n{text}\nstdout: {out}");
+    assert!(err.contains(file.path()), "the error does not name the file: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line expected: {err}");
+    err
+}
+
+#[test]
+fn check_accepts_the_repository_config() {
+    let config = repo_config();
+    let path = config.to_str().unwrap();
+    let (code, out, err) = pgmux(&["check", "--config", path]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains(path) && out.contains("ok"), "stdout: {out}");
+    // The global option also works before the subcommand, and in its short form.
+    let (code, out, err) = pgmux(&["--config", path, "check"]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    let (code, _, err) = pgmux(&["-c", path, "check"]);
+    assert_eq!(code, 0, "stderr: {err}");
+    // A minimal file and an empty one are valid too (every key is optional).
+    let file = TempConfig::new("[pooler]\nlisten_port = 6433\n[users.app]\npassword = \"app\"\n");
+    assert_eq!(pgmux(&["check", "--config", file.path()]).0, 0);
+    let empty = TempConfig::new("");
+    assert_eq!(pgmux(&["check", "--config", empty.path()]).0, 0);
+}
+
+#[test]
+fn check_names_file_line_and_key_of_an_unknown_key() {
+    let err = check_fails("[pooler]\nlisten_port = 6432\npool_mod = \"session\"\n");
+    assert!(err.contains(":3:"), "line 3 expected: {err}");
+    assert!(err.contains("pooler.pool_mod"), "{err}");
+    assert!(err.contains("unknown key"), "{err}");
+    assert!(err.contains("pool_mode"), "a suggestion expected: {err}");
+}
+
+#[test]
+fn check_reports_wrong_types_and_invalid_values() {
+    let err = check_fails("[pooler]\ndefault_pool_size = \"ten\"\n");
+    assert!(err.contains(":2:") && err.contains("pooler.default_pool_size"), "{err}");
+    assert!(err.contains("integer") && err.contains("string"), "{err}");
+
+    let err = check_fails("# comment\n\n[pooler]\nlisten_port = 6432\npool_mode = \"sesion\"\n");
+    assert!(err.contains(":5:") && err.contains("pooler.pool_mode"), "{err}");
+    assert!(err.contains("sesion") && err.contains("session"), "{err}");
+
+    let err = check_fails("[databases.bench]\nport = 70000\n");
+    assert!(err.contains(":2:") && err.contains("databases.bench.port"), "{err}");
+
+    let err = check_fails("[pooler]\nlisten_port = 6432\nlisten_addr = \n");
+    assert!(err.contains(":3:") && err.contains("syntax"), "{err}");
+}
+
+#[test]
+fn check_rejects_malformed_secrets_without_echoing_them() {
+    let stored = "U2VjcmV0U3RvcmVkS2V5UXVva2th"; // 21 bytes, not 32
+    let server = "U2VjcmV0U2VydmVyS2V5V29tYmF0";
+    let salt = "UXVva2thU2FsdFNhbHQ=";
+    let secret = format!("SCRAM-SHA-256$4096:{salt}${stored}:{server}");
+    let err = check_fails(&format!(
+        "[pooler]\nauth_type = \"scram-sha-256\"\n[users.x]\npassword = \"{secret}\"\n"
+    ));
+    assert!(err.contains(":4:") && err.contains("users.x.password"), "{err}");
+    assert!(err.contains("SCRAM"), "{err}");
+    for part in [stored, server, salt, secret.as_str()] {
+        assert!(!err.contains(part), "the error echoes the secret ({part}): {err}");
+    }
+
+    // Missing keys part, bad iteration count: never echoed either. ("md5" followed by anything
+    // but 32 hex digits is a plain password, as in PostgreSQL, so it is no error.)
+    let cases = [
+        format!("SCRAM-SHA-256$4096:{salt}"),
+        format!("SCRAM-SHA-256$lots:{salt}${stored}:{server}"),
+    ];
+    for secret in cases {
+        let err = check_fails(&format!("[users.x]\npassword = \"{secret}\"\n"));
+        assert!(err.contains(":2:") && err.contains("users.x.password"), "{err}");
+        assert!(!err.contains(&secret[3..]), "the error echoes the secret: {err}");
+        for word in ["Quokka", "Wombat", "lots"] {
+            assert!(!err.contains(word) || !secret.contains(word), "echoed {word}: {err}");
+        }
+    }
+
+    // A database's server password is checked the same way.
+    let err = check_fails(&format!(
+        "[databases.bench]\npassword = \"SCRAM-SHA-256$4096:{salt}${stored}\"\n"
+    ));
+    assert!(
+        err.contains("databases.bench.password") && !err.contains(stored),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_without_a_file_or_with_a_missing_one() {
+    let (code, out, err) = pgmux(&["check"]);
+    assert_ne!(code, 0, "stdout: {out}");
+    assert!(err.contains("--config"), "no hint about --config: {err}");
+
+    let missing = std::env::temp_dir().join(format!("pgmux-cli-missing-{}.toml", std::process::id()));
+    let missing = missing.to_str().unwrap();
+    let (code, out, err) = pgmux(&["check", "--config", missing]);
+    assert_ne!(code, 0, "stdout: {out}");
+    assert!(err.contains(missing), "the error does not name the path: {err}");
+    // Serving with a missing file fails the same way, at once.
+    let (code, _, err) = pgmux(&["--config", missing]);
+    assert_ne!(code, 0);
+    assert!(err.contains(missing), "{err}");
+}
+
+#[test]
+fn help_and_version() {
+    let (code, out, err) = pgmux(&["--help"]);
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(out.contains("check"), "--help does not mention check: {out}");
+    assert!(out.contains("--config"), "{out}");
+    let (code, out, err) = pgmux(&["--version"]);
+    assert_eq!(code, 0, "stderr: {err}");
+    assert_eq!(out.trim(), format!("pgmux {}", env!("CARGO_PKG_VERSION")));
+    // An unknown subcommand or option is a usage error.
+    let (code, _, err) = pgmux(&["chek"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("chek"), "{err}");
+}
+
+#[test]
+fn serving_on_a_taken_port_exits_with_an_error() {
+    let held = TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let port = held.local_addr().unwrap().port();
+    let file = TempConfig::new(&format!(
+        "[pooler]\nlisten_addr = \"127.0.0.1\"\nlisten_port = {port}\n[metrics]\nlisten = \"\"\n\
+         [databases.bench]\nport = 1\n"
+    ));
+    let t0 = Instant::now();
+    let mut child = Command::new(PGMUX)
+        .args(["--config", file.path()])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pgmux");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if t0.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("pgmux still running after 5 s with port {port} taken");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut text = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut text).unwrap();
+    assert!(!status.success(), "exit status {status}; output: {text}");
+    assert!(text.contains("cannot listen"), "output: {text}");
+    assert!(text.contains(&port.to_string()), "the port is not named: {text}");
+    drop(held);
+}
