@@ -75,6 +75,13 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     tracing::info!("pgmux {} listening on {addr}:{port}", env!("CARGO_PKG_VERSION"));
+    let inert = config.inert_settings();
+    if !inert.is_empty() {
+        tracing::warn!(
+            "these settings are accepted but not acted on by this version: {}",
+            inert.join(", ")
+        );
+    }
     let shared = Arc::new(Shared::new(config));
     tokio::spawn(pool::janitor::run(shared.pools.clone(), Duration::from_secs(1)));
     tokio::select! {

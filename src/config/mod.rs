@@ -277,6 +277,7 @@ pub struct ConfigError {
     pub message: String,
 }
 
+mod inert;
 mod parse;
 mod secret;
 #[cfg(test)]

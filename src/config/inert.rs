@@ -1,0 +1,77 @@
+//! Keys this build accepts but does not act on yet, so an operator who sets one hears so at
+//! startup instead of trusting a setting that does nothing.
+
+use super::{BreakerConfig, Config, DatabaseConfig, MetricsConfig, PoolerConfig, ServerTlsMode, TlsMode};
+
+impl Config {
+    /// Keys set to something other than their default that this build ignores.
+    pub fn inert_settings(&self) -> Vec<String> {
+        let (p, d) = (&self.pooler, PoolerConfig::default());
+        let mut keys = Vec::new();
+        let mut check = |changed: bool, key: &str| {
+            if changed {
+                keys.push(key.to_owned());
+            }
+        };
+        check(p.reserve_pool_size != d.reserve_pool_size, "pooler.reserve_pool_size");
+        check(
+            p.max_db_connections != d.max_db_connections,
+            "pooler.max_db_connections",
+        );
+        check(
+            p.max_user_connections != d.max_user_connections,
+            "pooler.max_user_connections",
+        );
+        check(!p.admin_users.is_empty(), "pooler.admin_users");
+        check(!p.stats_users.is_empty(), "pooler.stats_users");
+        check(
+            p.server_check_query != d.server_check_query,
+            "pooler.server_check_query",
+        );
+        check(
+            p.server_login_retry != d.server_login_retry,
+            "pooler.server_login_retry",
+        );
+        check(!p.query_timeout.is_zero(), "pooler.query_timeout");
+        check(!p.client_idle_timeout.is_zero(), "pooler.client_idle_timeout");
+        check(!p.idle_transaction_timeout.is_zero(), "pooler.idle_transaction_timeout");
+        check(p.tls_mode != TlsMode::Disable, "pooler.tls_mode");
+        check(p.server_tls_mode != ServerTlsMode::Disable, "pooler.server_tls_mode");
+        check(
+            self.metrics != MetricsConfig::default() && !self.metrics.listen.is_empty(),
+            "metrics.listen",
+        );
+        check(self.breaker != BreakerConfig::default(), "breaker");
+        for (name, user) in &self.users {
+            check(
+                user.max_user_connections.is_some(),
+                &format!("users.{name}.max_user_connections"),
+            );
+        }
+        let dd = DatabaseConfig::default();
+        for (name, db) in &self.databases {
+            check(
+                !db.replicas.is_empty() || db.read_write_split != dd.read_write_split,
+                &format!("databases.{name}.replicas"),
+            );
+        }
+        keys
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_not_reported() {
+        assert!(Config::default().inert_settings().is_empty());
+        assert!(Config::embedded_default().inert_settings().is_empty());
+        let config = Config::parse(
+            "[pooler]\nquery_timeout = 5\ntls_mode = \"disable\"\n[breaker]\nfailure_threshold = 3\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(config.inert_settings(), vec!["pooler.query_timeout", "breaker"]);
+    }
+}
