@@ -264,7 +264,9 @@ async fn max_client_conn_refuses_with_53300() {
     let url = px.url("app", "app", "bench");
     let _a = connect(&url).await;
     let _b = connect(&url).await;
-    let Err(err) = try_connect(&url).await else { panic!("third client must be refused") };
+    let Err(err) = try_connect(&url).await else {
+        panic!("third client must be refused")
+    };
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"), "{err:?}");
     assert!(format!("{err:?}").contains("max_client_conn"));
     drop(_a);

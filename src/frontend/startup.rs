@@ -13,6 +13,8 @@ pub enum Startup {
 /// Reads packets until a StartupMessage or a CancelRequest. Encryption requests get `N` while
 /// TLS is off, and the client goes on in plain text, as with PostgreSQL.
 pub async fn read_startup(client: &mut ClientConn) -> Result<Startup, PgError> {
+    // libpq sends at most a GSSENCRequest then an SSLRequest; more is a client going round.
+    let mut encryption_requests = 0;
     loop {
         let parsed = parse_startup(&client.buf).map_err(|e| protocol_violation(&e))?;
         let Some((packet, len)) = parsed else {
@@ -24,6 +26,13 @@ pub async fn read_startup(client: &mut ClientConn) -> Result<Startup, PgError> {
         client.consume(len);
         match packet {
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                encryption_requests += 1;
+                if encryption_requests > 2 {
+                    return Err(PgError::fatal(
+                        "08P01",
+                        "too many encryption requests before the startup message",
+                    ));
+                }
                 client
                     .write(b"N")
                     .await
