@@ -392,3 +392,30 @@ async fn dead_server_gives_08006_and_the_next_client_a_fresh_one() {
     assert_eq!(value(&other, "SELECT 3").await, "3");
     assert_ne!(value(&other, "SELECT pg_backend_pid()").await, idle_pid);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_waiting_is_dropped_from_the_queue() {
+    let px = pgmux("default_pool_size = 1", "waitq");
+    let url = px.url("app", "app", "waitq");
+    let holder = connect(&url).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    // This client queues behind the holder, then disconnects before a server frees up.
+    let (quitter, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let queued = tokio::spawn(async move {
+        quitter
+            .batch_execute("INSERT INTO items VALUES (77, 'abandoned')")
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    conn.abort();
+    queued.abort();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    let next = connect(&url).await;
+    assert_eq!(
+        value(&next, "SELECT count(*) FROM items WHERE id = 77").await,
+        "0",
+        "an abandoned request ran"
+    );
+}

@@ -21,6 +21,17 @@ pub struct ClientConn {
     pub tracker: Tracker,
 }
 
+/// How a wait on the client's behalf ended.
+pub enum Waited<T> {
+    Done(T),
+    /// The client closed its socket meanwhile: nobody wants the result.
+    Gone,
+    Invalid(PgError),
+}
+
+/// While waiting for a server, read at most this much more from the client.
+const WAIT_READ_LIMIT: usize = 64 * 1024;
+
 /// What the client did while it held no server.
 pub enum Request {
     /// Complete frames wait in the buffer: a server is needed.
@@ -63,6 +74,29 @@ impl ClientConn {
             match self.stream.read_buf(&mut self.buf).await {
                 Ok(0) | Err(_) => return Request::Gone,
                 Ok(_) => {}
+            }
+        }
+    }
+
+    /// Runs `work` (waiting for a server) while watching the client, so a client that gives up
+    /// and disconnects stops waiting at once instead of holding its place in the queue.
+    pub async fn wait_with<F: std::future::Future>(&mut self, work: F) -> Waited<F::Output> {
+        tokio::pin!(work);
+        loop {
+            let watching = !self.terminate && self.buf.len() < WAIT_READ_LIMIT;
+            tokio::select! {
+                biased;
+                out = &mut work => return Waited::Done(out),
+                read = self.stream.read_buf(&mut self.buf), if watching => match read {
+                    Ok(0) | Err(_) => return Waited::Gone,
+                    Ok(_) => match scan_client(&self.buf, self.ready, self.max_message_size, &mut self.tracker) {
+                        Ok(scan) => {
+                            self.ready = scan.end;
+                            self.terminate = scan.terminate;
+                        }
+                        Err(e) => return Waited::Invalid(protocol_violation(&e)),
+                    },
+                },
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The session loop of one logged-in client: wait for a request, take a server, relay the
 //! transaction, give the server back clean.
 
-use super::conn::{ClientConn, Request};
+use super::conn::{ClientConn, Request, Waited};
 use super::relay::{relay, RelayEnd};
 use crate::backend::Settings;
 use crate::config::PoolMode;
@@ -25,9 +25,10 @@ pub async fn run(mut client: ClientConn, pool: Arc<Pool>, mut settings: Settings
             Request::Gone => return,
             Request::Invalid(e) => return client.send_error(&e).await,
         }
-        let mut lease = match checkout(&pool, &settings).await {
-            Ok(lease) => lease,
-            Err(e) => return client.send_error(&e).await,
+        let mut lease = match client.wait_with(checkout(&pool, &settings)).await {
+            Waited::Done(Ok(lease)) => lease,
+            Waited::Done(Err(e)) | Waited::Invalid(e) => return client.send_error(&e).await,
+            Waited::Gone => return,
         };
         // Session mode never sees Release: the relay runs until the client leaves.
         let end = relay(
