@@ -7,7 +7,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 use support::*;
-use tokio_postgres::SimpleQueryMessage;
 
 /// Authentication request codes (the Int32 after 'R').
 const AUTH_OK: i32 = 0;
@@ -20,17 +19,6 @@ const STORM_PASSWORD: &str = "Zebra-Quartz-91";
 
 fn bench_db() -> &'static str {
     "[databases.bench]\nport = {pg_port}\n"
-}
-
-/// First column of the first row of a simple query.
-async fn value(client: &tokio_postgres::Client, sql: &str) -> String {
-    let rows = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    rows.iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql}: no row"))
 }
 
 /// Logs in, checks the session runs as `user` on `db` and can compute.

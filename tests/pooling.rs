@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use support::*;
-use tokio_postgres::SimpleQueryMessage;
 
 const APP: &str = "[users.app]\npassword = \"app\"\n";
 
@@ -32,17 +31,6 @@ fn pgmux(pooler: &str, db: &str) -> Pgmux {
         &format!("auth_type = \"scram-sha-256\"\n{pooler}"),
         &format!("{APP}[databases.{db}]\nport = {{pg_port}}\n"),
     )
-}
-
-/// First column of the first row of a simple query.
-async fn value(client: &tokio_postgres::Client, sql: &str) -> String {
-    let rows = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    rows.iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql}: no row"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 //! server only needs `md5(password + user)` (the "inner" hash), which is also
 //! what a `md5<hex>` secret in `pg_authid` (or in pgmux's config) holds.
 
+use super::ct_eq;
 use ::md5::{Digest, Md5};
 
 /// `md5(password + user)` as 16 raw bytes.
@@ -65,15 +66,6 @@ fn hex_val(c: u8) -> Option<u8> {
         b'A'..=b'F' => Some(c - b'A' + 10),
         _ => None,
     }
-}
-
-/// Constant-time equality; the length itself is not secret.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! pgmux offers only `SCRAM-SHA-256` (never `-PLUS`), so no channel binding.
 //! The username in `n=` is ignored: PostgreSQL takes it from the startup packet.
 
+use super::ct_eq;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
@@ -322,15 +323,6 @@ fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
         mac.update(p);
     }
     mac.finalize().into_bytes().into()
-}
-
-/// Constant-time equality; the length itself is not secret.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ pub struct ClientConn {
     pub terminate: bool,
     pub max_message_size: usize,
     pub tracker: Tracker,
+    /// Bytes for the client that outlived the server they came from (see RelayEnd::Release).
+    pub out: BytesMut,
 }
 
 /// How a wait on the client's behalf ended.
@@ -52,6 +54,7 @@ impl ClientConn {
             terminate: false,
             max_message_size,
             tracker: Tracker::default(),
+            out: BytesMut::new(),
         }
     }
 
@@ -116,6 +119,13 @@ impl ClientConn {
                 Ok(_) => {}
             }
         }
+    }
+
+    /// Writes and empties `out`.
+    pub async fn flush_out(&mut self) -> std::io::Result<()> {
+        let result = self.stream.write_all(&self.out).await;
+        self.out.clear();
+        result
     }
 
     pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {

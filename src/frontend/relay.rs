@@ -23,7 +23,10 @@ const READ_CHUNK: usize = 16 * 1024;
 
 #[derive(Debug)]
 pub enum RelayEnd {
-    /// The transaction is over and every byte forwarded: the server may go back to the pool.
+    /// The transaction is over and every client byte forwarded: the server may go back to the
+    /// pool. The last bytes of its answer wait in `client.out`, to be written after that, so a
+    /// client slow to take them (or a write preempted by the peer it wakes) never keeps the
+    /// server from the next client.
     Release,
     /// The client closed its socket or sent Terminate.
     ClientGone,
@@ -53,17 +56,22 @@ pub async fn relay(
             Poll::Ready(Ok(moved)) => progress |= moved,
             Poll::Pending => {}
         }
+        if stop == ServerStop::Release && client.ready == 0 {
+            client.out.extend_from_slice(&server.buf[..to_client]);
+            server.buf.advance(to_client);
+            return Poll::Ready(RelayEnd::Release);
+        }
         match flush(cx, &mut client.stream, &mut server.buf, &mut to_client) {
             Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
             Poll::Ready(Ok(moved)) => progress |= moved,
             Poll::Pending => {}
         }
         if to_client == 0 && client.ready == 0 {
-            match stop {
-                ServerStop::Release => return Poll::Ready(RelayEnd::Release),
-                ServerStop::TransactionBlock => return Poll::Ready(RelayEnd::TransactionBlock),
-                ServerStop::More if client.terminate => return Poll::Ready(RelayEnd::ClientGone),
-                ServerStop::More => {}
+            if stop == ServerStop::TransactionBlock {
+                return Poll::Ready(RelayEnd::TransactionBlock);
+            }
+            if client.terminate {
+                return Poll::Ready(RelayEnd::ClientGone);
             }
         }
 

@@ -40,9 +40,17 @@ pub async fn run(mut client: ClientConn, pool: Arc<Pool>, mut settings: Settings
         )
         .await;
         match end {
-            RelayEnd::Release if lease.conn().buf.is_empty() => lease.release(),
-            // Bytes after the last ReadyForQuery: the server is not in a state we know.
-            RelayEnd::Release => drop(lease),
+            RelayEnd::Release => {
+                // Bytes after the last ReadyForQuery: the server is not in a state we know.
+                if lease.conn().buf.is_empty() {
+                    lease.release();
+                } else {
+                    drop(lease);
+                }
+                if client.flush_out().await.is_err() {
+                    return;
+                }
+            }
             RelayEnd::ClientGone => return clean_up(lease, &client, &pool, &pool.settings.server_reset_query).await,
             RelayEnd::TransactionBlock => {
                 let error = PgError::fatal(
