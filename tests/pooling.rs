@@ -9,24 +9,8 @@ use support::*;
 
 const APP: &str = "[users.app]\npassword = \"app\"\n";
 
-/// A database of its own for a test, so backend counts are not disturbed by other tests.
-fn database(name: &str) {
-    let c = cluster();
-    let exists = c.psql(
-        "postgres",
-        &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
-    );
-    if exists == "0" {
-        c.psql("postgres", &format!("CREATE DATABASE {name} OWNER app"));
-        c.psql(
-            name,
-            "CREATE TABLE items(id int PRIMARY KEY, v text); ALTER TABLE items OWNER TO app",
-        );
-    }
-}
-
 fn pgmux(pooler: &str, db: &str) -> Pgmux {
-    database(db);
+    ensure_database(db);
     Pgmux::start(
         &format!("auth_type = \"scram-sha-256\"\n{pooler}"),
         &format!("{APP}[databases.{db}]\nport = {{pg_port}}\n"),

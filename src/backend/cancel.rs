@@ -1,7 +1,10 @@
 //! CancelRequest to a server: a new connection that carries the backend's key and nothing else.
 
-use tokio::io::AsyncWriteExt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 const CANCEL_REQUEST_CODE: i32 = 80_877_102;
 
@@ -15,5 +18,46 @@ pub async fn cancel(host: &str, port: u16, process_id: i32, secret_key: i32) -> 
     packet.extend_from_slice(&process_id.to_be_bytes());
     packet.extend_from_slice(&secret_key.to_be_bytes());
     stream.write_all(&packet).await?;
-    stream.shutdown().await
+    stream.shutdown().await?;
+    // PostgreSQL closes the connection once it has signalled the backend: wait for that, so
+    // the caller knows the cancel has landed.
+    let mut rest = [0u8; 64];
+    while stream.read(&mut rest).await? > 0 {}
+    Ok(())
+}
+
+/// Cancels in flight against one server connection.
+#[derive(Default, Debug)]
+pub struct InFlight {
+    count: AtomicU32,
+    done: Notify,
+}
+
+impl InFlight {
+    /// Waits until no cancel is in flight; false if one is still running after `limit`.
+    pub async fn settled(&self, limit: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.done.notified();
+                if self.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+
+    pub fn count(&self) -> u32 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn begin(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn end(&self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.done.notify_waiters();
+    }
 }

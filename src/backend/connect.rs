@@ -161,6 +161,7 @@ async fn login(
         created: now,
         idle_since: now,
         settings: Settings::default(),
+        in_flight: Default::default(),
     };
     Ok((server, reported))
 }

@@ -18,6 +18,8 @@ pub struct ServerConn {
     pub idle_since: Instant,
     /// Client settings applied to this session, as far as pgmux knows.
     pub settings: Settings,
+    /// Cancel requests on their way to this backend: it is not reused until they land.
+    pub in_flight: std::sync::Arc<super::cancel::InFlight>,
 }
 
 impl ServerConn {

@@ -2,6 +2,7 @@
 //! welcome (ParameterStatus, BackendKeyData).
 
 use super::auth::authenticate;
+use super::cancel::CancelHandle;
 use super::conn::ClientConn;
 use super::startup::{read_startup, Startup};
 use super::{session, ClientSlot, Shared};
@@ -37,10 +38,19 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         })
     };
     match result {
-        Ok(Some(LoggedIn { pool, settings })) => {
+        Ok(Some(LoggedIn { pool, settings, cancel })) => {
             tracing::info!(client = %peer, pool = %pool, "client logged in");
             pool.counts.clients.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            session::run(client, pool.clone(), settings).await;
+            let process_id = cancel.process_id;
+            let session = session::Session {
+                client,
+                pool: pool.clone(),
+                settings,
+                cancel,
+                shared: shared.clone(),
+            };
+            session::run(session).await;
+            shared.cancels.unregister(process_id);
             pool.counts.clients.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(client = %peer, pool = %pool, "client logged out");
         }
@@ -55,6 +65,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
 struct LoggedIn {
     pool: Arc<Pool>,
     settings: Settings,
+    cancel: Arc<CancelHandle>,
 }
 
 async fn login(
@@ -65,10 +76,13 @@ async fn login(
 ) -> Result<Option<LoggedIn>, PgError> {
     let (minor, params) = match read_startup(client).await? {
         Startup::Login { minor, params } => (minor, params),
-        Startup::Cancel { .. } => {
-            // Forwarding cancel requests comes with per-client keys; until then they are dropped,
-            // as PostgreSQL does with a key it does not know.
-            tracing::debug!(client = %client.peer, "cancel request dropped");
+        Startup::Cancel { process_id, secret_key } => {
+            // A wrong key, or a client holding no server, is dropped silently, as PostgreSQL does.
+            let forwarded = match shared.cancels.find(process_id, secret_key) {
+                Some(handle) => handle.cancel_held().await,
+                None => false,
+            };
+            tracing::debug!(client = %client.peer, forwarded, "cancel request");
             return Ok(None);
         }
     };
@@ -127,11 +141,16 @@ async fn login(
         let own = settings.get(&name.to_ascii_lowercase());
         msg::parameter_status(&mut out, name, own.unwrap_or(value));
     }
-    let id = shared.next_client_id();
-    msg::backend_key_data(&mut out, id as i32, rand::random());
+    // Process ids stay positive, as PostgreSQL's do; they wrap after 2^31 logins.
+    let process_id = (shared.next_client_id() % i32::MAX as u64) as i32 + 1;
+    let cancel = shared.cancels.register(process_id);
+    msg::backend_key_data(&mut out, process_id, cancel.secret_key());
     msg::ready_for_query(&mut out, b'I');
-    client.write(&out).await.map_err(|_| gone())?;
-    Ok(Some(LoggedIn { pool, settings }))
+    if client.write(&out).await.is_err() {
+        shared.cancels.unregister(process_id);
+        return Err(gone());
+    }
+    Ok(Some(LoggedIn { pool, settings, cancel }))
 }
 
 /// Passthrough: the client's password is right if the server takes it. A password the server

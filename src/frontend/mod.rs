@@ -1,11 +1,13 @@
 //! One tokio task per client: startup, authentication, then the session loop.
 
 pub mod auth;
+pub mod cancel;
 pub mod conn;
 pub mod login;
 pub mod relay;
 pub mod session;
 pub mod startup;
+pub mod timers;
 pub mod track;
 
 use crate::auth::KeyCache;
@@ -20,6 +22,7 @@ pub struct Shared {
     pub config: ArcSwap<Config>,
     pub pools: Arc<Pools>,
     pub keys: KeyCache,
+    pub cancels: cancel::CancelRegistry,
     /// Clients connected now (logged in or not), for max_client_conn.
     pub clients: AtomicU32,
     next_client: AtomicU64,
@@ -33,6 +36,7 @@ impl Shared {
             config: ArcSwap::from_pointee(config),
             pools: Arc::new(Pools::default()),
             keys: KeyCache::default(),
+            cancels: cancel::CancelRegistry::default(),
             clients: AtomicU32::new(0),
             next_client: AtomicU64::new(1),
             secret: rand::random(),

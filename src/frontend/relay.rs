@@ -6,6 +6,7 @@
 //! stops reading stalls only its own direction.
 
 use super::conn::{protocol_violation, ClientConn};
+use super::timers::{Phase, Timeouts, Watch};
 use super::track::{scan_client, ServerScan, ServerStop};
 use crate::backend::{ServerConn, Settings};
 use crate::protocol::messages::PgError;
@@ -36,19 +37,50 @@ pub enum RelayEnd {
     ClientInvalid(PgError),
     /// The server closed or failed.
     ServerGone(io::Error),
+    /// The transaction stayed in this phase longer than its timeout allows.
+    Timeout(Phase),
 }
 
-/// Relays until the transaction ends. `release_at_idle` is false in session mode.
+/// Where the relay stands with one server, kept across calls (a timeout returns mid-way).
+pub struct RelayState {
+    /// Scanned server bytes at the front of server.buf, not yet written to the client.
+    to_client: usize,
+    scan: ServerScan,
+    stop: ServerStop,
+    watch: Watch,
+    pub release_at_idle: bool,
+    pub statement_mode: bool,
+}
+
+impl RelayState {
+    pub fn new(release_at_idle: bool, statement_mode: bool, timeouts: Timeouts) -> RelayState {
+        RelayState {
+            to_client: 0,
+            scan: ServerScan::default(),
+            stop: ServerStop::More,
+            watch: Watch::new(timeouts),
+            release_at_idle,
+            statement_mode,
+        }
+    }
+}
+
+/// Relays until the transaction ends (or a timeout, or an error).
 pub async fn relay(
     client: &mut ClientConn,
     server: &mut ServerConn,
     settings: &mut Settings,
-    release_at_idle: bool,
-    statement_mode: bool,
+    state: &mut RelayState,
 ) -> RelayEnd {
-    let mut to_client = 0; // scanned server bytes at the front of server.buf
-    let mut scan = ServerScan::default();
-    let mut stop = ServerStop::More;
+    let RelayState {
+        to_client,
+        scan,
+        stop,
+        watch,
+        release_at_idle,
+        statement_mode,
+    } = state;
+    let (release_at_idle, statement_mode) = (*release_at_idle, *statement_mode);
     poll_fn(|cx| loop {
         let mut progress = false;
         match flush(cx, &mut server.stream, &mut client.buf, &mut client.ready) {
@@ -56,18 +88,20 @@ pub async fn relay(
             Poll::Ready(Ok(moved)) => progress |= moved,
             Poll::Pending => {}
         }
-        if stop == ServerStop::Release && client.ready == 0 {
-            client.out.extend_from_slice(&server.buf[..to_client]);
-            server.buf.advance(to_client);
+        if *stop == ServerStop::Release && client.ready == 0 {
+            client.out.extend_from_slice(&server.buf[..*to_client]);
+            server.buf.advance(*to_client);
+            *to_client = 0;
+            *stop = ServerStop::More;
             return Poll::Ready(RelayEnd::Release);
         }
-        match flush(cx, &mut client.stream, &mut server.buf, &mut to_client) {
+        match flush(cx, &mut client.stream, &mut server.buf, to_client) {
             Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
             Poll::Ready(Ok(moved)) => progress |= moved,
             Poll::Pending => {}
         }
-        if to_client == 0 && client.ready == 0 {
-            if stop == ServerStop::TransactionBlock {
+        if *to_client == 0 && client.ready == 0 {
+            if *stop == ServerStop::TransactionBlock {
                 return Poll::Ready(RelayEnd::TransactionBlock);
             }
             if client.terminate {
@@ -93,7 +127,7 @@ pub async fn relay(
             }
         }
 
-        if stop == ServerStop::More && server.buf.len() < HIGH_WATER {
+        if *stop == ServerStop::More && server.buf.len() < HIGH_WATER {
             reserve(&mut server.buf);
             match poll_read_buf(Pin::new(&mut server.stream), cx, &mut server.buf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(RelayEnd::ServerGone(io::ErrorKind::UnexpectedEof.into())),
@@ -103,7 +137,7 @@ pub async fn relay(
                     let server_settings = &mut server.settings;
                     let found = scan.scan(
                         &server.buf,
-                        to_client,
+                        *to_client,
                         tracker,
                         release_at_idle,
                         statement_mode,
@@ -111,8 +145,8 @@ pub async fn relay(
                     );
                     match found {
                         Ok((end, why)) => {
-                            to_client = end;
-                            stop = why;
+                            *to_client = end;
+                            *stop = why;
                         }
                         Err(e) => return Poll::Ready(RelayEnd::ServerGone(io::Error::other(e.to_string()))),
                     }
@@ -122,6 +156,9 @@ pub async fn relay(
             }
         }
         if !progress {
+            if let Poll::Ready(phase) = watch.poll(cx, &client.tracker) {
+                return Poll::Ready(RelayEnd::Timeout(phase));
+            }
             return Poll::Pending;
         }
     })

@@ -1,8 +1,11 @@
 //! The session loop of one logged-in client: wait for a request, take a server, relay the
 //! transaction, give the server back clean.
 
+use super::cancel::CancelHandle;
 use super::conn::{ClientConn, Request, Waited};
-use super::relay::{relay, RelayEnd};
+use super::relay::{relay, RelayEnd, RelayState};
+use super::timers::{Phase, Timeouts};
+use super::Shared;
 use crate::backend::Settings;
 use crate::config::PoolMode;
 use crate::pool::{Lease, Pool};
@@ -12,46 +15,56 @@ use bytes::Buf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long pgmux's own clean-up (ROLLBACK, server_reset_query) may take before the server is
-/// closed instead.
+/// How long pgmux's own clean-up (ROLLBACK, server_reset_query, a cancel landing) may take
+/// before the server is closed instead.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn run(mut client: ClientConn, pool: Arc<Pool>, mut settings: Settings) {
-    let mode = pool.settings.mode;
-    let release_at_idle = mode != PoolMode::Session;
+/// One logged-in client.
+pub struct Session {
+    pub client: ClientConn,
+    pub pool: Arc<Pool>,
+    pub settings: Settings,
+    pub cancel: Arc<CancelHandle>,
+    pub shared: Arc<Shared>,
+}
+
+pub async fn run(mut s: Session) {
+    let mode = s.pool.settings.mode;
     loop {
-        match client.wait_for_request().await {
+        let timeouts = timeouts(&s.shared);
+        match wait_idle(&mut s.client, timeouts.client_idle).await {
             Request::Ready => {}
             Request::Gone => return,
-            Request::Invalid(e) => return client.send_error(&e).await,
+            Request::Invalid(e) => return s.client.send_error(&e).await,
         }
-        let mut lease = match client.wait_with(checkout(&pool, &settings)).await {
+        let mut lease = match s.client.wait_with(checkout(&s.pool, &s.settings)).await {
             Waited::Done(Ok(lease)) => lease,
-            Waited::Done(Err(e)) | Waited::Invalid(e) => return client.send_error(&e).await,
+            Waited::Done(Err(e)) | Waited::Invalid(e) => return s.client.send_error(&e).await,
             Waited::Gone => return,
         };
+        s.cancel.attach(&s.pool, lease.conn());
+        let mut state = RelayState::new(mode != PoolMode::Session, mode == PoolMode::Statement, timeouts);
         // Session mode never sees Release: the relay runs until the client leaves.
-        let end = relay(
-            &mut client,
-            lease.conn(),
-            &mut settings,
-            release_at_idle,
-            mode == PoolMode::Statement,
-        )
-        .await;
+        let end = loop {
+            match relay(&mut s.client, lease.conn(), &mut s.settings, &mut state).await {
+                RelayEnd::Timeout(Phase::Busy) => {
+                    let secs = timeouts.query.as_secs_f64();
+                    tracing::warn!(pool = %s.pool, "query running longer than query_timeout ({secs} s): cancelling it");
+                    s.cancel.cancel_held().await;
+                }
+                end => break end,
+            }
+        };
+        s.cancel.detach();
+        let (client, pool) = (&mut s.client, &s.pool);
         match end {
             RelayEnd::Release => {
-                // Bytes after the last ReadyForQuery: the server is not in a state we know.
-                if lease.conn().buf.is_empty() {
-                    lease.release();
-                } else {
-                    drop(lease);
-                }
+                give_back(lease).await;
                 if client.flush_out().await.is_err() {
                     return;
                 }
             }
-            RelayEnd::ClientGone => return clean_up(lease, &client, &pool, &pool.settings.server_reset_query).await,
+            RelayEnd::ClientGone => return clean_up(lease, client, pool, &pool.settings.server_reset_query).await,
             RelayEnd::TransactionBlock => {
                 let error = PgError::fatal(
                     "0A000",
@@ -62,11 +75,15 @@ pub async fn run(mut client: ClientConn, pool: Arc<Pool>, mut settings: Settings
                 );
                 client.send_error(&error).await;
                 drop_frame(lease.conn());
-                return clean_up(lease, &client, &pool, "").await;
+                return clean_up(lease, client, pool, "").await;
+            }
+            RelayEnd::Timeout(phase) => {
+                client.send_error(&timeout_error(phase, &timeouts)).await;
+                return clean_up(lease, client, pool, &pool.settings.server_reset_query).await;
             }
             RelayEnd::ClientInvalid(e) => {
                 client.send_error(&e).await;
-                return clean_up(lease, &client, &pool, &pool.settings.server_reset_query).await;
+                return clean_up(lease, client, pool, &pool.settings.server_reset_query).await;
             }
             RelayEnd::ServerGone(e) => {
                 let addr = lease.conn().addr.clone();
@@ -76,6 +93,62 @@ pub async fn run(mut client: ClientConn, pool: Arc<Pool>, mut settings: Settings
                 return client.send_error(&error).await;
             }
         }
+    }
+}
+
+/// The timeouts in force now (a reload changes them for the next transaction).
+fn timeouts(shared: &Shared) -> Timeouts {
+    let config = shared.config.load();
+    let p = &config.pooler;
+    Timeouts {
+        query: p.query_timeout,
+        idle_transaction: p.idle_transaction_timeout,
+        client_idle: p.client_idle_timeout,
+    }
+}
+
+/// Waits for the client's next request, closing it after client_idle_timeout.
+async fn wait_idle(client: &mut ClientConn, limit: Duration) -> Request {
+    if limit.is_zero() {
+        return client.wait_for_request().await;
+    }
+    match tokio::time::timeout(limit, client.wait_for_request()).await {
+        Ok(request) => request,
+        Err(_) => {
+            let timeouts = Timeouts {
+                client_idle: limit,
+                ..Timeouts::default()
+            };
+            client.send_error(&timeout_error(Phase::Idle, &timeouts)).await;
+            Request::Gone
+        }
+    }
+}
+
+fn timeout_error(phase: Phase, t: &Timeouts) -> PgError {
+    match phase {
+        Phase::IdleInTransaction => PgError::fatal(
+            "25P03",
+            format!(
+                "terminating connection: idle in transaction longer than idle_transaction_timeout ({} s)",
+                t.idle_transaction.as_secs_f64()
+            ),
+        )
+        .with_detail("the transaction was rolled back"),
+        Phase::Idle => PgError::fatal(
+            "57P05",
+            format!(
+                "terminating connection: idle longer than client_idle_timeout ({} s)",
+                t.client_idle.as_secs_f64()
+            ),
+        ),
+        Phase::Busy => PgError::fatal(
+            "57014",
+            format!(
+                "canceling statement: it ran longer than query_timeout ({} s)",
+                t.query.as_secs_f64()
+            ),
+        ),
     }
 }
 
@@ -97,6 +170,19 @@ async fn checkout(pool: &Arc<Pool>, settings: &Settings) -> Result<Lease, PgErro
         }
     }
     Ok(lease)
+}
+
+/// Returns a server whose transaction ended, once any cancel aimed at it has landed.
+async fn give_back(mut lease: Lease) {
+    let server = lease.conn();
+    // Bytes after the last ReadyForQuery: the server is not in a state we know.
+    if !server.buf.is_empty() {
+        return;
+    }
+    if server.in_flight.count() > 0 && !server.in_flight.settled(CLEANUP_TIMEOUT).await {
+        return;
+    }
+    lease.release();
 }
 
 /// The client left while holding this server: roll back what it left open, then give the
@@ -130,7 +216,7 @@ async fn clean_up(mut lease: Lease, client: &ClientConn, pool: &Pool, reset_quer
         Some(())
     };
     if let Ok(Some(())) = tokio::time::timeout(CLEANUP_TIMEOUT, work).await {
-        lease.release();
+        give_back(lease).await;
     }
 }
 

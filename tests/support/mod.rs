@@ -160,3 +160,22 @@ pub async fn value(client: &tokio_postgres::Client, sql: &str) -> String {
         })
         .unwrap_or_else(|| panic!("{sql}: no row"))
 }
+
+/// A database of the test's own, owned by app, with an `items(id int primary key, v text)`
+/// table; created once even when tests of one binary ask for it at the same time.
+pub fn ensure_database(name: &str) {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    let c = cluster();
+    if c.psql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
+    ) == "0"
+    {
+        c.psql("postgres", &format!("CREATE DATABASE {name} OWNER app"));
+        c.psql(
+            name,
+            "CREATE TABLE items(id int PRIMARY KEY, v text); ALTER TABLE items OWNER TO app",
+        );
+    }
+}
