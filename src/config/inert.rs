@@ -65,7 +65,7 @@ mod tests {
         assert!(Config::default().inert_settings().is_empty());
         assert!(Config::embedded_default().inert_settings().is_empty());
         let config = Config::parse(
-            "[pooler]\nquery_timeout = 5\ntls_mode = \"disable\"\n[breaker]\nfailure_threshold = 3\n",
+            "[pooler]\nserver_login_retry = 5\ntls_mode = \"disable\"\n[breaker]\nfailure_threshold = 3\n",
             "t",
         )
         .unwrap();
