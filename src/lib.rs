@@ -11,3 +11,5 @@ pub mod frontend; // per-client task: startup, auth, session loop, relay
 pub mod listener; // accept loop
 pub mod pool; // pools per (database, user), wait queue, janitor
 pub mod protocol; // framing, startup packets, messages pgmux writes
+pub mod stream; // a socket: plain TCP or TLS, to clients and to servers
+pub mod tls; // TLS settings (rustls, ring): certificates for clients, verification of servers

@@ -1,6 +1,7 @@
 use clap::{Parser, Subcommand};
 use pgmux::config::Config;
 use pgmux::frontend::Shared;
+use pgmux::tls::Tls;
 use pgmux::{listener, pool};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +42,15 @@ fn main() -> ExitCode {
         }
         None => Config::embedded_default(),
     };
+    // Certificates and keys are read once, here: a bad file stops pgmux (and fails `check`).
+    let tls = match Tls::load(&config.pooler) {
+        Ok(tls) => tls,
+        Err(e) => {
+            let origin = cli.config.as_deref().unwrap_or(std::path::Path::new("pgmux"));
+            eprintln!("pgmux: {}: {e}", origin.display());
+            return ExitCode::from(2);
+        }
+    };
     if let Some(Command::Check) = cli.command {
         println!("{}: ok", cli.config.unwrap_or_default().display());
         return ExitCode::SUCCESS;
@@ -62,10 +72,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, tls))
 }
 
-async fn serve(config: Config) -> ExitCode {
+async fn serve(config: Config, tls: Tls) -> ExitCode {
     let (addr, port) = (config.pooler.listen_addr.clone(), config.pooler.listen_port);
     let listener = match listener::bind(&addr, port) {
         Ok(listener) => listener,
@@ -82,7 +92,7 @@ async fn serve(config: Config) -> ExitCode {
             inert.join(", ")
         );
     }
-    let shared = Arc::new(Shared::new(config));
+    let shared = Arc::new(Shared::new(config, tls));
     tokio::spawn(pool::janitor::run(shared.pools.clone(), Duration::from_secs(1)));
     tokio::select! {
         _ = listener::run(listener, shared) => ExitCode::SUCCESS,

@@ -130,6 +130,49 @@ fn check_reports_wrong_types_and_invalid_values() {
 }
 
 #[test]
+fn check_and_startup_reject_unusable_tls_files() {
+    let missing = std::env::temp_dir().join(format!("pgmux-cli-{}-missing.pem", std::process::id()));
+    let missing = missing.to_str().unwrap();
+    let text =
+        format!("[pooler]\ntls_mode = \"require\"\ntls_cert_file = \"{missing}\"\ntls_key_file = \"{missing}\"\n");
+    let err = check_fails(&text);
+    assert!(err.contains("pooler.tls_cert_file") && err.contains(missing), "{err}");
+    assert!(err.contains("cannot read"), "{err}");
+
+    // A file that is not PEM, as the key and as the CA.
+    let junk = TempConfig::new("this is no key\n");
+    let cert = TempConfig::new("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+    let text = format!(
+        "[pooler]\ntls_mode = \"prefer\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        cert.path(),
+        junk.path()
+    );
+    let err = check_fails(&text);
+    assert!(
+        err.contains("pooler.tls_key_file") && err.contains(junk.path()),
+        "{err}"
+    );
+    let text = format!(
+        "[pooler]\nserver_tls_mode = \"verify-full\"\nserver_tls_ca_file = \"{}\"\n",
+        junk.path()
+    );
+    let err = check_fails(&text);
+    assert!(
+        err.contains("pooler.server_tls_ca_file") && err.contains(junk.path()),
+        "{err}"
+    );
+
+    // Starting with such a file fails at once, with the same message.
+    let file = TempConfig::new(&format!("[pooler]\nlisten_port = 1\n{}", &text["[pooler]\n".len()..]));
+    let (code, _, err) = pgmux(&["--config", file.path()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("pooler.server_tls_ca_file") && err.contains(junk.path()),
+        "{err}"
+    );
+}
+
+#[test]
 fn check_rejects_malformed_secrets_without_echoing_them() {
     let stored = "U2VjcmV0U3RvcmVkS2V5UXVva2th"; // 21 bytes, not 32
     let server = "U2VjcmV0U2VydmVyS2V5V29tYmF0";

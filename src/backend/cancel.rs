@@ -1,5 +1,8 @@
 //! CancelRequest to a server: a new connection that carries the backend's key and nothing else.
 
+use super::connect::{start_tls, Target};
+use crate::config::ServerTlsMode;
+use crate::stream::Stream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -9,9 +12,27 @@ use tokio::sync::Notify;
 const CANCEL_REQUEST_CODE: i32 = 80_877_102;
 
 /// Asks the server to cancel what the backend `process_id` is running. Best effort: PostgreSQL
-/// answers nothing either way.
-pub async fn cancel(host: &str, port: u16, process_id: i32, secret_key: i32) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect((host, port)).await?;
+/// answers nothing either way. Over TLS when server_tls_mode is require or verify-full (as libpq
+/// does for sslmode=require), in plain text otherwise. Bounded by server_connect_timeout.
+pub async fn cancel(target: &Target, process_id: i32, secret_key: i32) -> std::io::Result<()> {
+    let send = send_cancel(target, process_id, secret_key);
+    if target.connect_timeout.is_zero() {
+        return send.await;
+    }
+    match tokio::time::timeout(target.connect_timeout, send).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+async fn send_cancel(target: &Target, process_id: i32, secret_key: i32) -> std::io::Result<()> {
+    let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
+    let mut stream = match &target.tls {
+        Some(tls) if tls.mode != ServerTlsMode::Prefer => start_tls(tcp, tls, &target.host, &target.addr())
+            .await
+            .map_err(std::io::Error::other)?,
+        _ => Stream::Plain(tcp),
+    };
     let mut packet = Vec::with_capacity(16);
     packet.extend_from_slice(&16i32.to_be_bytes());
     packet.extend_from_slice(&CANCEL_REQUEST_CODE.to_be_bytes());

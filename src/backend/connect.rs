@@ -3,8 +3,10 @@
 use super::error::BackendError;
 use super::server::{parse_error, ServerConn};
 use super::settings::Settings;
-use crate::config::Secret;
+use crate::config::{Secret, ServerTlsMode};
 use crate::protocol::frame::peek_header;
+use crate::stream::Stream;
+use crate::tls::{server_name, ServerTls};
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
@@ -26,6 +28,8 @@ pub struct Target {
     pub port: u16,
     pub database: String,
     pub connect_timeout: Duration,
+    /// TLS to this server (server_tls_mode); None for plain TCP.
+    pub tls: Option<ServerTls>,
 }
 
 impl Target {
@@ -73,6 +77,10 @@ async fn login(
     let _ = stream.set_nodelay(true);
     let sock = socket2::SockRef::from(&stream);
     let _ = sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
+    let stream = match &target.tls {
+        Some(tls) => start_tls(stream, tls, &target.host, addr).await?,
+        None => Stream::Plain(stream),
+    };
     let mut conn = Login {
         stream,
         buf: BytesMut::with_capacity(8192),
@@ -166,6 +174,46 @@ async fn login(
     Ok((server, reported))
 }
 
+/// SSLRequest, then exactly one byte of answer: `S` starts the handshake, `N` goes on in plain
+/// text where server_tls_mode = prefer. Nothing beyond that byte is read before the handshake,
+/// so a man in the middle cannot slip plain-text bytes in ahead of it (CVE-2021-23222).
+pub async fn start_tls(mut tcp: TcpStream, tls: &ServerTls, host: &str, addr: &str) -> Result<Stream, BackendError> {
+    let io = |source| BackendError::Io {
+        addr: addr.to_owned(),
+        source,
+    };
+    tcp.write_all(&SSL_REQUEST).await.map_err(io)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(io)?;
+    let tls_error = |what: String| BackendError::Tls {
+        addr: addr.to_owned(),
+        mode: tls.mode,
+        what,
+    };
+    match answer[0] {
+        b'S' => {
+            let name = server_name(host).map_err(tls_error)?;
+            let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+            match connector.connect(name, tcp).await {
+                Ok(stream) => Ok(Stream::ServerTls(Box::new(stream))),
+                Err(e) => Err(tls_error(e.to_string())),
+            }
+        }
+        b'N' if tls.mode == ServerTlsMode::Prefer => Ok(Stream::Plain(tcp)),
+        b'N' => Err(BackendError::NoTls {
+            addr: addr.to_owned(),
+            mode: tls.mode,
+        }),
+        other => Err(BackendError::Protocol {
+            addr: addr.to_owned(),
+            what: format!("answered the SSLRequest with {:?} instead of S or N", other as char),
+        }),
+    }
+}
+
+/// Length 8, then the SSLRequest code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
+
 /// "md5" + hex(md5(hex(inner) + salt)), for an md5 secret stored as md5(password + user).
 fn md5_from_inner(inner: &[u8; 16], salt: [u8; 4]) -> String {
     use md5::{Digest, Md5};
@@ -180,14 +228,17 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 struct Login {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     addr: String,
 }
 
 impl Login {
     async fn send(&mut self, out: &mut BytesMut) -> Result<(), BackendError> {
-        let result = self.stream.write_all(out).await;
+        let mut result = self.stream.write_all(out).await;
+        if result.is_ok() {
+            result = self.stream.flush().await;
+        }
         out.clear();
         result.map_err(|e| self.io(e))
     }
@@ -253,6 +304,11 @@ impl Login {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ssl_request_code() {
+        assert_eq!(SSL_REQUEST[4..], 80_877_103i32.to_be_bytes());
+    }
 
     #[test]
     fn md5_inner_matches_plain() {

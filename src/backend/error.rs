@@ -1,3 +1,4 @@
+use crate::config::ServerTlsMode;
 use crate::protocol::messages::PgError;
 use thiserror::Error;
 
@@ -17,6 +18,14 @@ pub enum BackendError {
     UnsupportedAuth { addr: String, method: String },
     #[error("server {addr} broke the protocol: {what}")]
     Protocol { addr: String, what: String },
+    #[error("TLS handshake with server {addr} failed (server_tls_mode = {mode}): {what}")]
+    Tls {
+        addr: String,
+        mode: ServerTlsMode,
+        what: String,
+    },
+    #[error("server {addr} does not support TLS (server_tls_mode = {mode})")]
+    NoTls { addr: String, mode: ServerTlsMode },
     #[error("connection to server {addr} lost: {source}")]
     Io { addr: String, source: std::io::Error },
 }
@@ -28,6 +37,13 @@ impl BackendError {
             BackendError::Refused { error, .. } => (**error).clone(),
             BackendError::NoPassword { .. } => PgError::fatal("08006", self.to_string())
                 .with_hint("set a plain-text password in [users.NAME] or [databases.NAME] of pooler.toml"),
+            BackendError::Tls {
+                mode: ServerTlsMode::VerifyFull,
+                ..
+            } => PgError::fatal("08006", self.to_string())
+                .with_hint("the server's certificate must chain to server_tls_ca_file and name the database's host"),
+            BackendError::NoTls { .. } => PgError::fatal("08006", self.to_string())
+                .with_hint("turn ssl on in the server, or set server_tls_mode = \"prefer\" in pooler.toml"),
             other => PgError::fatal("08006", other.to_string()),
         }
     }

@@ -1,12 +1,12 @@
 //! One server connection and what it remembers between the clients it serves.
 
 use super::settings::Settings;
+use crate::stream::Stream;
 use bytes::BytesMut;
 use std::time::Instant;
-use tokio::net::TcpStream;
 
 pub struct ServerConn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// Bytes read from the server and not yet forwarded.
     pub buf: BytesMut,
     pub id: u64,
@@ -24,10 +24,10 @@ pub struct ServerConn {
 
 impl ServerConn {
     /// True when the idle socket has nothing to say: a server that closed it, or sent an
-    /// unsolicited message (a FATAL before a shutdown), is not handed to a client.
-    pub fn is_quiet(&self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    /// unsolicited message (a FATAL before a shutdown), is not handed to a client. A cheap
+    /// non-blocking probe (see `Stream::is_quiet`); a connection found not quiet is dropped.
+    pub fn is_quiet(&mut self) -> bool {
+        self.stream.is_quiet()
     }
 }
 
@@ -57,6 +57,7 @@ impl ServerConn {
             source,
         };
         self.stream.write_all(&out).await.map_err(|e| io(&self.addr, e))?;
+        self.stream.flush().await.map_err(|e| io(&self.addr, e))?;
         let mut error = None;
         loop {
             let frame = peek_header(&self.buf, usize::MAX >> 1).map_err(|e| super::BackendError::Protocol {

@@ -1,7 +1,7 @@
 //! Keys this build accepts but does not act on yet, so an operator who sets one hears so at
 //! startup instead of trusting a setting that does nothing.
 
-use super::{BreakerConfig, Config, DatabaseConfig, MetricsConfig, PoolerConfig, ServerTlsMode, TlsMode};
+use super::{BreakerConfig, Config, DatabaseConfig, MetricsConfig, PoolerConfig};
 
 impl Config {
     /// Keys set to something other than their default that this build ignores.
@@ -32,8 +32,6 @@ impl Config {
             p.server_login_retry != d.server_login_retry,
             "pooler.server_login_retry",
         );
-        check(p.tls_mode != TlsMode::Disable, "pooler.tls_mode");
-        check(p.server_tls_mode != ServerTlsMode::Disable, "pooler.server_tls_mode");
         check(
             self.metrics != MetricsConfig::default() && !self.metrics.listen.is_empty(),
             "metrics.listen",

@@ -399,6 +399,10 @@ impl Parser<'_> {
             );
             return Err(self.err_at("pooler.tls_mode", message));
         }
+        if p.server_tls_mode == ServerTlsMode::VerifyFull && p.server_tls_ca_file.is_empty() {
+            let message = "server_tls_mode \"verify-full\" needs server_tls_ca_file".to_string();
+            return Err(self.err_at("pooler.server_tls_mode", message));
+        }
         for (name, d) in &c.databases {
             let path = join("databases", name);
             let (size, size_key) = match d.pool_size {

@@ -142,6 +142,7 @@ pooler = 1 => pooler.toml:1: pooler: expected a table, found an integer
 [pooler] | min_pool_size = 5 | [databases.d] | pool_size = 3 => pooler.toml:4: databases.d.pool_size: 3 is smaller than min_pool_size 5 (pooler.min_pool_size)
 [pooler] | default_pool_size = 9 | [databases.d] | min_pool_size = 10 => databases.d.min_pool_size: 10 is larger than the pool size 9 (pooler.default_pool_size)
 [pooler] | tls_mode = "require" => pooler.toml:2: pooler.tls_mode: tls_mode "require" needs tls_cert_file and tls_key_file
+[pooler] | server_tls_mode = "verify-full" => pooler.toml:2: pooler.server_tls_mode: server_tls_mode "verify-full" needs server_tls_ca_file
 [pooler] | admin_users = ["a", 1] => pooler.toml:2: pooler.admin_users[1]: expected a string, found an integer
 [pooler] | stats_users = "mon" => pooler.stats_users: expected an array, found a string
 [pooler] | stats_users = [""] => pooler.stats_users[0]: must not be empty
@@ -324,7 +325,7 @@ fn pool_mode_and_size_precedence() {
 fn values_that_parse() {
     let text = "[pooler]\nquery_timeout = 5\nclient_idle_timeout = 5.0\nserver_check_delay = 0.25\n\
                 server_lifetime = 0\nshutdown_timeout = 1_000\nauth_type = \"SCRAM-SHA-256\"\n\
-                server_tls_mode = \"verify-full\"\ntls_mode = \"prefer\"\ntls_cert_file = \"c\"\n\
+                server_tls_mode = \"verify-full\"\nserver_tls_ca_file = \"ca\"\ntls_mode = \"prefer\"\ntls_cert_file = \"c\"\n\
                 tls_key_file = \"k\"\nadmin_users = [\"root\"]\nstats_users = [\"mon\", \"ops\"]\n\
                 [metrics]\nlisten = \"\"\n[databases.d]\npool_size = 5\nmin_pool_size = 5\n\
                 replicas = [\"10.0.0.7:5432\", \"[::1]:5433\", \"replica.example:6000\"]\n";

@@ -25,12 +25,12 @@ pub async fn authenticate(
     match config.pooler.auth_type {
         AuthType::Trust => Ok(None),
         AuthType::Passthrough => {
-            if !client.peer.ip().is_loopback() {
+            if !passthrough_allowed(client) {
                 return Err(PgError::fatal(
                     "28000",
-                    "auth_type passthrough sends passwords in clear text and is allowed only on loopback connections",
+                    "auth_type passthrough sends passwords in clear text and is allowed only on loopback or TLS connections",
                 )
-                .with_hint("connect over 127.0.0.1, or set auth_type = \"scram-sha-256\" in pooler.toml"));
+                .with_hint("connect over 127.0.0.1 or with sslmode=require, or set auth_type = \"scram-sha-256\" in pooler.toml"));
             }
             let password = ask_password(client, msg::AUTH_CLEARTEXT, &[]).await?;
             let password = String::from_utf8(password).map_err(|_| failed(user))?;
@@ -58,6 +58,11 @@ pub async fn authenticate(
             scram_exchange(client, user, keys, known).await.map(|_| None)
         }
     }
+}
+
+/// Passthrough asks for the password in clear text: only where nobody can read it on the way.
+fn passthrough_allowed(client: &ClientConn) -> bool {
+    client.peer.ip().is_loopback() || client.stream.is_tls()
 }
 
 /// The single message for every failed login, so that unknown users look like wrong passwords.

@@ -60,11 +60,7 @@ impl CancelHandle {
         };
         held.in_flight.begin();
         let target = &held.pool.target;
-        let sent = tokio::time::timeout(
-            CANCEL_TIMEOUT,
-            cancel(&target.host, target.port, held.process_id, held.secret_key),
-        )
-        .await;
+        let sent = tokio::time::timeout(CANCEL_TIMEOUT, cancel(target, held.process_id, held.secret_key)).await;
         if !matches!(sent, Ok(Ok(()))) {
             tracing::warn!(pool = %held.pool, backend_pid = held.process_id, "cancel request to the server failed");
         }

@@ -3,13 +3,16 @@
 use super::track::{scan_client, Tracker};
 use crate::protocol::frame::{frame_len, FrameError};
 use crate::protocol::messages::PgError;
+use crate::stream::Stream;
 use bytes::{Buf, BytesMut};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub struct ClientConn {
-    pub stream: TcpStream,
+    /// Plain TCP until the client asks for TLS and gets it (`into_tls`).
+    pub stream: Stream,
     pub peer: SocketAddr,
     /// Bytes from the client not yet forwarded.
     pub buf: BytesMut,
@@ -47,7 +50,7 @@ pub enum Request {
 impl ClientConn {
     pub fn new(stream: TcpStream, peer: SocketAddr, max_message_size: usize) -> ClientConn {
         ClientConn {
-            stream,
+            stream: Stream::Plain(stream),
             peer,
             buf: BytesMut::with_capacity(8192),
             ready: 0,
@@ -56,6 +59,22 @@ impl ClientConn {
             tracker: Tracker::default(),
             out: BytesMut::new(),
         }
+    }
+
+    /// The TLS handshake, after the client's SSLRequest was answered `S`. Nothing may be
+    /// buffered: bytes read before the handshake came in plain text (see `read_startup`).
+    pub async fn into_tls(mut self, config: Arc<rustls::ServerConfig>) -> std::io::Result<ClientConn> {
+        let tcp = match self.stream {
+            Stream::Plain(tcp) if self.buf.is_empty() => tcp,
+            _ => {
+                return Err(std::io::Error::other(
+                    "TLS requested on a connection that cannot start it",
+                ))
+            }
+        };
+        let tls = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await?;
+        self.stream = Stream::Tls(Box::new(tls));
+        Ok(self)
     }
 
     /// Reads until at least one complete frame is buffered.
@@ -123,26 +142,32 @@ impl ClientConn {
 
     /// Writes and empties `out`.
     pub async fn flush_out(&mut self) -> std::io::Result<()> {
-        let result = self.stream.write_all(&self.out).await;
+        let result = write_flush(&mut self.stream, &self.out).await;
         self.out.clear();
         result
     }
 
     pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes).await
+        write_flush(&mut self.stream, bytes).await
     }
 
     /// Sends an error; FATAL ones are the last thing the client gets.
     pub async fn send_error(&mut self, error: &PgError) {
         let mut out = BytesMut::new();
         error.encode(&mut out);
-        let _ = self.stream.write_all(&out).await;
+        let _ = write_flush(&mut self.stream, &out).await;
     }
 
     /// Drops frames already handed over (used after login, where nothing is forwarded).
     pub fn consume(&mut self, n: usize) {
         self.buf.advance(n);
     }
+}
+
+/// Writes all of `bytes` and pushes out what TLS buffered (a no-op on plain TCP).
+async fn write_flush(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 pub fn protocol_violation(e: &FrameError) -> PgError {

@@ -7,13 +7,15 @@ use super::conn::ClientConn;
 use super::startup::{read_startup, Startup};
 use super::{session, ClientSlot, Shared};
 use crate::backend::{Credentials, Settings};
-use crate::config::{Config, Secret};
+use crate::config::{Config, Secret, TlsMode};
 use crate::pool::Pool;
 use crate::protocol::messages::{self as msg, PgError};
 use bytes::BytesMut;
 use sha2::{Digest, Sha256};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpStream;
 
 /// Serves one client connection from accept to close.
@@ -22,24 +24,33 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let (_slot, connected) = ClientSlot::take(&shared);
     let _ = stream.set_nodelay(true);
     let mut client = ClientConn::new(stream, peer, config.pooler.max_message_size as usize);
-    let timeout = config.pooler.client_login_timeout;
-    let login = login(&mut client, &shared, &config, connected);
-    let result = if timeout.is_zero() {
-        login.await
-    } else {
-        tokio::time::timeout(timeout, login).await.unwrap_or_else(|_| {
-            Err(PgError::fatal(
-                "08006",
-                format!(
-                    "login not completed within client_login_timeout ({} s)",
-                    timeout.as_secs_f64()
-                ),
-            ))
-        })
+    // Without certificates loaded, SSL requests get `N` whatever the (reloaded) setting says.
+    let tls_mode = match shared.tls {
+        Some(_) => config.pooler.tls_mode,
+        None => TlsMode::Disable,
+    };
+    let deadline = Deadline::new(config.pooler.client_login_timeout);
+    let mut startup = deadline.run(read_startup(&mut client, tls_mode)).await;
+    if let (Ok(Startup::Tls), Some(tls)) = (&startup, &shared.tls) {
+        let handshake = async { client.into_tls(tls.clone()).await.map_err(tls_failed) };
+        client = match deadline.run(handshake).await {
+            Ok(client) => client,
+            Err(error) => return tracing::info!(client = %peer, %error, "login refused"),
+        };
+        startup = deadline.run(read_startup(&mut client, tls_mode)).await;
+    }
+    let result = match startup {
+        Ok(startup) => {
+            deadline
+                .run(login(&mut client, startup, &shared, &config, connected))
+                .await
+        }
+        Err(e) => Err(e),
     };
     match result {
         Ok(Some(LoggedIn { pool, settings, cancel })) => {
-            tracing::info!(client = %peer, pool = %pool, "client logged in");
+            let tls = client.stream.is_tls();
+            tracing::info!(client = %peer, pool = %pool, tls, "client logged in");
             pool.counts.clients.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let process_id = cancel.process_id;
             let session = session::Session {
@@ -62,6 +73,38 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     }
 }
 
+/// client_login_timeout, for the whole of startup, TLS handshake and authentication.
+struct Deadline {
+    at: Option<tokio::time::Instant>,
+    limit: Duration,
+}
+
+impl Deadline {
+    fn new(limit: Duration) -> Deadline {
+        let at = (!limit.is_zero()).then(|| tokio::time::Instant::now() + limit);
+        Deadline { at, limit }
+    }
+
+    async fn run<T>(&self, work: impl Future<Output = Result<T, PgError>>) -> Result<T, PgError> {
+        let Some(at) = self.at else {
+            return work.await;
+        };
+        tokio::time::timeout_at(at, work).await.unwrap_or_else(|_| {
+            Err(PgError::fatal(
+                "08006",
+                format!(
+                    "login not completed within client_login_timeout ({} s)",
+                    self.limit.as_secs_f64()
+                ),
+            ))
+        })
+    }
+}
+
+fn tls_failed(e: std::io::Error) -> PgError {
+    PgError::fatal("08006", format!("TLS handshake with the client failed: {e}"))
+}
+
 struct LoggedIn {
     pool: Arc<Pool>,
     settings: Settings,
@@ -70,11 +113,12 @@ struct LoggedIn {
 
 async fn login(
     client: &mut ClientConn,
+    startup: Startup,
     shared: &Shared,
     config: &Config,
     connected: u32,
 ) -> Result<Option<LoggedIn>, PgError> {
-    let (minor, params) = match read_startup(client).await? {
+    let (minor, params) = match startup {
         Startup::Login { minor, params } => (minor, params),
         Startup::Cancel { process_id, secret_key } => {
             // A wrong key, or a client holding no server, is dropped silently, as PostgreSQL does.
@@ -85,6 +129,8 @@ async fn login(
             tracing::debug!(client = %client.peer, forwarded, "cancel request");
             return Ok(None);
         }
+        // read_startup refuses a second SSLRequest, so this is a TLS request without TLS.
+        Startup::Tls => return Err(PgError::fatal("08P01", "unexpected TLS request")),
     };
     let max = config.pooler.max_client_conn;
     if connected > max {

@@ -13,6 +13,7 @@ pub mod track;
 use crate::auth::KeyCache;
 use crate::config::Config;
 use crate::pool::Pools;
+use crate::tls::Tls;
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +22,8 @@ use std::sync::Arc;
 pub struct Shared {
     pub config: ArcSwap<Config>,
     pub pools: Arc<Pools>,
+    /// The certificate and key shown to clients that ask for TLS; None when tls_mode = disable.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub keys: KeyCache,
     pub cancels: cancel::CancelRegistry,
     /// Clients connected now (logged in or not), for max_client_conn.
@@ -31,10 +34,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Shared {
+    /// `tls` is loaded once at startup (see `Tls::load`): to clients here, to servers in the pools.
+    pub fn new(config: Config, tls: Tls) -> Shared {
         Shared {
             config: ArcSwap::from_pointee(config),
-            pools: Arc::new(Pools::default()),
+            pools: Arc::new(Pools::new(tls.to_servers)),
+            tls: tls.to_clients,
             keys: KeyCache::default(),
             cancels: cancel::CancelRegistry::default(),
             clients: AtomicU32::new(0),

@@ -165,8 +165,9 @@ pub async fn relay(
     .await
 }
 
-/// Writes `buf[..*ready]` to `to`, as far as the socket takes it. Ready(Ok(true)) when some bytes
-/// moved, Ready(Ok(false)) when there was nothing to write.
+/// Writes `buf[..*ready]` to `to`, as far as the socket takes it, then flushes what a TLS stream
+/// holds back (nothing to do on plain TCP). Ready(Ok(true)) when some bytes moved,
+/// Ready(Ok(false)) when there was nothing to write.
 fn flush<W: AsyncWrite + Unpin>(
     cx: &mut Context<'_>,
     to: &mut W,
@@ -187,7 +188,14 @@ fn flush<W: AsyncWrite + Unpin>(
             Poll::Pending => return Poll::Pending,
         }
     }
-    Poll::Ready(Ok(moved))
+    // TLS accepts bytes into its own buffer when the socket is full; they must still go out
+    // (and wake us when the socket drains) though nothing is left in `buf`.
+    match Pin::new(&mut *to).poll_flush(cx) {
+        Poll::Ready(Ok(())) => Poll::Ready(Ok(moved)),
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending if moved => Poll::Ready(Ok(true)),
+        Poll::Pending => Poll::Pending,
+    }
 }
 
 fn reserve(buf: &mut bytes::BytesMut) {

@@ -194,10 +194,10 @@ async fn clean_up(mut lease: Lease, client: &ClientConn, pool: &Pool, reset_quer
     if !tracker.quiet() || !server.buf.is_empty() {
         // A query is in flight. Closing the socket alone would leave the backend running it
         // until it next writes, so cancel it, then drop the lease to close the connection.
-        let (host, port) = (pool.target.host.clone(), pool.target.port);
+        let target = pool.target.clone();
         let (pid, key) = (server.process_id, server.secret_key);
         tokio::spawn(async move {
-            if let Err(e) = crate::backend::cancel::cancel(&host, port, pid, key).await {
+            if let Err(e) = crate::backend::cancel::cancel(&target, pid, key).await {
                 tracing::debug!(error = %e, "cancel of an abandoned query failed");
             }
         });

@@ -141,7 +141,7 @@ impl Pool {
 
     fn pop_idle(&self) -> Option<ServerConn> {
         loop {
-            let conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            let mut conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
             if conn.is_quiet() && !self.expired(&conn) {
                 return Some(conn);
             }
@@ -216,7 +216,7 @@ impl Pool {
         let idle_timeout = self.settings.server_idle_timeout;
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let before = idle.len();
-        idle.retain(|conn| {
+        idle.retain_mut(|conn| {
             let stale = !idle_timeout.is_zero() && conn.idle_since.elapsed() >= idle_timeout;
             !stale && !self.expired(conn) && conn.is_quiet()
         });

@@ -3,6 +3,7 @@
 use super::pool::{Pool, PoolSettings};
 use crate::backend::{Credentials, Target};
 use crate::config::{Config, DatabaseConfig, Secret};
+use crate::tls::ServerTls;
 use dashmap::DashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,9 +17,18 @@ pub struct PoolKey {
 #[derive(Default)]
 pub struct Pools {
     map: DashMap<PoolKey, Arc<Pool>>,
+    /// TLS to servers (server_tls_mode), loaded once at startup; every pool's target gets it.
+    server_tls: Option<ServerTls>,
 }
 
 impl Pools {
+    pub fn new(server_tls: Option<ServerTls>) -> Pools {
+        Pools {
+            map: DashMap::new(),
+            server_tls,
+        }
+    }
+
     /// The pool for this database and user, made from the configuration on first use.
     /// `password` is the client's own (passthrough), used when the config names none.
     pub fn get_or_create(
@@ -36,7 +46,7 @@ impl Pools {
         if let Some(pool) = self.map.get(&key) {
             return pool.clone();
         }
-        let pool = Arc::new(make_pool(config, db, database, user, password));
+        let pool = Arc::new(make_pool(config, db, database, user, password, &self.server_tls));
         self.map.entry(key).or_insert(pool).clone()
     }
 
@@ -60,13 +70,21 @@ impl Pools {
     }
 }
 
-fn make_pool(config: &Config, db: &DatabaseConfig, database: &str, user: &str, password: Option<&str>) -> Pool {
+fn make_pool(
+    config: &Config,
+    db: &DatabaseConfig,
+    database: &str,
+    user: &str,
+    password: Option<&str>,
+    tls: &Option<ServerTls>,
+) -> Pool {
     let p = &config.pooler;
     let target = Target {
         host: db.host.clone(),
         port: db.port,
         database: db.server_dbname(database).to_owned(),
         connect_timeout: p.server_connect_timeout,
+        tls: tls.clone(),
     };
     let credentials = server_credentials(config, db, user, password);
     let size = config.pool_size_for(database);

@@ -214,6 +214,40 @@ impl Cluster {
         self.pg_ctl("start").unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// Turns TLS on: writes `cert_pem` and `key_pem` as server.crt and server.key in the data
+    /// dir (0600, owned by postgres), sets `ssl = on`, puts `hba_lines` at the top of
+    /// pg_hba.conf, reloads and waits until new connections see `ssl = on`. Plain-text clients
+    /// (sslmode=disable) keep working unless `hba_lines` refuses them. Once per test binary.
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str, hba_lines: &str) {
+        for (name, pem) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = self.data.join(name);
+            fs::write(&path, pem).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+            if is_root() {
+                let st = Command::new("chown")
+                    .args(["postgres:postgres", path_str(&path)])
+                    .status();
+                assert!(st.is_ok_and(|s| s.success()), "chown {}", path.display());
+            }
+        }
+        append(
+            &self.data,
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        );
+        let hba = self.data.join("pg_hba.conf");
+        let old = fs::read_to_string(&hba).unwrap();
+        fs::write(&hba, format!("{hba_lines}{old}")).unwrap(); // truncating keeps the file's owner
+        self.pg_ctl("reload").unwrap_or_else(|e| panic!("{e}"));
+        let t0 = Instant::now();
+        while self.psql("postgres", "SHOW ssl") != "on" {
+            if t0.elapsed() > std::time::Duration::from_secs(10) {
+                let log = fs::read_to_string(&self.log).unwrap_or_default();
+                panic!("ssl still off 10 s after the reload; log:\n{}", tail(&log, 20));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// pgbench tables in `bench` at scale 1, owned by app; created once per test binary.
     pub fn pgbench_init(&self) {
         self.pgbench_ready.get_or_init(|| {

@@ -1,0 +1,100 @@
+//! The socket under a client or a server connection: plain TCP, or TLS over it.
+//!
+//! One enum rather than a trait object, so the plain-TCP hot path costs a `match` and nothing
+//! else. TLS streams buffer encrypted output inside rustls: after writing, callers flush
+//! (`poll_flush` / `flush`), which is free on plain TCP.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+pub enum Stream {
+    Plain(TcpStream),
+    /// A client that asked for TLS: pgmux is the TLS server.
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// A server pgmux reached over TLS: pgmux is the TLS client.
+    ServerTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Runs `$body` with `$s` bound to the inner stream, whatever the variant.
+macro_rules! each {
+    ($stream:expr, $s:ident => $body:expr) => {
+        match $stream {
+            Stream::Plain($s) => $body,
+            Stream::Tls($s) => $body,
+            Stream::ServerTls($s) => $body,
+        }
+    };
+}
+
+impl Stream {
+    pub fn is_tls(&self) -> bool {
+        !matches!(self, Stream::Plain(_))
+    }
+
+    /// True when an idle connection has nothing to say: a peer that closed it (TCP FIN, TLS
+    /// close_notify) or sent something unasked is not quiet. Never blocks: a plain socket is
+    /// probed with `try_read`; a TLS one is polled once with a no-op waker, so data rustls
+    /// already holds counts too, and TLS records with no application data (session tickets)
+    /// do not. Whatever a probe consumes is lost: only for connections about to be dropped
+    /// when they are not quiet.
+    pub fn is_quiet(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        match self {
+            Stream::Plain(s) => {
+                matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            Stream::Tls(_) | Stream::ServerTls(_) => {
+                let mut buf = ReadBuf::new(&mut probe);
+                let read = std::future::poll_fn(|cx| Pin::new(&mut *self).poll_read(cx, &mut buf));
+                // Outside tokio's cooperative budget, which could answer Pending for it.
+                let mut read = std::pin::pin!(tokio::task::unconstrained(read));
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                read.as_mut().poll(&mut cx).is_pending()
+            }
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    #[inline]
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        each!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Stream {
+    #[inline]
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        each!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    #[inline]
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            // TcpStream has nothing to flush: answer without a call.
+            Stream::Plain(_) => Poll::Ready(Ok(())),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+            Stream::ServerTls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        each!(self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        each!(self, s => s.is_write_vectored())
+    }
+}
