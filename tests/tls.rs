@@ -515,3 +515,34 @@ async fn abandoned_query_cancelled_over_tls() {
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen, vec![SSL_REQUEST; 3]);
 }
+
+/// A client's CancelRequest (cancel forwarding) reaches a TLS server and lands: the query ends
+/// with 57014 at once, and pgmux does not take PostgreSQL's close of the cancel connection
+/// for a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_cancel_over_tls() {
+    for mode in ["require", "verify-full"] {
+        let px = server_tls(mode, &certs().ca, "host = \"localhost\"\nport = {pg_port}");
+        let client = connect(&px.url("tlsuser", "tlspass", "bench")).await;
+        assert_eq!(value(&client, ssl_in_use()).await, "t");
+        let token = client.cancel_token();
+        let query = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(27)").await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sent = Instant::now();
+        token.cancel_query(tokio_postgres::NoTls).await.expect("cancel request");
+        let err = query.await.unwrap().expect_err("the cancelled query must fail");
+        assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{mode}: {err:?}");
+        assert!(
+            sent.elapsed() < Duration::from_secs(2),
+            "{mode}: cancel took {:?}",
+            sent.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let log = px.log();
+        assert!(
+            !log.contains("cancel request to the server failed"),
+            "{mode}: {}",
+            tail(&log, 10)
+        );
+    }
+}

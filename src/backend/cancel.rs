@@ -41,10 +41,17 @@ async fn send_cancel(target: &Target, process_id: i32, secret_key: i32) -> std::
     stream.write_all(&packet).await?;
     stream.shutdown().await?;
     // PostgreSQL closes the connection once it has signalled the backend: wait for that, so
-    // the caller knows the cancel has landed.
+    // the caller knows the cancel has landed. Over TLS, a close without close_notify reads as
+    // UnexpectedEof: that is the same close.
     let mut rest = [0u8; 64];
-    while stream.read(&mut rest).await? > 0 {}
-    Ok(())
+    loop {
+        match stream.read(&mut rest).await {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Cancels in flight against one server connection.
