@@ -18,7 +18,6 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The server a client holds, as a cancel needs it.
 #[derive(Clone)]
 struct Held {
-    pool: Arc<Pool>,
     process_id: i32,
     secret_key: i32,
     in_flight: Arc<InFlight>,
@@ -28,6 +27,8 @@ struct Held {
 pub struct CancelHandle {
     pub process_id: i32,
     secret_key: i32,
+    /// The client's pool, whose server address a cancel goes to.
+    pool: Arc<Pool>,
     held: Mutex<Option<Held>>,
 }
 
@@ -37,9 +38,8 @@ impl CancelHandle {
     }
 
     /// The client took this server.
-    pub fn attach(&self, pool: &Arc<Pool>, server: &ServerConn) {
+    pub fn attach(&self, server: &ServerConn) {
         let held = Held {
-            pool: pool.clone(),
             process_id: server.process_id,
             secret_key: server.secret_key,
             in_flight: server.in_flight.clone(),
@@ -59,10 +59,10 @@ impl CancelHandle {
             return false;
         };
         held.in_flight.begin();
-        let target = &held.pool.target;
+        let target = &self.pool.target;
         let sent = tokio::time::timeout(CANCEL_TIMEOUT, cancel(target, held.process_id, held.secret_key)).await;
         if !matches!(sent, Ok(Ok(()))) {
-            tracing::warn!(pool = %held.pool, backend_pid = held.process_id, "cancel request to the server failed");
+            tracing::warn!(pool = %self.pool, backend_pid = held.process_id, "cancel request to the server failed");
         }
         held.in_flight.end();
         true
@@ -76,10 +76,12 @@ pub struct CancelRegistry {
 }
 
 impl CancelRegistry {
-    pub fn register(&self, process_id: i32) -> Arc<CancelHandle> {
+    pub fn register(&self, process_id: i32, pool: Arc<Pool>) -> Arc<CancelHandle> {
+        let secret_key = rand::random();
         let handle = Arc::new(CancelHandle {
             process_id,
-            secret_key: rand::random(),
+            secret_key,
+            pool,
             held: Mutex::new(None),
         });
         self.clients.insert(process_id, handle.clone());

@@ -189,7 +189,7 @@ async fn login(
     }
     // Process ids stay positive, as PostgreSQL's do; they wrap after 2^31 logins.
     let process_id = (shared.next_client_id() % i32::MAX as u64) as i32 + 1;
-    let cancel = shared.cancels.register(process_id);
+    let cancel = shared.cancels.register(process_id, pool.clone());
     msg::backend_key_data(&mut out, process_id, cancel.secret_key());
     msg::ready_for_query(&mut out, b'I');
     if client.write(&out).await.is_err() {

@@ -42,7 +42,7 @@ pub async fn run(mut s: Session) {
             Waited::Done(Err(e)) | Waited::Invalid(e) => return s.client.send_error(&e).await,
             Waited::Gone => return,
         };
-        s.cancel.attach(&s.pool, lease.conn());
+        s.cancel.attach(lease.conn());
         let mut state = RelayState::new(mode != PoolMode::Session, mode == PoolMode::Statement, timeouts);
         // Session mode never sees Release: the relay runs until the client leaves.
         let end = loop {
