@@ -5,7 +5,6 @@ use pgmux::{listener, pool};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// pgmux: a PostgreSQL connection pooler.
 #[derive(Parser)]
@@ -83,7 +82,7 @@ async fn serve(config: Config) -> ExitCode {
         );
     }
     let shared = Arc::new(Shared::new(config));
-    tokio::spawn(pool::janitor::run(shared.pools.clone(), Duration::from_secs(1)));
+    tokio::spawn(pool::janitor::run(shared.pools.clone()));
     tokio::select! {
         _ = listener::run(listener, shared) => ExitCode::SUCCESS,
         _ = shutdown_signal() => {

@@ -1,37 +1,20 @@
 //! Keys this build accepts but does not act on yet, so an operator who sets one hears so at
 //! startup instead of trusting a setting that does nothing.
 
-use super::{BreakerConfig, Config, DatabaseConfig, MetricsConfig, PoolerConfig, ServerTlsMode, TlsMode};
+use super::{BreakerConfig, Config, DatabaseConfig, MetricsConfig, ServerTlsMode, TlsMode};
 
 impl Config {
     /// Keys set to something other than their default that this build ignores.
     pub fn inert_settings(&self) -> Vec<String> {
-        let (p, d) = (&self.pooler, PoolerConfig::default());
+        let p = &self.pooler;
         let mut keys = Vec::new();
         let mut check = |changed: bool, key: &str| {
             if changed {
                 keys.push(key.to_owned());
             }
         };
-        check(p.reserve_pool_size != d.reserve_pool_size, "pooler.reserve_pool_size");
-        check(
-            p.max_db_connections != d.max_db_connections,
-            "pooler.max_db_connections",
-        );
-        check(
-            p.max_user_connections != d.max_user_connections,
-            "pooler.max_user_connections",
-        );
         check(!p.admin_users.is_empty(), "pooler.admin_users");
         check(!p.stats_users.is_empty(), "pooler.stats_users");
-        check(
-            p.server_check_query != d.server_check_query,
-            "pooler.server_check_query",
-        );
-        check(
-            p.server_login_retry != d.server_login_retry,
-            "pooler.server_login_retry",
-        );
         check(!p.query_timeout.is_zero(), "pooler.query_timeout");
         check(!p.client_idle_timeout.is_zero(), "pooler.client_idle_timeout");
         check(!p.idle_transaction_timeout.is_zero(), "pooler.idle_transaction_timeout");
@@ -42,12 +25,6 @@ impl Config {
             "metrics.listen",
         );
         check(self.breaker != BreakerConfig::default(), "breaker");
-        for (name, user) in &self.users {
-            check(
-                user.max_user_connections.is_some(),
-                &format!("users.{name}.max_user_connections"),
-            );
-        }
         let dd = DatabaseConfig::default();
         for (name, db) in &self.databases {
             check(

@@ -17,7 +17,7 @@ use std::time::Duration;
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(mut client: ClientConn, pool: Arc<Pool>, mut settings: Settings) {
-    let mode = pool.settings.mode;
+    let mode = pool.settings().mode;
     let release_at_idle = mode != PoolMode::Session;
     loop {
         match client.wait_for_request().await {
@@ -51,7 +51,7 @@ pub async fn run(mut client: ClientConn, pool: Arc<Pool>, mut settings: Settings
                     return;
                 }
             }
-            RelayEnd::ClientGone => return clean_up(lease, &client, &pool, &pool.settings.server_reset_query).await,
+            RelayEnd::ClientGone => return clean_up(lease, &client, &pool, &pool.settings().server_reset_query).await,
             RelayEnd::TransactionBlock => {
                 let error = PgError::fatal(
                     "0A000",
@@ -66,7 +66,7 @@ pub async fn run(mut client: ClientConn, pool: Arc<Pool>, mut settings: Settings
             }
             RelayEnd::ClientInvalid(e) => {
                 client.send_error(&e).await;
-                return clean_up(lease, &client, &pool, &pool.settings.server_reset_query).await;
+                return clean_up(lease, &client, &pool, &pool.settings().server_reset_query).await;
             }
             RelayEnd::ServerGone(e) => {
                 let addr = lease.conn().addr.clone();
@@ -102,7 +102,7 @@ async fn checkout(pool: &Arc<Pool>, settings: &Settings) -> Result<Lease, PgErro
 /// The client left while holding this server: roll back what it left open, then give the
 /// server back; anything in an unknown state is closed instead.
 async fn clean_up(mut lease: Lease, client: &ClientConn, pool: &Pool, reset_query: &str) {
-    let mode = pool.settings.mode;
+    let mode = pool.settings().mode;
     let tracker = client.tracker;
     let server = lease.conn();
     if !tracker.quiet() || !server.buf.is_empty() {
