@@ -11,3 +11,5 @@ pub mod frontend; // per-client task: startup, auth, session loop, relay
 pub mod listener; // accept loop
 pub mod pool; // pools per (database, user), wait queue, janitor
 pub mod protocol; // framing, startup packets, messages pgmux writes
+pub mod reload; // SIGHUP: re-read the config file, reconfigure the pools
+pub mod shutdown; // SIGINT/SIGTERM: drain, then close

@@ -40,7 +40,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         Ok(Some(LoggedIn { pool, settings })) => {
             tracing::info!(client = %peer, pool = %pool, "client logged in");
             pool.counts.clients.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            session::run(client, pool.clone(), settings).await;
+            let watch = super::drain::Watch::new(&shared.shutdown);
+            session::run(client, pool.clone(), settings, watch).await;
             pool.counts.clients.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(client = %peer, pool = %pool, "client logged out");
         }

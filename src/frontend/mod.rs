@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod conn;
+pub mod drain;
 pub mod login;
 pub mod relay;
 pub mod session;
@@ -11,7 +12,9 @@ pub mod track;
 use crate::auth::KeyCache;
 use crate::config::Config;
 use crate::pool::Pools;
+use crate::shutdown::Shutdown;
 use arc_swap::ArcSwap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -25,6 +28,10 @@ pub struct Shared {
     next_client: AtomicU64,
     /// Random per process: decoy SCRAM salts and passthrough password fingerprints.
     pub secret: [u8; 32],
+    /// Draining and closing on SIGINT/SIGTERM; the client tasks' tracker.
+    pub shutdown: Arc<Shutdown>,
+    /// The file `--config` named, re-read by a reload; None with the embedded default.
+    pub config_path: Option<PathBuf>,
 }
 
 impl Shared {
@@ -36,7 +43,15 @@ impl Shared {
             clients: AtomicU32::new(0),
             next_client: AtomicU64::new(1),
             secret: rand::random(),
+            shutdown: Arc::new(Shutdown::default()),
+            config_path: None,
         }
+    }
+
+    /// Remembers the configuration file, for reloads.
+    pub fn with_config_path(mut self, path: Option<PathBuf>) -> Shared {
+        self.config_path = path;
+        self
     }
 
     pub fn next_client_id(&self) -> u64 {

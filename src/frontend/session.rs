@@ -2,6 +2,7 @@
 //! transaction, give the server back clean.
 
 use super::conn::{ClientConn, Request, Waited};
+use super::drain::{self, Watch};
 use super::relay::{relay, RelayEnd};
 use crate::backend::Settings;
 use crate::config::PoolMode;
@@ -16,19 +17,21 @@ use std::time::Duration;
 /// closed instead.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn run(mut client: ClientConn, pool: Arc<Pool>, mut settings: Settings) {
+pub async fn run(mut client: ClientConn, pool: Arc<Pool>, mut settings: Settings, watch: Watch) {
     let mode = pool.settings().mode;
     let release_at_idle = mode != PoolMode::Session;
     loop {
-        match client.wait_for_request().await {
+        match drain::next_request(&mut client, &watch).await {
             Request::Ready => {}
             Request::Gone => return,
             Request::Invalid(e) => return client.send_error(&e).await,
         }
-        let mut lease = match client.wait_with(checkout(&pool, &settings)).await {
-            Waited::Done(Ok(lease)) => lease,
-            Waited::Done(Err(e)) | Waited::Invalid(e) => return client.send_error(&e).await,
-            Waited::Gone => return,
+        let waited = drain::until_deadline(&watch, client.wait_with(checkout(&pool, &settings))).await;
+        let mut lease = match waited {
+            Some(Waited::Done(Ok(lease))) => lease,
+            Some(Waited::Done(Err(e)) | Waited::Invalid(e)) => return client.send_error(&e).await,
+            Some(Waited::Gone) => return,
+            None => return drain::cut(&mut client, None, &pool, &watch).await,
         };
         // Session mode never sees Release: the relay runs until the client leaves.
         let end = relay(
@@ -37,8 +40,10 @@ pub async fn run(mut client: ClientConn, pool: Arc<Pool>, mut settings: Settings
             &mut settings,
             release_at_idle,
             mode == PoolMode::Statement,
-        )
-        .await;
+        );
+        let Some(end) = drain::until_deadline(&watch, end).await else {
+            return drain::cut(&mut client, Some(lease), &pool, &watch).await;
+        };
         match end {
             RelayEnd::Release => {
                 // Bytes after the last ReadyForQuery: the server is not in a state we know.
