@@ -11,5 +11,7 @@ pub mod frontend; // per-client task: startup, auth, session loop, relay
 pub mod listener; // accept loop
 pub mod pool; // pools per (database, user), wait queue, janitor
 pub mod protocol; // framing, startup packets, messages pgmux writes
+pub mod reload; // SIGHUP: re-read the config file, reconfigure the pools
+pub mod shutdown;
 pub mod stream; // a socket: plain TCP or TLS, to clients and to servers
-pub mod tls; // TLS settings (rustls, ring): certificates for clients, verification of servers
+pub mod tls; // TLS settings (rustls, ring): certificates for clients, verification of servers // SIGINT/SIGTERM: drain, then close

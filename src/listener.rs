@@ -24,12 +24,21 @@ pub fn bind(addr: &str, port: u16) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Accepts clients until the process ends, one task each.
+/// Accepts clients, one tracked task each, until a shutdown starts; then the listening socket
+/// closes, so new connections are refused.
 pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            _ = shared.shutdown.draining() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
             Ok((stream, peer)) => {
-                tokio::spawn(login::serve(stream, peer, shared.clone()));
+                shared
+                    .shutdown
+                    .tracker
+                    .spawn(login::serve(stream, peer, shared.clone()));
             }
             Err(e) => {
                 // Out of file descriptors, usually: back off instead of spinning.
@@ -38,4 +47,6 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
             }
         }
     }
+    drop(listener);
+    tracing::info!("listener closed");
 }

@@ -1,12 +1,12 @@
 use clap::{Parser, Subcommand};
 use pgmux::config::Config;
 use pgmux::frontend::Shared;
+use pgmux::shutdown::{Mode, Shutdown};
 use pgmux::tls::Tls;
-use pgmux::{listener, pool};
+use pgmux::{listener, pool, reload};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// pgmux: a PostgreSQL connection pooler.
 #[derive(Parser)]
@@ -72,15 +72,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(config, tls))
+    runtime.block_on(serve(config, tls, cli.config))
 }
 
-async fn serve(config: Config, tls: Tls) -> ExitCode {
+async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
     let (addr, port) = (config.pooler.listen_addr.clone(), config.pooler.listen_port);
     let listener = match listener::bind(&addr, port) {
         Ok(listener) => listener,
         Err(e) => {
             tracing::error!(error = %e, "cannot listen on {addr}:{port}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
             return ExitCode::FAILURE;
         }
     };
@@ -92,24 +99,76 @@ async fn serve(config: Config, tls: Tls) -> ExitCode {
             inert.join(", ")
         );
     }
-    let shared = Arc::new(Shared::new(config, tls));
-    tokio::spawn(pool::janitor::run(shared.pools.clone(), Duration::from_secs(1)));
-    tokio::select! {
-        _ = listener::run(listener, shared) => ExitCode::SUCCESS,
-        _ = shutdown_signal() => {
-            tracing::info!("shutting down");
-            ExitCode::SUCCESS
+    let shared = Arc::new(Shared::new(config, tls).with_config_path(path));
+    tokio::spawn(pool::janitor::run(shared.pools.clone()));
+    let accepting = tokio::spawn(listener::run(listener, shared.clone()));
+    let mode = loop {
+        match signals.next().await {
+            Signal::Hangup => {
+                let _ = reload::reload(&shared);
+            }
+            Signal::Interrupt => break Mode::Graceful,
+            Signal::Terminate => break Mode::Refuse,
+        }
+    };
+    let timeout = shared.config.load().pooler.shutdown_timeout;
+    tracing::info!(
+        ?mode,
+        "shutting down: no new connections; transactions in flight may finish within shutdown_timeout ({} s)",
+        timeout.as_secs_f64()
+    );
+    shared.shutdown.begin(mode, timeout);
+    let _ = accepting.await;
+    let drain = Shutdown::drain(&shared);
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            _ = &mut drain => {
+                tracing::info!("shut down");
+                return ExitCode::SUCCESS;
+            }
+            signal = signals.next() => match signal {
+                Signal::Hangup => {
+                    let _ = reload::reload(&shared);
+                }
+                _ => {
+                    tracing::warn!("second signal: exiting at once");
+                    return ExitCode::FAILURE;
+                }
+            },
         }
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+#[derive(Debug, Clone, Copy)]
+enum Signal {
+    Hangup,
+    Interrupt,
+    Terminate,
+}
+
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            Some(()) = self.hup.recv() => Signal::Hangup,
+            Some(()) = self.int.recv() => Signal::Interrupt,
+            Some(()) = self.term.recv() => Signal::Terminate,
+            else => std::future::pending().await,
+        }
     }
 }

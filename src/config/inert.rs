@@ -1,48 +1,25 @@
 //! Keys this build accepts but does not act on yet, so an operator who sets one hears so at
 //! startup instead of trusting a setting that does nothing.
 
-use super::{BreakerConfig, Config, DatabaseConfig, MetricsConfig, PoolerConfig};
+use super::{BreakerConfig, Config, DatabaseConfig, MetricsConfig};
 
 impl Config {
     /// Keys set to something other than their default that this build ignores.
     pub fn inert_settings(&self) -> Vec<String> {
-        let (p, d) = (&self.pooler, PoolerConfig::default());
+        let p = &self.pooler;
         let mut keys = Vec::new();
         let mut check = |changed: bool, key: &str| {
             if changed {
                 keys.push(key.to_owned());
             }
         };
-        check(p.reserve_pool_size != d.reserve_pool_size, "pooler.reserve_pool_size");
-        check(
-            p.max_db_connections != d.max_db_connections,
-            "pooler.max_db_connections",
-        );
-        check(
-            p.max_user_connections != d.max_user_connections,
-            "pooler.max_user_connections",
-        );
         check(!p.admin_users.is_empty(), "pooler.admin_users");
         check(!p.stats_users.is_empty(), "pooler.stats_users");
-        check(
-            p.server_check_query != d.server_check_query,
-            "pooler.server_check_query",
-        );
-        check(
-            p.server_login_retry != d.server_login_retry,
-            "pooler.server_login_retry",
-        );
         check(
             self.metrics != MetricsConfig::default() && !self.metrics.listen.is_empty(),
             "metrics.listen",
         );
         check(self.breaker != BreakerConfig::default(), "breaker");
-        for (name, user) in &self.users {
-            check(
-                user.max_user_connections.is_some(),
-                &format!("users.{name}.max_user_connections"),
-            );
-        }
         let dd = DatabaseConfig::default();
         for (name, db) in &self.databases {
             check(
@@ -63,10 +40,10 @@ mod tests {
         assert!(Config::default().inert_settings().is_empty());
         assert!(Config::embedded_default().inert_settings().is_empty());
         let config = Config::parse(
-            "[pooler]\nserver_login_retry = 5\ntls_mode = \"disable\"\n[breaker]\nfailure_threshold = 3\n",
+            "[pooler]\nadmin_users = [\"a\"]\ntls_mode = \"disable\"\n[breaker]\nfailure_threshold = 3\n",
             "t",
         )
         .unwrap();
-        assert_eq!(config.inert_settings(), vec!["pooler.server_login_retry", "breaker"]);
+        assert_eq!(config.inert_settings(), vec!["pooler.admin_users", "breaker"]);
     }
 }

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod cancel;
 pub mod conn;
+pub mod drain;
 pub mod login;
 pub mod relay;
 pub mod session;
@@ -13,8 +14,10 @@ pub mod track;
 use crate::auth::KeyCache;
 use crate::config::Config;
 use crate::pool::Pools;
+use crate::shutdown::Shutdown;
 use crate::tls::Tls;
 use arc_swap::ArcSwap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -22,15 +25,19 @@ use std::sync::Arc;
 pub struct Shared {
     pub config: ArcSwap<Config>,
     pub pools: Arc<Pools>,
-    /// The certificate and key shown to clients that ask for TLS; None when tls_mode = disable.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub keys: KeyCache,
-    pub cancels: cancel::CancelRegistry,
     /// Clients connected now (logged in or not), for max_client_conn.
     pub clients: AtomicU32,
     next_client: AtomicU64,
     /// Random per process: decoy SCRAM salts and passthrough password fingerprints.
     pub secret: [u8; 32],
+    /// Draining and closing on SIGINT/SIGTERM; the client tasks' tracker.
+    pub shutdown: Arc<Shutdown>,
+    /// The file `--config` named, re-read by a reload; None with the embedded default.
+    pub config_path: Option<PathBuf>,
+    /// The certificate and key shown to clients that ask for TLS; None when tls_mode = disable.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub cancels: cancel::CancelRegistry,
 }
 
 impl Shared {
@@ -40,12 +47,20 @@ impl Shared {
             config: ArcSwap::from_pointee(config),
             pools: Arc::new(Pools::new(tls.to_servers)),
             tls: tls.to_clients,
-            keys: KeyCache::default(),
             cancels: cancel::CancelRegistry::default(),
+            keys: KeyCache::default(),
             clients: AtomicU32::new(0),
             next_client: AtomicU64::new(1),
             secret: rand::random(),
+            shutdown: Arc::new(Shutdown::default()),
+            config_path: None,
         }
+    }
+
+    /// Remembers the configuration file, for reloads.
+    pub fn with_config_path(mut self, path: Option<PathBuf>) -> Shared {
+        self.config_path = path;
+        self
     }
 
     pub fn next_client_id(&self) -> u64 {

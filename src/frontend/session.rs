@@ -3,6 +3,7 @@
 
 use super::cancel::CancelHandle;
 use super::conn::{ClientConn, Request, Waited};
+use super::drain::{self, Watch};
 use super::relay::{relay, RelayEnd, RelayState};
 use super::timers::{Phase, Timeouts};
 use super::Shared;
@@ -29,24 +30,32 @@ pub struct Session {
 }
 
 pub async fn run(mut s: Session) {
-    let mode = s.pool.settings.mode;
+    let mode = s.pool.settings().mode;
+    let watch = Watch::new(&s.shared.shutdown);
     loop {
         let timeouts = timeouts(&s.shared);
-        match wait_idle(&mut s.client, timeouts.client_idle).await {
+        match wait_idle(&mut s.client, &watch, timeouts.client_idle).await {
             Request::Ready => {}
             Request::Gone => return,
             Request::Invalid(e) => return s.client.send_error(&e).await,
         }
-        let mut lease = match s.client.wait_with(checkout(&s.pool, &s.settings)).await {
-            Waited::Done(Ok(lease)) => lease,
-            Waited::Done(Err(e)) | Waited::Invalid(e) => return s.client.send_error(&e).await,
-            Waited::Gone => return,
+        let waited = drain::until_deadline(&watch, s.client.wait_with(checkout(&s.pool, &s.settings))).await;
+        let mut lease = match waited {
+            Some(Waited::Done(Ok(lease))) => lease,
+            Some(Waited::Done(Err(e)) | Waited::Invalid(e)) => return s.client.send_error(&e).await,
+            Some(Waited::Gone) => return,
+            None => return drain::cut(&mut s.client, None, &s.pool, &watch).await,
         };
         s.cancel.attach(lease.conn());
         let mut state = RelayState::new(mode != PoolMode::Session, mode == PoolMode::Statement, timeouts);
         // Session mode never sees Release: the relay runs until the client leaves.
         let end = loop {
-            match relay(&mut s.client, lease.conn(), &mut s.settings, &mut state).await {
+            let relayed = relay(&mut s.client, lease.conn(), &mut s.settings, &mut state);
+            let Some(end) = drain::until_deadline(&watch, relayed).await else {
+                s.cancel.detach();
+                return drain::cut(&mut s.client, Some(lease), &s.pool, &watch).await;
+            };
+            match end {
                 RelayEnd::Timeout(Phase::Busy) => {
                     let secs = timeouts.query.as_secs_f64();
                     tracing::warn!(pool = %s.pool, "query running longer than query_timeout ({secs} s): cancelling it");
@@ -64,7 +73,7 @@ pub async fn run(mut s: Session) {
                     return;
                 }
             }
-            RelayEnd::ClientGone => return clean_up(lease, client, pool, &pool.settings.server_reset_query).await,
+            RelayEnd::ClientGone => return clean_up(lease, client, pool, &pool.settings().server_reset_query).await,
             RelayEnd::TransactionBlock => {
                 let error = PgError::fatal(
                     "0A000",
@@ -79,11 +88,11 @@ pub async fn run(mut s: Session) {
             }
             RelayEnd::Timeout(phase) => {
                 client.send_error(&timeout_error(phase, &timeouts)).await;
-                return clean_up(lease, client, pool, &pool.settings.server_reset_query).await;
+                return clean_up(lease, client, pool, &pool.settings().server_reset_query).await;
             }
             RelayEnd::ClientInvalid(e) => {
                 client.send_error(&e).await;
-                return clean_up(lease, client, pool, &pool.settings.server_reset_query).await;
+                return clean_up(lease, client, pool, &pool.settings().server_reset_query).await;
             }
             RelayEnd::ServerGone(e) => {
                 let addr = lease.conn().addr.clone();
@@ -107,12 +116,12 @@ fn timeouts(shared: &Shared) -> Timeouts {
     }
 }
 
-/// Waits for the client's next request, closing it after client_idle_timeout.
-async fn wait_idle(client: &mut ClientConn, limit: Duration) -> Request {
+/// Waits for the client's next request (or a shutdown), closing it after client_idle_timeout.
+async fn wait_idle(client: &mut ClientConn, watch: &Watch, limit: Duration) -> Request {
     if limit.is_zero() {
-        return client.wait_for_request().await;
+        return drain::next_request(client, watch).await;
     }
-    match tokio::time::timeout(limit, client.wait_for_request()).await {
+    match tokio::time::timeout(limit, drain::next_request(client, watch)).await {
         Ok(request) => request,
         Err(_) => {
             let timeouts = Timeouts {
@@ -188,7 +197,7 @@ async fn give_back(mut lease: Lease) {
 /// The client left while holding this server: roll back what it left open, then give the
 /// server back; anything in an unknown state is closed instead.
 async fn clean_up(mut lease: Lease, client: &ClientConn, pool: &Pool, reset_query: &str) {
-    let mode = pool.settings.mode;
+    let mode = pool.settings().mode;
     let tracker = client.tracker;
     let server = lease.conn();
     if !tracker.quiet() || !server.buf.is_empty() {

@@ -1,12 +1,19 @@
 //! One pool: idle server connections, a FIFO of clients waiting for one, and the size limit.
 //!
 //! A permit of `permits` is the right to own one server connection. A client takes a permit
-//! (waiting in FIFO order), then an idle connection or, when none is idle, opens a new one; so
-//! open connections never exceed the pool size. The connection moves into the client task inside
-//! a `Lease`; dropping a lease without `release` closes the connection, so every error path
-//! leaves nothing half-used behind.
+//! (waiting in FIFO order; after `reserve_pool_timeout` a permit of `reserve` will do too), then
+//! an idle connection or, when none is idle, opens a new one; so open connections never exceed
+//! the pool size plus the reserve. Opening also needs a slot under `max_db_connections` and
+//! `max_user_connections` (see `limits`). The connection moves into the client task inside a
+//! `Lease`; dropping a lease without `release` closes the connection, so every error path leaves
+//! nothing half-used behind.
+//!
+//! The hot path (a free permit, an idle connection, no check due) is one semaphore CAS, one
+//! short lock of the idle list and a settings load; `open.rs` holds the slow paths.
 
-use crate::backend::{connect, BackendError, Credentials, ServerConn, Target};
+use super::limits::Limit;
+use super::permits::Permits;
+use crate::backend::{BackendError, Credentials, ServerConn, Target};
 use crate::config::PoolMode;
 use crate::protocol::messages::PgError;
 use arc_swap::ArcSwap;
@@ -14,12 +21,26 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 #[derive(Debug, Error)]
 pub enum PoolError {
-    #[error("no server connection became free within query_wait_timeout ({secs} s)")]
-    WaitTimeout { secs: f64 },
+    #[error("no server connection within query_wait_timeout ({secs} s) for pool {pool}{cause}")]
+    WaitTimeout {
+        secs: f64,
+        pool: String,
+        /// "" or "; max_db_connections (2) reached for database bench".
+        cause: String,
+    },
+    #[error(
+        "server login for pool {pool} failed {ago:.1} s ago and is not retried before server_login_retry ({retry} s) has passed: {last}"
+    )]
+    LoginRetry {
+        pool: String,
+        ago: f64,
+        retry: f64,
+        last: Box<PgError>,
+    },
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
@@ -27,24 +48,38 @@ pub enum PoolError {
 impl PoolError {
     pub fn to_pg(&self) -> PgError {
         match self {
-            PoolError::WaitTimeout { .. } => PgError::fatal("57014", format!("canceling statement: {self}")).with_hint(
-                "raise default_pool_size (or the database's pool_size) or query_wait_timeout in pooler.toml",
+            PoolError::WaitTimeout { cause, .. } => {
+                let hint = if cause.is_empty() {
+                    "raise default_pool_size (or the database's pool_size) or query_wait_timeout in pooler.toml"
+                } else {
+                    "raise the limit named above or query_wait_timeout in pooler.toml"
+                };
+                PgError::fatal("57014", format!("canceling statement: {self}")).with_hint(hint)
+            }
+            PoolError::LoginRetry { .. } => PgError::fatal("08006", self.to_string()).with_hint(
+                "fix the server or the pool's credentials; pgmux tries again once server_login_retry has passed",
             ),
             PoolError::Backend(e) => e.to_pg(),
         }
     }
 }
 
-/// What a pool takes from the configuration when it is made.
-#[derive(Debug, Clone)]
+/// What a pool takes from the configuration; a reload stores a new one.
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolSettings {
     pub mode: PoolMode,
     pub size: u32,
     pub min_size: u32,
+    pub reserve_size: u32,
+    pub reserve_timeout: Duration,
     pub query_wait_timeout: Duration,
     pub server_idle_timeout: Duration,
     pub server_lifetime: Duration,
     pub server_reset_query: String,
+    pub server_connect_timeout: Duration,
+    pub server_login_retry: Duration,
+    pub server_check_delay: Duration,
+    pub server_check_query: String,
 }
 
 /// Counts the console and the metrics read.
@@ -59,15 +94,22 @@ pub struct PoolCounts {
 pub struct Pool {
     pub database: String,
     pub user: String,
+    /// Where the connections go; a reload that changes it replaces the pool instead.
     pub target: Target,
-    pub settings: PoolSettings,
+    pub(super) settings: ArcSwap<PoolSettings>,
     credentials: ArcSwap<Credentials>,
-    permits: Arc<Semaphore>,
+    pub(super) permits: Permits,
+    /// Extra permits for clients that waited longer than reserve_pool_timeout.
+    pub(super) reserve: Permits,
     idle: Mutex<Vec<ServerConn>>,
     /// ParameterStatus values of the first login, sent to every client at its own login.
     welcome: OnceLock<Arc<Vec<(String, String)>>>,
     /// Passthrough: fingerprint of the last password the server accepted.
     passthrough: Mutex<Option<[u8; 32]>>,
+    /// The last failed login with the pool's own credentials, for server_login_retry.
+    pub(super) login_failure: Mutex<Option<(Instant, PgError)>>,
+    pub(super) db_limit: Arc<Limit>,
+    pub(super) user_limit: Arc<Limit>,
     pub counts: PoolCounts,
 }
 
@@ -78,19 +120,38 @@ impl Pool {
         target: Target,
         credentials: Credentials,
         settings: PoolSettings,
+        db_limit: Arc<Limit>,
+        user_limit: Arc<Limit>,
     ) -> Pool {
         Pool {
             database,
             user,
             target,
             credentials: ArcSwap::from_pointee(credentials),
-            permits: Arc::new(Semaphore::new(settings.size as usize)),
-            settings,
+            permits: Permits::new(settings.size),
+            reserve: Permits::new(settings.reserve_size),
+            settings: ArcSwap::from_pointee(settings),
             idle: Mutex::new(Vec::new()),
             welcome: OnceLock::new(),
             passthrough: Mutex::new(None),
+            login_failure: Mutex::new(None),
+            db_limit,
+            user_limit,
             counts: PoolCounts::default(),
         }
+    }
+
+    /// The settings now (a reload may replace them at any time).
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.settings.load_full()
+    }
+
+    /// Applies reloaded settings: the size takes effect at once for growth, and as connections
+    /// come back for a shrink (the janitor closes the surplus idle ones).
+    pub fn reconfigure(&self, settings: PoolSettings) {
+        self.permits.resize(settings.size);
+        self.reserve.resize(settings.reserve_size);
+        self.settings.store(Arc::new(settings));
     }
 
     pub fn credentials(&self) -> Arc<Credentials> {
@@ -106,92 +167,110 @@ impl Pool {
         self.welcome.get().cloned()
     }
 
+    pub(super) fn set_welcome(&self, reported: Vec<(String, String)>) {
+        let _ = self.welcome.set(Arc::new(reported));
+    }
+
     /// Waits in line for a server connection (up to query_wait_timeout), then takes an idle one
-    /// that is still healthy or opens a new one.
+    /// that is still healthy (checked with server_check_query when it sat idle longer than
+    /// server_check_delay) or opens a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Lease, PoolError> {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => self.wait_for_permit().await?,
+        let (permit, reserve, deadline) = match self.permits.try_acquire() {
+            Some(permit) => (permit, false, None),
+            None => self.wait_for_permit().await?,
         };
-        if let Some(conn) = self.pop_idle() {
-            return Ok(self.lease(conn, permit));
-        }
-        let conn = self.open().await?;
-        Ok(self.lease(conn, permit))
-    }
-
-    async fn wait_for_permit(&self) -> Result<OwnedSemaphorePermit, PoolError> {
-        self.counts.waiting.fetch_add(1, Ordering::Relaxed);
-        let acquire = self.permits.clone().acquire_owned();
-        let timeout = self.settings.query_wait_timeout;
-        let result = if timeout.is_zero() {
-            Ok(acquire.await)
-        } else {
-            tokio::time::timeout(timeout, acquire).await
-        };
-        self.counts.waiting.fetch_sub(1, Ordering::Relaxed);
-        match result {
-            // The semaphore is never closed.
-            Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(_)) | Err(_) => Err(PoolError::WaitTimeout {
-                secs: timeout.as_secs_f64(),
-            }),
+        match self.find_server(deadline).await {
+            Ok(conn) => Ok(self.lease(conn, permit, reserve)),
+            Err(e) => {
+                self.return_permit(permit, reserve);
+                Err(e)
+            }
         }
     }
 
-    fn pop_idle(&self) -> Option<ServerConn> {
+    /// Pops the most recently used idle connection that is alive and not too old; the flag
+    /// says whether server_check_delay asks for a check before use.
+    pub(super) fn take_idle(&self) -> Option<(ServerConn, bool)> {
+        let settings = self.settings.load();
         loop {
             let mut conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
-            if conn.is_quiet() && !self.expired(&conn) {
-                return Some(conn);
+            if conn.is_quiet() && !expired(&conn, &settings) {
+                let check = conn.idle_since.elapsed() >= settings.server_check_delay;
+                return Some((conn, check));
             }
-            tracing::info!(pool = %self, server = conn.id, "closing server connection: closed by the server or past server_lifetime");
-            self.counts.servers.fetch_sub(1, Ordering::Relaxed);
+            self.discard(conn, "closed by the server or past server_lifetime");
         }
     }
 
-    /// Logs in a new server connection for this pool.
-    pub async fn open(&self) -> Result<ServerConn, BackendError> {
-        self.open_as(&self.credentials()).await
-    }
-
-    /// Logs in with these credentials (passthrough tries the client's password this way).
-    pub async fn open_as(&self, credentials: &Credentials) -> Result<ServerConn, BackendError> {
-        let (conn, reported) = connect(&self.target, credentials).await?;
-        self.counts.servers.fetch_add(1, Ordering::Relaxed);
-        let _ = self.welcome.set(Arc::new(reported));
-        tracing::info!(pool = %self, server = conn.id, backend_pid = conn.process_id, "new server connection");
-        Ok(conn)
-    }
-
-    fn lease(self: &Arc<Self>, conn: ServerConn, permit: OwnedSemaphorePermit) -> Lease {
+    fn lease(self: &Arc<Self>, conn: ServerConn, permit: OwnedSemaphorePermit, reserve: bool) -> Lease {
         self.counts.active.fetch_add(1, Ordering::Relaxed);
         Lease {
             conn: Some(conn),
-            _permit: permit,
+            permit: Some(permit),
+            reserve,
             pool: self.clone(),
+        }
+    }
+
+    pub(super) fn return_permit(&self, permit: OwnedSemaphorePermit, reserve: bool) {
+        if reserve {
+            self.reserve.give_back(permit);
+        } else {
+            self.permits.give_back(permit);
         }
     }
 
     /// Puts a clean connection back in the idle list.
     fn check_in(&self, mut conn: ServerConn) {
-        if self.expired(&conn) {
-            tracing::info!(pool = %self, server = conn.id, "closing server connection: past server_lifetime");
-            self.counts.servers.fetch_sub(1, Ordering::Relaxed);
-            return;
+        if expired(&conn, &self.settings.load()) {
+            return self.discard(conn, "past server_lifetime");
         }
         conn.idle_since = Instant::now();
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+        // A checkout waiting for a slot under a limit may take this one instead.
+        self.db_limit.wake();
+        self.user_limit.wake();
     }
 
     /// Adds a connection opened outside `checkout` (passthrough verification, min_pool_size),
-    /// unless the pool is already full.
+    /// unless the pool or a limit is already full.
     pub fn add_idle(&self, conn: ServerConn) {
-        if self.counts.servers.load(Ordering::Relaxed) > self.settings.size {
-            self.counts.servers.fetch_sub(1, Ordering::Relaxed);
-            return;
+        let settings = self.settings.load();
+        let cap = settings.size + settings.reserve_size;
+        if self.counts.servers.load(Ordering::Relaxed) > cap || self.db_limit.over() || self.user_limit.over() {
+            return self.discard(conn, "the pool or a connection limit is full");
         }
+        drop(settings);
         self.check_in(conn);
+    }
+
+    /// Closes a connection pgmux no longer wants and gives its slots back. The connection is in
+    /// a known state (idle), so the server gets a Terminate rather than a dropped socket.
+    pub(super) fn discard(&self, conn: ServerConn, why: &str) {
+        const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
+        let _ = conn.stream.try_write(&TERMINATE);
+        tracing::info!(pool = %self, server = conn.id, backend_pid = conn.process_id, "closing server connection: {why}");
+        self.forget_connection();
+    }
+
+    /// A connection of this pool is gone: uncount it everywhere.
+    pub(super) fn forget_connection(&self) {
+        self.counts.servers.fetch_sub(1, Ordering::Relaxed);
+        self.db_limit.put_back(1);
+        self.user_limit.put_back(1);
+    }
+
+    /// Closes the idle connection that has been idle longest; false if none is idle.
+    pub fn close_one_idle(&self, why: &str) -> bool {
+        let conn = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.is_empty() {
+                return false;
+            }
+            idle.remove(0)
+        };
+        self.discard(conn, why);
+        true
     }
 
     /// Passthrough: whether this password (by fingerprint) already logged in to the server.
@@ -205,37 +284,72 @@ impl Pool {
         self.set_credentials(credentials);
     }
 
-    fn expired(&self, conn: &ServerConn) -> bool {
-        let lifetime = self.settings.server_lifetime;
-        !lifetime.is_zero() && conn.created.elapsed() >= lifetime
-    }
-
-    /// Closes idle connections past server_idle_timeout or server_lifetime; returns how many
-    /// connections the pool holds afterwards (idle and in use).
+    /// The janitor's round: closes idle connections past server_idle_timeout or
+    /// server_lifetime, dead ones, and the surplus after a shrink or a lowered limit; returns how
+    /// many connections the pool holds afterwards (idle and in use).
     pub fn prune_idle(&self) -> u32 {
-        let idle_timeout = self.settings.server_idle_timeout;
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let before = idle.len();
-        idle.retain_mut(|conn| {
-            let stale = !idle_timeout.is_zero() && conn.idle_since.elapsed() >= idle_timeout;
-            !stale && !self.expired(conn) && conn.is_quiet()
-        });
-        let closed = (before - idle.len()) as u32;
-        drop(idle);
-        if closed > 0 {
-            tracing::info!(pool = %self, closed, "closed idle server connections");
-            self.counts.servers.fetch_sub(closed, Ordering::Relaxed);
+        self.permits.collect_debt();
+        self.reserve.collect_debt();
+        let settings = self.settings.load_full();
+        let idle_timeout = settings.server_idle_timeout;
+        let mut closing = Vec::new();
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut kept = Vec::with_capacity(idle.len());
+            for mut conn in idle.drain(..) {
+                let stale = !idle_timeout.is_zero() && conn.idle_since.elapsed() >= idle_timeout;
+                if stale || expired(&conn, &settings) || !conn.is_quiet() {
+                    closing.push(conn);
+                } else {
+                    kept.push(conn);
+                }
+            }
+            *idle = kept;
+            // After a shrink: more connections than the size allows, so close idle ones (the
+            // longest idle first) until the pool fits or nothing idle is left.
+            let servers = (self.counts.servers.load(Ordering::Relaxed) as usize).saturating_sub(closing.len());
+            let cap = (settings.size + settings.reserve_size) as usize;
+            let surplus = servers.saturating_sub(cap).min(idle.len());
+            closing.extend(idle.drain(..surplus));
         }
+        for conn in closing {
+            self.discard(
+                conn,
+                "idle past server_idle_timeout or server_lifetime, closed, or surplus to pool_size",
+            );
+        }
+        while (self.db_limit.over() || self.user_limit.over())
+            && self.close_one_idle("over max_db_connections or max_user_connections")
+        {}
         self.counts.servers.load(Ordering::Relaxed)
     }
 
     /// A permit for the janitor to open a connection with, if one is free right now.
     pub fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
-        self.permits.clone().try_acquire_owned().ok()
+        self.permits.try_acquire()
     }
 
     pub fn idle_count(&self) -> usize {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Permits free in the main pool right now (not counting the reserve).
+    pub fn free_permits(&self) -> usize {
+        self.permits.available()
+    }
+}
+
+fn expired(conn: &ServerConn, settings: &PoolSettings) -> bool {
+    let lifetime = settings.server_lifetime;
+    !lifetime.is_zero() && conn.created.elapsed() >= lifetime
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for conn in idle {
+            self.discard(conn, "pool removed");
+        }
     }
 }
 
@@ -248,7 +362,8 @@ impl std::fmt::Display for Pool {
 /// A server connection checked out by one client.
 pub struct Lease {
     conn: Option<ServerConn>,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
+    reserve: bool,
     pool: Arc<Pool>,
 }
 
@@ -273,7 +388,11 @@ impl Drop for Lease {
         self.pool.counts.active.fetch_sub(1, Ordering::Relaxed);
         if let Some(conn) = self.conn.take() {
             tracing::info!(pool = %self.pool, server = conn.id, "closing server connection in an unknown state");
-            self.pool.counts.servers.fetch_sub(1, Ordering::Relaxed);
+            drop(conn);
+            self.pool.forget_connection();
+        }
+        if let Some(permit) = self.permit.take() {
+            self.pool.return_permit(permit, self.reserve);
         }
     }
 }

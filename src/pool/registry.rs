@@ -1,12 +1,15 @@
-//! Every pool pgmux has made, keyed by (database, user) as the client named them.
+//! Every pool pgmux has made, keyed by (database, user) as the client named them, and the
+//! limits they share (per database, per server login user).
 
+use super::limits::{Limit, LimitKind};
 use super::pool::{Pool, PoolSettings};
 use crate::backend::{Credentials, Target};
 use crate::config::{Config, DatabaseConfig, Secret};
 use crate::tls::ServerTls;
 use dashmap::DashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -17,15 +20,27 @@ pub struct PoolKey {
 #[derive(Default)]
 pub struct Pools {
     map: DashMap<PoolKey, Arc<Pool>>,
+    /// Pools a reload took out of the map (database removed or moved) that clients still use;
+    /// the janitor keeps pruning them until the last client leaves.
+    retired: Mutex<Vec<Weak<Pool>>>,
+    db_limits: DashMap<String, Arc<Limit>>,
+    user_limits: DashMap<String, Arc<Limit>>,
     /// TLS to servers (server_tls_mode), loaded once at startup; every pool's target gets it.
     server_tls: Option<ServerTls>,
+}
+
+/// What a reload changed in the pools, for its log line.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    pub updated: usize,
+    pub retired: usize,
 }
 
 impl Pools {
     pub fn new(server_tls: Option<ServerTls>) -> Pools {
         Pools {
-            map: DashMap::new(),
             server_tls,
+            ..Pools::default()
         }
     }
 
@@ -46,8 +61,13 @@ impl Pools {
         if let Some(pool) = self.map.get(&key) {
             return pool.clone();
         }
-        let pool = Arc::new(make_pool(config, db, database, user, password, &self.server_tls));
-        self.map.entry(key).or_insert(pool).clone()
+        let entry = self.map.entry(key).or_insert_with(|| {
+            let pool = Arc::new(self.make_pool(config, db, database, user, password));
+            pool.db_limit.register(&pool);
+            pool.user_limit.register(&pool);
+            pool
+        });
+        entry.clone()
     }
 
     /// Drops a pool nobody uses: a passthrough login the server refused must not leave a pool
@@ -59,45 +79,171 @@ impl Pools {
         };
         // Two references: the registry's and the caller's; any other is a login in progress.
         self.map.remove_if(&key, |_, p| {
-            Arc::strong_count(p) <= 2
+            Arc::ptr_eq(p, pool)
+                && Arc::strong_count(p) <= 2
                 && p.counts.clients.load(Ordering::Relaxed) == 0
                 && p.counts.servers.load(Ordering::Relaxed) == 0
         });
     }
 
+    /// The pools new clients get.
     pub fn all(&self) -> Vec<Arc<Pool>> {
         self.map.iter().map(|entry| entry.value().clone()).collect()
     }
+
+    /// Pools a reload retired that clients still use.
+    pub fn retired(&self) -> Vec<Arc<Pool>> {
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.retain(|p| p.strong_count() > 0);
+        retired.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Applies a reloaded configuration: each pool takes its new settings (size, timeouts,
+    /// mode, server password); a pool whose database is gone, or now points at another server
+    /// or login user, is retired: clients connected to it keep it until they leave, new clients
+    /// get a new pool (or 3D000). The limits take their new maxima.
+    pub fn reconfigure(&self, config: &Config) -> Reconfigured {
+        let mut done = Reconfigured::default();
+        let mut retire = Vec::new();
+        for entry in self.map.iter() {
+            let (key, pool) = (entry.key(), entry.value());
+            let Some(db) = config.database(&key.database) else {
+                retire.push(key.clone());
+                continue;
+            };
+            let target = target(config, db, &key.database, &self.server_tls);
+            let credentials = server_credentials(config, db, &key.user, None);
+            let same_server = target.host == pool.target.host
+                && target.port == pool.target.port
+                && target.database == pool.target.database;
+            if !same_server || credentials.user != pool.credentials().user {
+                retire.push(key.clone());
+                continue;
+            }
+            if credentials.password.is_some() && credentials != *pool.credentials() {
+                pool.set_credentials(credentials);
+            }
+            let settings = settings(config, db, &key.database, &key.user);
+            if settings != *pool.settings() {
+                pool.reconfigure(settings);
+                done.updated += 1;
+            }
+        }
+        for key in retire {
+            if let Some((_, pool)) = self.map.remove(&key) {
+                tracing::info!(pool = %pool, "pool retired by the reload: its clients keep it until they leave");
+                self.retired
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(Arc::downgrade(&pool));
+                done.retired += 1;
+            }
+        }
+        for limit in self.db_limits.iter() {
+            limit.set_max(config.pooler.max_db_connections);
+        }
+        for limit in self.user_limits.iter() {
+            limit.set_max(max_user_connections(config, limit.key()));
+        }
+        done
+    }
+
+    /// How often the janitor should run: half the shortest timeout it enforces, between 50 ms
+    /// and 1 s, so tests with timeouts of a fraction of a second see them kept.
+    pub fn janitor_interval(&self) -> Duration {
+        let shortest = self
+            .all()
+            .iter()
+            .chain(self.retired().iter())
+            .flat_map(|pool| {
+                let s = pool.settings();
+                [s.server_login_retry, s.server_idle_timeout, s.server_lifetime]
+            })
+            .filter(|d| !d.is_zero())
+            .min()
+            .unwrap_or(Duration::from_secs(2));
+        (shortest / 2).clamp(Duration::from_millis(50), Duration::from_secs(1))
+    }
+
+    fn make_pool(
+        &self,
+        config: &Config,
+        db: &DatabaseConfig,
+        database: &str,
+        user: &str,
+        password: Option<&str>,
+    ) -> Pool {
+        let credentials = server_credentials(config, db, user, password);
+        let db_limit = self
+            .db_limits
+            .entry(database.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Limit::new(
+                    LimitKind::Database,
+                    database,
+                    config.pooler.max_db_connections,
+                ))
+            })
+            .clone();
+        let login = credentials.user.clone();
+        let user_limit = self
+            .user_limits
+            .entry(login.clone())
+            .or_insert_with(|| {
+                Arc::new(Limit::new(
+                    LimitKind::User,
+                    &login,
+                    max_user_connections(config, &login),
+                ))
+            })
+            .clone();
+        Pool::new(
+            database.to_owned(),
+            user.to_owned(),
+            target(config, db, database, &self.server_tls),
+            credentials,
+            settings(config, db, database, user),
+            db_limit,
+            user_limit,
+        )
+    }
 }
 
-fn make_pool(
-    config: &Config,
-    db: &DatabaseConfig,
-    database: &str,
-    user: &str,
-    password: Option<&str>,
-    tls: &Option<ServerTls>,
-) -> Pool {
-    let p = &config.pooler;
-    let target = Target {
+fn target(config: &Config, db: &DatabaseConfig, database: &str, tls: &Option<ServerTls>) -> Target {
+    Target {
         host: db.host.clone(),
         port: db.port,
         database: db.server_dbname(database).to_owned(),
-        connect_timeout: p.server_connect_timeout,
+        connect_timeout: config.pooler.server_connect_timeout,
         tls: tls.clone(),
-    };
-    let credentials = server_credentials(config, db, user, password);
+    }
+}
+
+/// The settings a pool for this database and user gets from the configuration.
+pub fn settings(config: &Config, db: &DatabaseConfig, database: &str, user: &str) -> PoolSettings {
+    let p = &config.pooler;
     let size = config.pool_size_for(database);
-    let settings = PoolSettings {
+    PoolSettings {
         mode: config.pool_mode_for(database, user),
         size,
         min_size: db.min_pool_size.unwrap_or(p.min_pool_size).min(size),
+        reserve_size: p.reserve_pool_size,
+        reserve_timeout: p.reserve_pool_timeout,
         query_wait_timeout: p.query_wait_timeout,
         server_idle_timeout: p.server_idle_timeout,
         server_lifetime: p.server_lifetime,
         server_reset_query: p.server_reset_query.clone(),
-    };
-    Pool::new(database.to_owned(), user.to_owned(), target, credentials, settings)
+        server_connect_timeout: p.server_connect_timeout,
+        server_login_retry: p.server_login_retry,
+        server_check_delay: p.server_check_delay,
+        server_check_query: p.server_check_query.clone(),
+    }
+}
+
+/// `[users.NAME] max_user_connections`, else `pooler.max_user_connections` (0: unlimited).
+fn max_user_connections(config: &Config, user: &str) -> u32 {
+    let own = config.users.get(user).and_then(|u| u.max_user_connections);
+    own.unwrap_or(config.pooler.max_user_connections)
 }
 
 /// Who pgmux logs in to the server as: the database's forced user and password if set, else the

@@ -1,0 +1,114 @@
+//! The session loop's side of a shutdown (see `crate::shutdown`): park at the waiting point
+//! between transactions, let a transaction in flight run until shutdown_timeout, and say
+//! `57P01` to every client before its connection closes.
+
+use super::conn::{ClientConn, Request};
+use crate::pool::{Lease, Pool};
+use crate::protocol::messages::PgError;
+use crate::shutdown::Shutdown;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long a goodbye to a client (or a cancel to a server) may take.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One client's view of the shutdown.
+pub struct Watch {
+    token: CancellationToken,
+    shutdown: Arc<Shutdown>,
+}
+
+impl Watch {
+    pub fn new(shutdown: &Arc<Shutdown>) -> Watch {
+        Watch {
+            token: shutdown.client_token(),
+            shutdown: shutdown.clone(),
+        }
+    }
+}
+
+/// `ClientConn::wait_for_request`, unless pgmux is shutting down: then the client parks, and
+/// gets `57P01` at once (SIGTERM) or when pgmux closes (SIGINT); the session ends (`Gone`).
+pub async fn next_request(client: &mut ClientConn, watch: &Watch) -> Request {
+    if !watch.shutdown.is_draining() {
+        tokio::select! {
+            biased;
+            request = client.wait_for_request() => match request {
+                Request::Ready if watch.shutdown.is_draining() => {}
+                other => return other,
+            },
+            _ = watch.token.cancelled() => {}
+        }
+    }
+    park(client, &watch.shutdown).await
+}
+
+async fn park(client: &mut ClientConn, shutdown: &Shutdown) -> Request {
+    let _parked = shutdown.park();
+    let closing = shutdown.closing();
+    tokio::pin!(closing);
+    loop {
+        if client.ready > 0 {
+            if !shutdown.refusing() {
+                // SIGINT: the request waits for the end, then gets its answer: 57P01.
+                closing.as_mut().await;
+            }
+            break;
+        }
+        tokio::select! {
+            _ = closing.as_mut() => break,
+            request = client.wait_for_request() => match request {
+                Request::Ready => {}
+                other => return other,
+            },
+        }
+    }
+    goodbye(client, PgError::fatal("57P01", "pgmux is shutting down")).await;
+    Request::Gone
+}
+
+/// Runs `work` (a checkout, a relayed transaction) to its end, unless a shutdown's deadline
+/// comes first: then None, and the caller cuts the client with `cut`.
+pub async fn until_deadline<F: Future>(watch: &Watch, work: F) -> Option<F::Output> {
+    tokio::pin!(work);
+    tokio::select! {
+        biased;
+        out = &mut work => return Some(out),
+        _ = watch.token.cancelled() => {}
+    }
+    match watch.shutdown.deadline() {
+        Some((deadline, _)) => tokio::time::timeout_at(deadline, work).await.ok(),
+        None => Some(work.await),
+    }
+}
+
+/// The shutdown deadline passed while this client waited for a server or ran a transaction:
+/// it gets `57P01` naming shutdown_timeout, a query still running is cancelled, and the server
+/// connection is closed (PostgreSQL rolls back what was open).
+pub async fn cut(client: &mut ClientConn, lease: Option<Lease>, pool: &Pool, watch: &Watch) {
+    let secs = watch
+        .shutdown
+        .deadline()
+        .map(|(_, t)| t.as_secs_f64())
+        .unwrap_or_default();
+    let error = PgError::fatal(
+        "57P01",
+        format!("pgmux is shutting down: the transaction did not finish within shutdown_timeout ({secs} s)"),
+    );
+    tracing::info!(client = %client.peer, pool = %pool, "transaction cut by the shutdown");
+    goodbye(client, error).await;
+    let Some(mut lease) = lease else { return };
+    if !client.tracker.quiet() || !lease.conn().buf.is_empty() {
+        let server = lease.conn();
+        let (pid, key) = (server.process_id, server.secret_key);
+        let cancel = crate::backend::cancel::cancel(&pool.target, pid, key);
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, cancel).await;
+    }
+    drop(lease);
+}
+
+async fn goodbye(client: &mut ClientConn, error: PgError) {
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, client.send_error(&error)).await;
+}

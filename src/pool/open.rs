@@ -1,0 +1,277 @@
+//! The slow paths of a checkout: waiting for a permit (and the reserve), checking an idle
+//! connection that sat too long, waiting for room under the connection limits, and logging in a
+//! new connection with server_login_retry between failed attempts.
+
+use super::limits::Limit;
+use super::pool::{Pool, PoolError, PoolSettings};
+use crate::backend::{connect, BackendError, Credentials, ServerConn};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::OwnedSemaphorePermit;
+
+/// How long server_check_query may take when server_connect_timeout is 0.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Deadline = Option<Instant>;
+
+impl Pool {
+    /// Waits in FIFO order for a permit. A client that waited longer than reserve_pool_timeout
+    /// may take a reserve permit instead. Returns the permit, whether it is a reserve one, and
+    /// the query_wait_timeout deadline the rest of the checkout keeps to.
+    pub(super) async fn wait_for_permit(&self) -> Result<(OwnedSemaphorePermit, bool, Deadline), PoolError> {
+        let settings = self.settings();
+        let started = Instant::now();
+        let deadline = (!settings.query_wait_timeout.is_zero()).then(|| started + settings.query_wait_timeout);
+        self.counts.waiting.fetch_add(1, Ordering::Relaxed);
+        let waiting = scopeguard(|| {
+            self.counts.waiting.fetch_sub(1, Ordering::Relaxed);
+        });
+        let main = self.permits.acquire();
+        let reserve = async {
+            tokio::time::sleep(settings.reserve_timeout).await;
+            self.reserve.acquire().await
+        };
+        let either = async {
+            tokio::select! {
+                biased;
+                permit = main => (permit, false),
+                permit = reserve => (permit, true),
+            }
+        };
+        let got = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), either).await.ok(),
+            None => Some(either.await),
+        };
+        drop(waiting);
+        match got {
+            Some((permit, reserve)) => {
+                if reserve {
+                    tracing::info!(pool = %self, waited_ms = started.elapsed().as_millis() as u64,
+                        "client waited longer than reserve_pool_timeout: using the reserve pool");
+                }
+                Ok((permit, reserve, deadline))
+            }
+            None => Err(self.wait_timeout(&settings, None)),
+        }
+    }
+
+    fn wait_timeout(&self, settings: &PoolSettings, limit: Option<&Limit>) -> PoolError {
+        PoolError::WaitTimeout {
+            secs: settings.query_wait_timeout.as_secs_f64(),
+            pool: self.to_string(),
+            cause: limit.map(|l| format!("; {}", l.describe())).unwrap_or_default(),
+        }
+    }
+
+    /// With a permit in hand: an idle connection that passes its check, or a new one.
+    pub(super) async fn find_server(&self, deadline: Deadline) -> Result<ServerConn, PoolError> {
+        while let Some((conn, needs_check)) = self.take_idle() {
+            if !needs_check {
+                return Ok(conn);
+            }
+            if let Some(conn) = self.check(conn).await {
+                return Ok(conn);
+            }
+        }
+        self.open_new(deadline).await
+    }
+
+    /// Runs server_check_query ("" sends an empty query) on a connection that sat idle longer
+    /// than server_check_delay; one that fails is closed, and the client never hears of it.
+    async fn check(&self, mut conn: ServerConn) -> Option<ServerConn> {
+        let settings = self.settings();
+        let limit = match settings.server_connect_timeout {
+            t if t.is_zero() => CHECK_TIMEOUT,
+            t => t,
+        };
+        let why = match tokio::time::timeout(limit, conn.run(&settings.server_check_query)).await {
+            Ok(Ok(outcome)) if outcome.error.is_none() && outcome.status == b'I' && conn.buf.is_empty() => {
+                return Some(conn)
+            }
+            Ok(Ok(outcome)) => match outcome.error {
+                Some(error) => format!("server_check_query failed: {error}"),
+                None => format!(
+                    "server_check_query left the server in state {:?}",
+                    outcome.status as char
+                ),
+            },
+            Ok(Err(e)) => format!("server_check_query failed: {e}"),
+            Err(_) => format!("server_check_query took longer than {} s", limit.as_secs_f64()),
+        };
+        self.discard(conn, &why);
+        None
+    }
+
+    /// Opens a connection once both limits have room, or takes an idle one that came back
+    /// while waiting for that room.
+    async fn open_new(&self, deadline: Deadline) -> Result<ServerConn, PoolError> {
+        if let Some(e) = self.login_blocked() {
+            return Err(e);
+        }
+        if self.take_slots().is_err() {
+            if let Some(conn) = self.wait_for_slot(deadline).await? {
+                return Ok(conn);
+            }
+        }
+        self.open_with_slots().await
+    }
+
+    /// Takes a slot under both limits, or names the one that is full.
+    pub(super) fn take_slots(&self) -> Result<(), &Arc<Limit>> {
+        if !self.db_limit.try_take() {
+            return Err(&self.db_limit);
+        }
+        if !self.user_limit.try_take() {
+            self.db_limit.untake();
+            return Err(&self.user_limit);
+        }
+        Ok(())
+    }
+
+    /// Waits until a limit has room (Ok(None): the slots are taken) or an idle connection of
+    /// this pool comes back (Ok(Some)). First closes idle connections of other pools under the
+    /// full limit, as PgBouncer does.
+    async fn wait_for_slot(&self, deadline: Deadline) -> Result<Option<ServerConn>, PoolError> {
+        let settings = self.settings();
+        let deadline = deadline.or_else(|| {
+            let wait = settings.query_wait_timeout;
+            (!wait.is_zero()).then(|| Instant::now() + wait)
+        });
+        let _db = self.db_limit.waiter();
+        let _user = self.user_limit.waiter();
+        self.counts.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = scopeguard(|| {
+            self.counts.waiting.fetch_sub(1, Ordering::Relaxed);
+        });
+        loop {
+            let db_freed = self.db_limit.notified();
+            let user_freed = self.user_limit.notified();
+            tokio::pin!(db_freed, user_freed);
+            db_freed.as_mut().enable();
+            user_freed.as_mut().enable();
+            if let Some((conn, needs_check)) = self.take_idle() {
+                if !needs_check {
+                    return Ok(Some(conn));
+                }
+                if let Some(conn) = self.check(conn).await {
+                    return Ok(Some(conn));
+                }
+                continue;
+            }
+            let full = match self.take_slots() {
+                Ok(()) => return Ok(None),
+                Err(limit) => limit.clone(),
+            };
+            if full.evict_idle(self) {
+                continue;
+            }
+            let freed = async {
+                tokio::select! {
+                    _ = db_freed => {}
+                    _ = user_freed => {}
+                }
+            };
+            match deadline {
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline.into(), freed).await.is_err() {
+                        return Err(self.wait_timeout(&settings, Some(&full)));
+                    }
+                }
+                None => freed.await,
+            }
+        }
+    }
+
+    /// Logs in with the pool's own credentials, the limits' slots already taken (given back on
+    /// failure). A failure starts the server_login_retry window.
+    pub(super) async fn open_with_slots(&self) -> Result<ServerConn, PoolError> {
+        let settings = self.settings();
+        let mut target = self.target.clone();
+        target.connect_timeout = settings.server_connect_timeout;
+        match connect(&target, &self.credentials()).await {
+            Ok((conn, reported)) => {
+                self.login_failure.lock().unwrap_or_else(|e| e.into_inner()).take();
+                Ok(self.opened(conn, reported))
+            }
+            Err(e) => {
+                self.db_limit.put_back(1);
+                self.user_limit.put_back(1);
+                let retry = settings.server_login_retry.as_secs_f64();
+                tracing::warn!(pool = %self, error = %e,
+                    "server login failed; no new attempt before server_login_retry ({retry} s)");
+                *self.login_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), e.to_pg()));
+                Err(PoolError::Backend(e))
+            }
+        }
+    }
+
+    /// The last login failure, while server_login_retry has not passed since.
+    pub(super) fn login_blocked(&self) -> Option<PoolError> {
+        let retry = self.settings.load().server_login_retry;
+        let failure = self.login_failure.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, error) = failure.as_ref()?;
+        let ago = at.elapsed();
+        (ago < retry).then(|| PoolError::LoginRetry {
+            pool: self.to_string(),
+            ago: ago.as_secs_f64(),
+            retry: retry.as_secs_f64(),
+            last: Box::new(error.clone()),
+        })
+    }
+
+    /// Logs in with these credentials (passthrough tries the client's password this way). The
+    /// connection counts under the limits even if it overshoots them for a moment (`add_idle`
+    /// closes it then), and a failure does not start the server_login_retry window: a wrong
+    /// password from one client says nothing about the server.
+    pub async fn open_as(&self, credentials: &Credentials) -> Result<ServerConn, BackendError> {
+        let mut target = self.target.clone();
+        target.connect_timeout = self.settings.load().server_connect_timeout;
+        let (conn, reported) = connect(&target, credentials).await?;
+        self.db_limit.force_take();
+        self.user_limit.force_take();
+        Ok(self.opened(conn, reported))
+    }
+
+    fn opened(&self, conn: ServerConn, reported: Vec<(String, String)>) -> ServerConn {
+        self.counts.servers.fetch_add(1, Ordering::Relaxed);
+        self.set_welcome(reported);
+        tracing::info!(pool = %self, server = conn.id, backend_pid = conn.process_id, "new server connection");
+        conn
+    }
+
+    /// The janitor's part for min_pool_size: opens connections until the pool holds that many,
+    /// without waiting for anything (a permit, a limit) and not during server_login_retry.
+    pub async fn fill_min(&self) {
+        loop {
+            if self.counts.servers.load(Ordering::Relaxed) >= self.settings.load().min_size {
+                return;
+            }
+            let Some(permit) = self.try_permit() else { return };
+            if self.login_blocked().is_some() || self.take_slots().is_err() {
+                return self.return_permit(permit, false);
+            }
+            let opened = self.open_with_slots().await;
+            match opened {
+                Ok(conn) => {
+                    self.add_idle(conn);
+                    self.return_permit(permit, false);
+                }
+                Err(_) => return self.return_permit(permit, false),
+            }
+        }
+    }
+}
+
+/// Runs `f` when dropped (the waiting count survives a cancelled checkout).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}

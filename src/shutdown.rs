@@ -1,0 +1,133 @@
+//! Graceful shutdown, shared by the listener, every client task and `main`.
+//!
+//! The first SIGINT or SIGTERM starts draining: the listener closes, clients finish the
+//! transactions they are in (up to `shutdown_timeout`), and each client that reaches its
+//! waiting point between transactions parks there. SIGINT holds a parked client's new request
+//! until the end; SIGTERM refuses it at once with `57P01`. When every client is parked (or the
+//! deadline passes, and the transactions still running are cut with `57P01`), the parked clients
+//! get `57P01`, idle server connections are closed and pgmux exits. `frontend::drain` is the
+//! client side of this.
+
+use crate::frontend::Shared;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Which signal started the shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// SIGINT: transactions in flight finish; new requests wait for the end.
+    Graceful,
+    /// SIGTERM: the same, but new requests are refused at once.
+    Refuse,
+}
+
+#[derive(Default)]
+pub struct Shutdown {
+    draining: CancellationToken,
+    closing: CancellationToken,
+    refuse: AtomicBool,
+    deadline: OnceLock<(Instant, Duration)>,
+    parked: AtomicU32,
+    /// Every client task, so the end can wait for them to say goodbye.
+    pub tracker: TaskTracker,
+}
+
+impl Shutdown {
+    /// Starts draining; false if a shutdown had already started.
+    pub fn begin(&self, mode: Mode, timeout: Duration) -> bool {
+        if self.deadline.set((Instant::now() + timeout, timeout)).is_err() {
+            return false;
+        }
+        self.refuse.store(mode == Mode::Refuse, Ordering::Release);
+        self.draining.cancel();
+        true
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.deadline.get().is_some()
+    }
+
+    /// SIGTERM: a request from a parked client is refused at once.
+    pub fn refusing(&self) -> bool {
+        self.refuse.load(Ordering::Acquire)
+    }
+
+    /// When transactions still running are cut, and the shutdown_timeout that set it.
+    pub fn deadline(&self) -> Option<(Instant, Duration)> {
+        self.deadline.get().copied()
+    }
+
+    /// Resolves when draining starts.
+    pub async fn draining(&self) {
+        self.draining.cancelled().await
+    }
+
+    /// A token of one client's own that is cancelled when draining starts (a child token: the
+    /// session loop waits on it without touching a lock other clients use).
+    pub fn client_token(&self) -> CancellationToken {
+        self.draining.child_token()
+    }
+
+    /// Resolves when pgmux closes the parked clients.
+    pub async fn closing(&self) {
+        self.closing.cancelled().await
+    }
+
+    /// Counts a client parked at its waiting point until the guard drops.
+    pub fn park(&self) -> Parked<'_> {
+        self.parked.fetch_add(1, Ordering::AcqRel);
+        Parked(self)
+    }
+
+    /// The end of a drain: waits until every client is parked or gone, or the deadline, then
+    /// closes the parked clients, waits for the client tasks (a second at most: a client that
+    /// does not read its goodbye is not waited for) and closes the idle server connections.
+    pub async fn drain(shared: &Shared) {
+        let this = &shared.shutdown;
+        let Some((deadline, timeout)) = this.deadline() else {
+            return;
+        };
+        loop {
+            let (clients, parked) = (
+                shared.clients.load(Ordering::Acquire),
+                this.parked.load(Ordering::Acquire),
+            );
+            if clients <= parked {
+                tracing::info!(clients, "every transaction in flight has finished");
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    busy = clients - parked,
+                    "shutdown_timeout ({} s) passed: cutting the transactions still running",
+                    timeout.as_secs_f64()
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        this.closing.cancel();
+        this.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(1), this.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(left = this.tracker.len(), "client tasks still running at exit");
+        }
+        for pool in shared.pools.all().into_iter().chain(shared.pools.retired()) {
+            while pool.close_one_idle("pgmux is shutting down") {}
+        }
+    }
+}
+
+pub struct Parked<'a>(&'a Shutdown);
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.parked.fetch_sub(1, Ordering::AcqRel);
+    }
+}
