@@ -32,11 +32,13 @@ impl Pool {
             tokio::time::sleep(settings.reserve_timeout).await;
             self.reserve.acquire().await
         };
+        // Without a reserve pool no reserve timer is armed: one timer less per wait.
+        let has_reserve = settings.reserve_size > 0;
         let either = async {
             tokio::select! {
                 biased;
                 permit = main => (permit, false),
-                permit = reserve => (permit, true),
+                permit = reserve, if has_reserve => (permit, true),
             }
         };
         let got = match deadline {
