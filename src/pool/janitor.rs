@@ -15,7 +15,7 @@ pub async fn run(pools: Arc<Pools>) {
         }
         for pool in pools.all() {
             pool.prune_idle();
-            pool.fill_min().await;
+            pool.spawn_fill_min();
         }
     }
 }

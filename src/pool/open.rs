@@ -242,9 +242,25 @@ impl Pool {
         conn
     }
 
-    /// The janitor's part for min_pool_size: opens connections until the pool holds that many,
-    /// without waiting for anything (a permit, a limit) and not during server_login_retry.
-    pub async fn fill_min(&self) {
+    /// The janitor's part for min_pool_size: when the pool holds fewer connections, a task
+    /// opens them (one task per pool at a time, so a server that hangs on connect delays only
+    /// its own pool).
+    pub fn spawn_fill_min(self: &Arc<Self>) {
+        if self.counts.servers.load(Ordering::Relaxed) >= self.settings.load().min_size
+            || self.filling.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let pool = self.clone();
+        tokio::spawn(async move {
+            pool.fill_min().await;
+            pool.filling.store(false, Ordering::Release);
+        });
+    }
+
+    /// Opens connections until the pool holds min_pool_size, without waiting for anything (a
+    /// permit, a limit) and not during server_login_retry.
+    async fn fill_min(&self) {
         loop {
             if self.counts.servers.load(Ordering::Relaxed) >= self.settings.load().min_size {
                 return;

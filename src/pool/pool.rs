@@ -17,7 +17,7 @@ use crate::backend::{BackendError, Credentials, ServerConn, Target};
 use crate::config::PoolMode;
 use crate::protocol::messages::PgError;
 use arc_swap::ArcSwap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -110,6 +110,8 @@ pub struct Pool {
     pub(super) login_failure: Mutex<Option<(Instant, PgError)>>,
     pub(super) db_limit: Arc<Limit>,
     pub(super) user_limit: Arc<Limit>,
+    /// A janitor task is opening connections for min_pool_size.
+    pub(super) filling: AtomicBool,
     pub counts: PoolCounts,
 }
 
@@ -137,6 +139,7 @@ impl Pool {
             login_failure: Mutex::new(None),
             db_limit,
             user_limit,
+            filling: AtomicBool::new(false),
             counts: PoolCounts::default(),
         }
     }
