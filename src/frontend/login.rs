@@ -41,9 +41,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     }
     let result = match startup {
         Ok(startup) => {
-            deadline
-                .run(login(&mut client, startup, &shared, &config, connected))
-                .await
+            // Boxed: its state is freed once the client is in, so an idle client's task stays small.
+            let login = Box::pin(login(&mut client, startup, &shared, &config, connected));
+            deadline.run(login).await
         }
         Err(e) => Err(e),
     };
