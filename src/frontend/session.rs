@@ -67,7 +67,8 @@ pub async fn run(mut s: Session) {
                 RelayEnd::Timeout(Phase::Busy) => {
                     let secs = timeouts.query.as_secs_f64();
                     tracing::warn!(pool = %s.pool, "query running longer than query_timeout ({secs} s): cancelling it");
-                    s.cancel.cancel_held().await;
+                    // Boxed (rare): its state would weigh on every idle client's task.
+                    Box::pin(s.cancel.cancel_held()).await;
                 }
                 end => break end,
             }
@@ -197,7 +198,8 @@ async fn give_back(mut lease: Lease) {
     if !server.buf.is_empty() {
         return;
     }
-    if server.in_flight.count() > 0 && !server.in_flight.settled(CLEANUP_TIMEOUT).await {
+    // Boxed (only when a cancel is in flight): the wait would weigh on every idle client's task.
+    if server.in_flight.count() > 0 && !Box::pin(server.in_flight.settled(CLEANUP_TIMEOUT)).await {
         return;
     }
     lease.release();
