@@ -67,6 +67,16 @@ impl Stream {
             }
         }
     }
+
+    /// Waits until a read would find something, without reading, so an idle client need not
+    /// hold a read buffer. Over TLS it returns at once (rustls may already hold decrypted
+    /// bytes); the caller's read then waits as usual.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.readable().await,
+            Stream::Tls(_) | Stream::ServerTls(_) => Ok(()),
+        }
+    }
 }
 
 impl AsyncRead for Stream {

@@ -52,7 +52,8 @@ impl ClientConn {
         ClientConn {
             stream: Stream::Plain(stream),
             peer,
-            buf: BytesMut::with_capacity(8192),
+            // Room for the login messages; an idle client gives its buffer back (`spare`).
+            buf: BytesMut::with_capacity(1024),
             ready: 0,
             terminate: false,
             max_message_size,
@@ -92,6 +93,17 @@ impl ClientConn {
             }
             if self.terminate {
                 return Request::Gone;
+            }
+            if self.buf.is_empty() {
+                // Idle: hold no buffer while waiting (see `spare`).
+                super::spare::give(&mut self.buf);
+                if self.out.capacity() > 4096 {
+                    self.out = BytesMut::new();
+                }
+                if self.stream.readable().await.is_err() {
+                    return Request::Gone;
+                }
+                self.buf = super::spare::take();
             }
             match self.stream.read_buf(&mut self.buf).await {
                 Ok(0) | Err(_) => return Request::Gone,

@@ -7,6 +7,7 @@ use crate::pool::{Lease, Pool};
 use crate::protocol::messages::PgError;
 use crate::shutdown::Shutdown;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -42,7 +43,8 @@ pub async fn next_request(client: &mut ClientConn, watch: &Watch) -> Request {
             _ = watch.token.cancelled() => {}
         }
     }
-    park(client, &watch.shutdown).await
+    // Boxed: only a shutdown gets here.
+    Box::pin(park(client, &watch.shutdown)).await
 }
 
 async fn park(client: &mut ClientConn, shutdown: &Shutdown) -> Request {
@@ -70,16 +72,17 @@ async fn park(client: &mut ClientConn, shutdown: &Shutdown) -> Request {
 }
 
 /// Runs `work` (a checkout, a relayed transaction) to its end, unless a shutdown's deadline
-/// comes first: then None, and the caller cuts the client with `cut`.
-pub async fn until_deadline<F: Future>(watch: &Watch, work: F) -> Option<F::Output> {
-    tokio::pin!(work);
+/// comes first: then None, and the caller cuts the client with `cut`. The caller pins `work`
+/// (a future moved in here would be stored twice in the client task's state).
+pub async fn until_deadline<F: Future>(watch: &Watch, mut work: Pin<&mut F>) -> Option<F::Output> {
     tokio::select! {
         biased;
-        out = &mut work => return Some(out),
+        out = work.as_mut() => return Some(out),
         _ = watch.token.cancelled() => {}
     }
+    // Boxed: only a shutdown gets here, and the timer would weigh on every idle client's task.
     match watch.shutdown.deadline() {
-        Some((deadline, _)) => tokio::time::timeout_at(deadline, work).await.ok(),
+        Some((deadline, _)) => Box::pin(tokio::time::timeout_at(deadline, work)).await.ok(),
         None => Some(work.await),
     }
 }
@@ -87,7 +90,17 @@ pub async fn until_deadline<F: Future>(watch: &Watch, work: F) -> Option<F::Outp
 /// The shutdown deadline passed while this client waited for a server or ran a transaction:
 /// it gets `57P01` naming shutdown_timeout, a query still running is cancelled, and the server
 /// connection is closed (PostgreSQL rolls back what was open).
-pub async fn cut(client: &mut ClientConn, lease: Option<Lease>, pool: &Pool, watch: &Watch) {
+pub fn cut<'a>(
+    client: &'a mut ClientConn,
+    lease: Option<Lease>,
+    pool: &'a Pool,
+    watch: &'a Watch,
+) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    // Boxed: only a shutdown gets here.
+    Box::pin(cut_now(client, lease, pool, watch))
+}
+
+async fn cut_now(client: &mut ClientConn, lease: Option<Lease>, pool: &Pool, watch: &Watch) {
     let secs = watch
         .shutdown
         .deadline()

@@ -33,7 +33,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let mut startup = deadline.run(read_startup(&mut client, tls_mode)).await;
     if let (Ok(Startup::Tls), Some(tls)) = (&startup, &shared.tls) {
         let handshake = async { client.into_tls(tls.clone()).await.map_err(tls_failed) };
-        client = match deadline.run(handshake).await {
+        // Boxed: the handshake's state is gone once it is done (idle clients' memory).
+        client = match deadline.run(Box::pin(handshake)).await {
             Ok(client) => client,
             Err(error) => return tracing::info!(client = %peer, %error, "login refused"),
         };
@@ -41,9 +42,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     }
     let result = match startup {
         Ok(startup) => {
-            deadline
-                .run(login(&mut client, startup, &shared, &config, connected))
-                .await
+            // Boxed: its state is freed once the client is in, so an idle client's task stays small.
+            let login = Box::pin(login(&mut client, startup, &shared, &config, connected));
+            deadline.run(login).await
         }
         Err(e) => Err(e),
     };

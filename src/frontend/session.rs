@@ -13,6 +13,8 @@ use crate::pool::{Lease, Pool};
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::PgError;
 use bytes::Buf;
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +41,10 @@ pub async fn run(mut s: Session) {
             Request::Gone => return,
             Request::Invalid(e) => return s.client.send_error(&e).await,
         }
-        let waited = drain::until_deadline(&watch, s.client.wait_with(checkout(&s.pool, &s.settings))).await;
+        let waited = {
+            let work = pin!(s.client.wait_with(checkout(&s.pool, &s.settings)));
+            drain::until_deadline(&watch, work).await
+        };
         let mut lease = match waited {
             Some(Waited::Done(Ok(lease))) => lease,
             Some(Waited::Done(Err(e)) | Waited::Invalid(e)) => return s.client.send_error(&e).await,
@@ -50,8 +55,11 @@ pub async fn run(mut s: Session) {
         let mut state = RelayState::new(mode != PoolMode::Session, mode == PoolMode::Statement, timeouts);
         // Session mode never sees Release: the relay runs until the client leaves.
         let end = loop {
-            let relayed = relay(&mut s.client, lease.conn(), &mut s.settings, &mut state);
-            let Some(end) = drain::until_deadline(&watch, relayed).await else {
+            let relayed = {
+                let work = pin!(relay(&mut s.client, lease.conn(), &mut s.settings, &mut state));
+                drain::until_deadline(&watch, work).await
+            };
+            let Some(end) = relayed else {
                 s.cancel.detach();
                 return drain::cut(&mut s.client, Some(lease), &s.pool, &watch).await;
             };
@@ -59,7 +67,8 @@ pub async fn run(mut s: Session) {
                 RelayEnd::Timeout(Phase::Busy) => {
                     let secs = timeouts.query.as_secs_f64();
                     tracing::warn!(pool = %s.pool, "query running longer than query_timeout ({secs} s): cancelling it");
-                    s.cancel.cancel_held().await;
+                    // Boxed (rare): its state would weigh on every idle client's task.
+                    Box::pin(s.cancel.cancel_held()).await;
                 }
                 end => break end,
             }
@@ -166,7 +175,8 @@ async fn checkout(pool: &Arc<Pool>, settings: &Settings) -> Result<Lease, PgErro
     let mut lease = pool.checkout().await.map_err(|e| e.to_pg())?;
     let server = lease.conn();
     if let Some(sql) = settings.apply_sql(&server.settings) {
-        match server.run(&sql).await {
+        // Boxed, as is clean_up: rare paths whose state would weigh on every idle client's task.
+        match Box::pin(server.run(&sql)).await {
             Ok(outcome) if outcome.error.is_none() && outcome.status == b'I' => server.settings = settings.clone(),
             Ok(outcome) => {
                 let mut error = outcome
@@ -188,7 +198,8 @@ async fn give_back(mut lease: Lease) {
     if !server.buf.is_empty() {
         return;
     }
-    if server.in_flight.count() > 0 && !server.in_flight.settled(CLEANUP_TIMEOUT).await {
+    // Boxed (only when a cancel is in flight): the wait would weigh on every idle client's task.
+    if server.in_flight.count() > 0 && !Box::pin(server.in_flight.settled(CLEANUP_TIMEOUT)).await {
         return;
     }
     lease.release();
@@ -196,7 +207,16 @@ async fn give_back(mut lease: Lease) {
 
 /// The client left while holding this server: roll back what it left open, then give the
 /// server back; anything in an unknown state is closed instead.
-async fn clean_up(mut lease: Lease, client: &ClientConn, pool: &Pool, reset_query: &str) {
+fn clean_up<'a>(
+    lease: Lease,
+    client: &'a ClientConn,
+    pool: &'a Pool,
+    reset_query: &'a str,
+) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    Box::pin(roll_back(lease, client, pool, reset_query))
+}
+
+async fn roll_back(mut lease: Lease, client: &ClientConn, pool: &Pool, reset_query: &str) {
     let mode = pool.settings().mode;
     let tracker = client.tracker;
     let server = lease.conn();

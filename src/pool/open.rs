@@ -81,7 +81,7 @@ impl Pool {
 
     /// Runs server_check_query ("" sends an empty query) on a connection that sat idle longer
     /// than server_check_delay; one that fails is closed, and the client never hears of it.
-    async fn check(&self, mut conn: ServerConn) -> Option<ServerConn> {
+    pub(super) async fn check(&self, mut conn: ServerConn) -> Option<ServerConn> {
         let settings = self.settings();
         let limit = match settings.server_connect_timeout {
             t if t.is_zero() => CHECK_TIMEOUT,

@@ -178,11 +178,37 @@ impl Pool {
     /// that is still healthy (checked with server_check_query when it sat idle longer than
     /// server_check_delay) or opens a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Lease, PoolError> {
-        let (permit, reserve, deadline) = match self.permits.try_acquire() {
+        // The hot path, inline: a free permit and an idle connection that needs no check.
+        let Some(permit) = self.permits.try_acquire() else {
+            return Box::pin(self.checkout_slow(None, None)).await;
+        };
+        match self.take_idle() {
+            Some((conn, false)) => Ok(self.lease(conn, permit, false)),
+            Some((conn, true)) => Box::pin(self.checkout_slow(Some(permit), Some(conn))).await,
+            None => Box::pin(self.checkout_slow(Some(permit), None)).await,
+        }
+    }
+
+    /// Waiting for a permit, checking an idle connection, opening one: boxed by `checkout`, so
+    /// the future every client task holds stays small (idle clients' memory).
+    async fn checkout_slow(
+        self: &Arc<Self>,
+        permit: Option<OwnedSemaphorePermit>,
+        to_check: Option<ServerConn>,
+    ) -> Result<Lease, PoolError> {
+        let (permit, reserve, deadline) = match permit {
             Some(permit) => (permit, false, None),
             None => self.wait_for_permit().await?,
         };
-        match self.find_server(deadline).await {
+        let checked = match to_check {
+            Some(conn) => self.check(conn).await,
+            None => None,
+        };
+        let found = match checked {
+            Some(conn) => Ok(conn),
+            None => self.find_server(deadline).await,
+        };
+        match found {
             Ok(conn) => Ok(self.lease(conn, permit, reserve)),
             Err(e) => {
                 self.return_permit(permit, reserve);
