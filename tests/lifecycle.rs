@@ -8,19 +8,8 @@ use support::*;
 
 const APP: &str = "[users.app]\npassword = \"app\"\n";
 
-fn database(name: &str) {
-    let c = cluster();
-    let exists = c.psql(
-        "postgres",
-        &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
-    );
-    if exists == "0" {
-        c.psql("postgres", &format!("CREATE DATABASE {name} OWNER app"));
-    }
-}
-
 fn pgmux(pooler: &str, db: &str) -> Pgmux {
-    database(db);
+    ensure_database(db);
     Pgmux::start(
         &format!("auth_type = \"scram-sha-256\"\n{pooler}"),
         &format!("{APP}[databases.{db}]\nport = {{pg_port}}\n"),
@@ -80,7 +69,7 @@ async fn a_failed_server_login_is_not_retried_before_server_login_retry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_password_of_the_pool_starts_the_window_but_a_clients_does_not() {
-    database("retrypw");
+    ensure_database("retrypw");
     let px = Pgmux::start(
         "auth_type = \"scram-sha-256\"\nserver_login_retry = 30",
         &format!(
@@ -105,7 +94,7 @@ async fn a_refused_password_of_the_pool_starts_the_window_but_a_clients_does_not
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passthrough_with_a_wrong_password_does_not_block_the_right_one() {
-    database("retrypass");
+    ensure_database("retrypass");
     let px = Pgmux::start(
         "auth_type = \"passthrough\"\nserver_login_retry = 30\ndefault_pool_size = 2",
         "[databases.retrypass]\nport = {pg_port}\n",
@@ -132,7 +121,7 @@ async fn passthrough_with_a_wrong_password_does_not_block_the_right_one() {
 const CHECK: &str = "SELECT 1 / (1 - (SELECT count(*) FROM doomed WHERE pid = pg_backend_pid()))";
 
 fn doomed(db: &str) {
-    database(db);
+    ensure_database(db);
     cluster().psql(
         db,
         "CREATE TABLE IF NOT EXISTS doomed(pid int); GRANT ALL ON doomed TO app; TRUNCATE doomed",
@@ -192,7 +181,7 @@ async fn the_check_waits_for_server_check_delay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_sizes_users_and_databases_without_dropping_clients() {
     for db in ["reload1", "reload2"] {
-        database(db);
+        ensure_database(db);
     }
     let pooler = "auth_type = \"scram-sha-256\"\nquery_wait_timeout = 0.5";
     let px = Pgmux::start(

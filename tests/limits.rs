@@ -10,18 +10,6 @@ use support::*;
 
 const USERS: &str = "[users.app]\npassword = \"app\"\n[users.md5user]\npassword = \"md5pass\"\n";
 
-/// A database of its own for a test, so backend counts are not disturbed by other tests.
-fn database(name: &str) {
-    let c = cluster();
-    let exists = c.psql(
-        "postgres",
-        &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
-    );
-    if exists == "0" {
-        c.psql("postgres", &format!("CREATE DATABASE {name} OWNER app"));
-    }
-}
-
 /// Client backends on `db`, whatever their user.
 fn backends(db: &str) -> i64 {
     let sql = format!(
@@ -70,7 +58,7 @@ impl Monitor {
 fn pgmux(pooler: &str, databases: &[&str], extra: &str) -> Pgmux {
     let mut rest = format!("{USERS}{extra}");
     for db in databases {
-        database(db);
+        ensure_database(db);
         rest.push_str(&format!("[databases.{db}]\nport = {{pg_port}}\n"));
     }
     Pgmux::start(&format!("auth_type = \"scram-sha-256\"\n{pooler}"), &rest)
@@ -176,7 +164,7 @@ async fn max_user_connections_counts_every_database_of_a_user() {
     let users = "[users.app]\npassword = \"app\"\nmax_user_connections = 1\n\
                  [users.md5user]\npassword = \"md5pass\"\nmax_user_connections = 3\n";
     for db in ["ulimit1", "ulimit2"] {
-        database(db);
+        ensure_database(db);
     }
     let px = Pgmux::start(
         "auth_type = \"scram-sha-256\"\ndefault_pool_size = 5\nmax_user_connections = 1\nquery_wait_timeout = 0.5",
@@ -212,7 +200,7 @@ async fn max_user_connections_counts_every_database_of_a_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_database_pool_size_and_mode_and_per_user_pool_mode() {
     for db in ["small", "sess"] {
-        database(db);
+        ensure_database(db);
     }
     let px = Pgmux::start(
         "auth_type = \"scram-sha-256\"\ndefault_pool_size = 5\nquery_wait_timeout = 0.5",
@@ -249,7 +237,7 @@ async fn per_database_pool_size_and_mode_and_per_user_pool_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn star_database_gives_each_name_its_own_pool() {
     for db in ["star1", "star2"] {
-        database(db);
+        ensure_database(db);
     }
     let px = Pgmux::start(
         "auth_type = \"scram-sha-256\"\ndefault_pool_size = 5\nquery_wait_timeout = 0.5",
