@@ -25,12 +25,15 @@ pub enum Mode {
     Refuse,
 }
 
+const TOKEN_SHARDS: usize = 64;
+
 #[derive(Default)]
 pub struct Shutdown {
     draining: CancellationToken,
     closing: CancellationToken,
     refuse: AtomicBool,
     deadline: OnceLock<(Instant, Duration)>,
+    shards: OnceLock<Vec<CancellationToken>>,
     parked: AtomicU32,
     /// Every client task, so the end can wait for them to say goodbye.
     pub tracker: TaskTracker,
@@ -66,10 +69,17 @@ impl Shutdown {
         self.draining.cancelled().await
     }
 
-    /// A token of one client's own that is cancelled when draining starts (a child token: the
-    /// session loop waits on it without touching a lock other clients use).
-    pub fn client_token(&self) -> CancellationToken {
-        self.draining.child_token()
+    /// A token that is cancelled when draining starts, for a client to wait on. Clients share
+    /// a few child tokens, spread by `client`: waits on one token lock one mutex, so a token per
+    /// client would keep the lock private but cost each client a tree node.
+    pub fn client_token(&self, client: u32) -> CancellationToken {
+        let shards = self
+            .shards
+            .get_or_init(|| (0..TOKEN_SHARDS).map(|_| self.draining.child_token()).collect());
+        shards
+            .get(client as usize % TOKEN_SHARDS)
+            .cloned()
+            .unwrap_or_else(|| self.draining.clone())
     }
 
     /// Resolves when pgmux closes the parked clients.

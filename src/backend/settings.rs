@@ -6,6 +6,7 @@
 //! it, one batch of `SET`/`RESET` runs first.
 
 use crate::protocol::messages::PgError;
+use std::sync::Arc;
 
 /// Reported by PostgreSQL in ParameterStatus: a client's `SET` of one of these is seen on the wire
 /// and followed to its next server.
@@ -22,8 +23,22 @@ pub const REPORTED: &[&str] = &[
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
 /// Settings by lower-case name, sorted, so two clients with the same settings compare equal.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Settings(Vec<(String, String)>);
+/// Shared, copied on write: the clients of a pool mostly have the same few settings, and
+/// each idle client holds only a pointer to them (see `Pool::share_settings`).
+#[derive(Debug, Clone, Default)]
+pub struct Settings(Option<Arc<Vec<(String, String)>>>);
+
+impl PartialEq for Settings {
+    fn eq(&self, other: &Settings) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Settings {}
 
 impl Settings {
     /// Takes the settings out of a client's startup parameters. `_pq_.` protocol options are the
@@ -59,23 +74,34 @@ impl Settings {
         Ok(())
     }
 
+    fn list(&self) -> &[(String, String)] {
+        self.0.as_deref().map(Vec::as_slice).unwrap_or_default()
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .binary_search_by(|(k, _)| k.as_str().cmp(name))
-            .ok()
-            .map(|i| self.0[i].1.as_str())
+        let list = self.list();
+        let i = list.binary_search_by(|(k, _)| k.as_str().cmp(name)).ok()?;
+        list.get(i).map(|(_, v)| v.as_str())
     }
 
     /// Records a value; `name` must already be lower case.
     pub fn set(&mut self, name: &str, value: &str) {
-        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
-            Ok(i) => value.clone_into(&mut self.0[i].1),
-            Err(i) => self.0.insert(i, (name.to_owned(), value.to_owned())),
+        if self.get(name) == Some(value) {
+            return;
+        }
+        let list = Arc::make_mut(self.0.get_or_insert_with(Default::default));
+        match list.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
+            Ok(i) => {
+                if let Some((_, v)) = list.get_mut(i) {
+                    value.clone_into(v);
+                }
+            }
+            Err(i) => list.insert(i, (name.to_owned(), value.to_owned())),
         }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.list().iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     /// Whether a ParameterStatus for `name` (any case) changes what this client has set.

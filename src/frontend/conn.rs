@@ -6,9 +6,12 @@ use crate::protocol::messages::PgError;
 use crate::stream::Stream;
 use bytes::{Buf, BytesMut};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
 
 pub struct ClientConn {
     /// Plain TCP until the client asks for TLS and gets it (`into_tls`).
@@ -43,8 +46,9 @@ pub enum Request {
     Ready,
     /// Terminate, or the socket closed.
     Gone,
-    /// Malformed input; the client gets this error and is closed.
-    Invalid(PgError),
+    /// Malformed input; the client gets this error and is closed. (Boxed: a Request is held
+    /// in every idle client's task.)
+    Invalid(Box<PgError>),
 }
 
 impl ClientConn {
@@ -80,19 +84,24 @@ impl ClientConn {
 
     /// Reads until at least one complete frame is buffered.
     pub async fn wait_for_request(&mut self) -> Request {
+        std::future::poll_fn(|cx| self.poll_request(cx)).await
+    }
+
+    /// `wait_for_request` as a poll, so an idle client's task holds no future for it.
+    pub fn poll_request(&mut self, cx: &mut Context<'_>) -> Poll<Request> {
         loop {
             match scan_client(&self.buf, self.ready, self.max_message_size, &mut self.tracker) {
                 Ok(scan) => {
                     self.ready = scan.end;
                     self.terminate = scan.terminate;
                 }
-                Err(e) => return Request::Invalid(protocol_violation(&e)),
+                Err(e) => return Poll::Ready(Request::Invalid(Box::new(protocol_violation(&e)))),
             }
             if self.ready > 0 {
-                return Request::Ready;
+                return Poll::Ready(Request::Ready);
             }
             if self.terminate {
-                return Request::Gone;
+                return Poll::Ready(Request::Gone);
             }
             if self.buf.is_empty() {
                 // Idle: hold no buffer while waiting (see `spare`).
@@ -100,13 +109,16 @@ impl ClientConn {
                 if self.out.capacity() > 4096 {
                     self.out = BytesMut::new();
                 }
-                if self.stream.readable().await.is_err() {
-                    return Request::Gone;
+                match self.stream.poll_read_ready(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(_)) => return Poll::Ready(Request::Gone),
+                    Poll::Ready(Ok(())) => {}
                 }
                 self.buf = super::spare::take();
             }
-            match self.stream.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) => return Request::Gone,
+            // Pending with nothing read (a spurious wake-up): the next poll gives the buffer back.
+            match ready!(poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)) {
+                Ok(0) | Err(_) => return Poll::Ready(Request::Gone),
                 Ok(_) => {}
             }
         }

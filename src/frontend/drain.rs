@@ -9,6 +9,7 @@ use crate::shutdown::Shutdown;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -22,9 +23,9 @@ pub struct Watch {
 }
 
 impl Watch {
-    pub fn new(shutdown: &Arc<Shutdown>) -> Watch {
+    pub fn new(shutdown: &Arc<Shutdown>, client: u32) -> Watch {
         Watch {
-            token: shutdown.client_token(),
+            token: shutdown.client_token(client),
             shutdown: shutdown.clone(),
         }
     }
@@ -32,19 +33,27 @@ impl Watch {
 
 /// `ClientConn::wait_for_request`, unless pgmux is shutting down: then the client parks, and
 /// gets `57P01` at once (SIGTERM) or when pgmux closes (SIGINT); the session ends (`Gone`).
-pub async fn next_request(client: &mut ClientConn, watch: &Watch) -> Request {
-    if !watch.shutdown.is_draining() {
-        tokio::select! {
-            biased;
-            request = client.wait_for_request() => match request {
-                Request::Ready if watch.shutdown.is_draining() => {}
-                other => return other,
-            },
-            _ = watch.token.cancelled() => {}
+/// Every idle client's task waits in here, so it is kept small: one poll of the socket and
+/// one of the shutdown token, no nested futures.
+#[allow(clippy::manual_async_fn)] // the arguments would be stored twice
+pub fn next_request<'a>(client: &'a mut ClientConn, watch: &'a Watch) -> impl Future<Output = Request> + Send + 'a {
+    async move {
+        if !watch.shutdown.is_draining() {
+            let mut draining = std::pin::pin!(watch.token.cancelled());
+            let request = std::future::poll_fn(|cx| match client.poll_request(cx) {
+                Poll::Ready(request) => Poll::Ready(Some(request)),
+                Poll::Pending => draining.as_mut().poll(cx).map(|()| None),
+            })
+            .await;
+            match request {
+                Some(Request::Ready) if watch.shutdown.is_draining() => {}
+                Some(other) => return other,
+                None => {}
+            }
         }
+        // Boxed: only a shutdown gets here.
+        Box::pin(park(client, &watch.shutdown)).await
     }
-    // Boxed: only a shutdown gets here.
-    Box::pin(park(client, &watch.shutdown)).await
 }
 
 async fn park(client: &mut ClientConn, shutdown: &Shutdown) -> Request {

@@ -4,8 +4,9 @@
 use super::auth::authenticate;
 use super::cancel::CancelHandle;
 use super::conn::ClientConn;
+use super::session::{self, Session};
 use super::startup::{read_startup, Startup};
-use super::{session, ClientSlot, Shared};
+use super::{ClientSlot, Shared};
 use crate::backend::{Credentials, Settings};
 use crate::config::{Config, Secret, TlsMode};
 use crate::pool::Pool;
@@ -19,9 +20,24 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 /// Serves one client connection from accept to close.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> impl Future<Output = ()> + Send {
+    // Boxed: startup, TLS and authentication state is freed once the client is in, so the
+    // task of an idle client holds only its session. (Not an async fn: its arguments would
+    // stay in the task's state for its whole life.)
+    let admitting = Box::pin(admit(stream, peer, shared));
+    async move {
+        let Some(session) = admitting.await else {
+            return;
+        };
+        session::run(session).await;
+    }
+}
+
+/// Startup, TLS and authentication: the session of a client that got in, or None when it
+/// was refused (it got its error), left, or sent a cancel request.
+async fn admit(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Option<Session> {
+    let (slot, connected) = ClientSlot::take(&shared);
     let config = shared.config.load_full();
-    let (_slot, connected) = ClientSlot::take(&shared);
     let _ = stream.set_nodelay(true);
     let mut client = ClientConn::new(stream, peer, config.pooler.max_message_size as usize);
     // Without certificates loaded, SSL requests get `N` whatever the (reloaded) setting says.
@@ -33,43 +49,37 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let mut startup = deadline.run(read_startup(&mut client, tls_mode)).await;
     if let (Ok(Startup::Tls), Some(tls)) = (&startup, &shared.tls) {
         let handshake = async { client.into_tls(tls.clone()).await.map_err(tls_failed) };
-        // Boxed: the handshake's state is gone once it is done (idle clients' memory).
-        client = match deadline.run(Box::pin(handshake)).await {
+        client = match deadline.run(handshake).await {
             Ok(client) => client,
-            Err(error) => return tracing::info!(client = %peer, %error, "login refused"),
+            Err(error) => {
+                tracing::info!(client = %peer, %error, "login refused");
+                return None;
+            }
         };
         startup = deadline.run(read_startup(&mut client, tls_mode)).await;
     }
     let result = match startup {
         Ok(startup) => {
-            // Boxed: its state is freed once the client is in, so an idle client's task stays small.
-            let login = Box::pin(login(&mut client, startup, &shared, &config, connected));
-            deadline.run(login).await
+            deadline
+                .run(login(&mut client, startup, &shared, &config, connected))
+                .await
         }
         Err(e) => Err(e),
     };
     match result {
-        Ok(Some(LoggedIn { pool, settings, cancel })) => {
-            let tls = client.stream.is_tls();
-            tracing::info!(client = %peer, pool = %pool, tls, "client logged in");
-            pool.counts.clients.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let process_id = cancel.process_id;
-            let session = session::Session {
-                client,
-                pool: pool.clone(),
-                settings,
-                cancel,
-                shared: shared.clone(),
-            };
-            session::run(session).await;
-            shared.cancels.unregister(process_id);
-            pool.counts.clients.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(client = %peer, pool = %pool, "client logged out");
-        }
-        Ok(None) => {}
+        Ok(Some(LoggedIn { pool, settings, cancel })) => Some(Session {
+            client,
+            pool,
+            settings,
+            cancel,
+            shared,
+            _slot: slot,
+        }),
+        Ok(None) => None,
         Err(error) => {
             tracing::info!(client = %peer, %error, "login refused");
             client.send_error(&error).await;
+            None
         }
     }
 }
@@ -193,10 +203,12 @@ async fn login(
     let cancel = shared.cancels.register(process_id, pool.clone());
     msg::backend_key_data(&mut out, process_id, cancel.secret_key());
     msg::ready_for_query(&mut out, b'I');
+    let settings = pool.share_settings(settings);
     if client.write(&out).await.is_err() {
         shared.cancels.unregister(process_id);
         return Err(gone());
     }
+    let settings = pool.share_settings(settings);
     Ok(Some(LoggedIn { pool, settings, cancel }))
 }
 

@@ -70,16 +70,16 @@ impl Shared {
 }
 
 /// Counts a connected client for as long as it lives.
-pub struct ClientSlot<'a>(&'a Shared);
+pub struct ClientSlot(Arc<Shared>);
 
-impl<'a> ClientSlot<'a> {
-    pub fn take(shared: &'a Shared) -> (ClientSlot<'a>, u32) {
+impl ClientSlot {
+    pub fn take(shared: &Arc<Shared>) -> (ClientSlot, u32) {
         let now = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
-        (ClientSlot(shared), now)
+        (ClientSlot(shared.clone()), now)
     }
 }
 
-impl Drop for ClientSlot<'_> {
+impl Drop for ClientSlot {
     fn drop(&mut self) {
         self.0.clients.fetch_sub(1, Ordering::Relaxed);
     }

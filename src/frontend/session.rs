@@ -6,7 +6,7 @@ use super::conn::{ClientConn, Request, Waited};
 use super::drain::{self, Watch};
 use super::relay::{relay, RelayEnd, RelayState};
 use super::timers::{Phase, Timeouts};
-use super::Shared;
+use super::{ClientSlot, Shared};
 use crate::backend::Settings;
 use crate::config::PoolMode;
 use crate::pool::{Lease, Pool};
@@ -15,6 +15,7 @@ use crate::protocol::messages::PgError;
 use bytes::Buf;
 use std::future::Future;
 use std::pin::{pin, Pin};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,89 +30,134 @@ pub struct Session {
     pub settings: Settings,
     pub cancel: Arc<CancelHandle>,
     pub shared: Arc<Shared>,
+    /// Counts the client against max_client_conn until it leaves.
+    pub _slot: ClientSlot,
 }
 
-pub async fn run(mut s: Session) {
-    let mode = s.pool.settings().mode;
-    let watch = Watch::new(&s.shared.shutdown);
-    loop {
-        let timeouts = timeouts(&s.shared);
-        match wait_idle(&mut s.client, &watch, timeouts.client_idle).await {
-            Request::Ready => {}
-            Request::Gone => return,
-            Request::Invalid(e) => return s.client.send_error(&e).await,
+/// Serves a logged-in client until it leaves. (Not an async fn: its argument would be stored
+/// twice in the client task's state.)
+#[allow(clippy::manual_async_fn)] // the arguments would be stored twice
+pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
+    async move {
+        let tls = s.client.stream.is_tls();
+        tracing::info!(client = %s.client.peer, pool = %s.pool, tls, "client logged in");
+        s.pool.counts.clients.fetch_add(1, Ordering::Relaxed);
+        // The session loop, inline: an idle client's task waits in `next_request`, holding
+        // little more than its socket.
+        let watch = Watch::new(&s.shared.shutdown, s.cancel.process_id as u32);
+        loop {
+            let client_idle = s.shared.config.load().pooler.client_idle_timeout;
+            let request = if client_idle.is_zero() {
+                drain::next_request(&mut s.client, &watch).await
+            } else {
+                // Boxed: the timer would weigh on every idle client's task where it is off.
+                Box::pin(wait_idle(&mut s.client, &watch, client_idle)).await
+            };
+            match request {
+                Request::Ready => {}
+                Request::Gone => break,
+                Request::Invalid(e) => {
+                    Box::pin(s.client.send_error(&e)).await;
+                    break;
+                }
+            }
+            // Boxed, once per transaction, for the same reason.
+            if let Flow::Stop = Box::pin(transaction(&mut s, &watch)).await {
+                break;
+            }
         }
-        let waited = {
-            let work = pin!(s.client.wait_with(checkout(&s.pool, &s.settings)));
-            drain::until_deadline(&watch, work).await
+        s.shared.cancels.unregister(s.cancel.process_id);
+        s.pool.counts.clients.fetch_sub(1, Ordering::Relaxed);
+        tracing::info!(client = %s.client.peer, pool = %s.pool, "client logged out");
+    }
+}
+
+/// Whether the session goes on after a transaction.
+enum Flow {
+    Next,
+    Stop,
+}
+
+/// Takes a server, relays the client's transaction (in session mode: the rest of the session)
+/// and gives the server back clean.
+async fn transaction(s: &mut Session, watch: &Watch) -> Flow {
+    let timeouts = timeouts(&s.shared);
+    let mode = s.pool.settings().mode;
+    let waited = {
+        let work = pin!(s.client.wait_with(checkout(&s.pool, &s.settings)));
+        drain::until_deadline(watch, work).await
+    };
+    let mut lease = match waited {
+        Some(Waited::Done(Ok(lease))) => lease,
+        Some(Waited::Done(Err(e)) | Waited::Invalid(e)) => {
+            s.client.send_error(&e).await;
+            return Flow::Stop;
+        }
+        Some(Waited::Gone) => return Flow::Stop,
+        None => {
+            drain::cut(&mut s.client, None, &s.pool, watch).await;
+            return Flow::Stop;
+        }
+    };
+    s.cancel.attach(lease.conn());
+    let mut state = RelayState::new(mode != PoolMode::Session, mode == PoolMode::Statement, timeouts);
+    // Session mode never sees Release: the relay runs until the client leaves.
+    let end = loop {
+        let relayed = {
+            let work = pin!(relay(&mut s.client, lease.conn(), &mut s.settings, &mut state));
+            drain::until_deadline(watch, work).await
         };
-        let mut lease = match waited {
-            Some(Waited::Done(Ok(lease))) => lease,
-            Some(Waited::Done(Err(e)) | Waited::Invalid(e)) => return s.client.send_error(&e).await,
-            Some(Waited::Gone) => return,
-            None => return drain::cut(&mut s.client, None, &s.pool, &watch).await,
+        let Some(end) = relayed else {
+            s.cancel.detach();
+            drain::cut(&mut s.client, Some(lease), &s.pool, watch).await;
+            return Flow::Stop;
         };
-        s.cancel.attach(lease.conn());
-        let mut state = RelayState::new(mode != PoolMode::Session, mode == PoolMode::Statement, timeouts);
-        // Session mode never sees Release: the relay runs until the client leaves.
-        let end = loop {
-            let relayed = {
-                let work = pin!(relay(&mut s.client, lease.conn(), &mut s.settings, &mut state));
-                drain::until_deadline(&watch, work).await
-            };
-            let Some(end) = relayed else {
-                s.cancel.detach();
-                return drain::cut(&mut s.client, Some(lease), &s.pool, &watch).await;
-            };
-            match end {
-                RelayEnd::Timeout(Phase::Busy) => {
-                    let secs = timeouts.query.as_secs_f64();
-                    tracing::warn!(pool = %s.pool, "query running longer than query_timeout ({secs} s): cancelling it");
-                    // Boxed (rare): its state would weigh on every idle client's task.
-                    Box::pin(s.cancel.cancel_held()).await;
-                }
-                end => break end,
-            }
-        };
-        s.cancel.detach();
-        let (client, pool) = (&mut s.client, &s.pool);
         match end {
-            RelayEnd::Release => {
-                give_back(lease).await;
-                if client.flush_out().await.is_err() {
-                    return;
-                }
+            RelayEnd::Timeout(Phase::Busy) => {
+                let secs = timeouts.query.as_secs_f64();
+                tracing::warn!(pool = %s.pool, "query running longer than query_timeout ({secs} s): cancelling it");
+                s.cancel.cancel_held().await;
             }
-            RelayEnd::ClientGone => return clean_up(lease, client, pool, &pool.settings().server_reset_query).await,
-            RelayEnd::TransactionBlock => {
-                let error = PgError::fatal(
-                    "0A000",
-                    "transaction blocks are not allowed in statement pooling mode (pool_mode = \"statement\")",
-                )
-                .with_hint(
-                    "run each statement on its own, or use pool_mode = \"transaction\" for this database or user",
-                );
-                client.send_error(&error).await;
-                drop_frame(lease.conn());
-                return clean_up(lease, client, pool, "").await;
+            end => break end,
+        }
+    };
+    s.cancel.detach();
+    let (client, pool) = (&mut s.client, &s.pool);
+    match end {
+        RelayEnd::Release => {
+            give_back(lease).await;
+            if client.flush_out().await.is_ok() {
+                return Flow::Next;
             }
-            RelayEnd::Timeout(phase) => {
-                client.send_error(&timeout_error(phase, &timeouts)).await;
-                return clean_up(lease, client, pool, &pool.settings().server_reset_query).await;
-            }
-            RelayEnd::ClientInvalid(e) => {
-                client.send_error(&e).await;
-                return clean_up(lease, client, pool, &pool.settings().server_reset_query).await;
-            }
-            RelayEnd::ServerGone(e) => {
-                let addr = lease.conn().addr.clone();
-                tracing::warn!(pool = %pool, server = %addr, error = %e, "server connection lost");
-                let error = PgError::fatal("08006", format!("server connection lost ({addr}): {e}"))
-                    .with_hint("the server closed the connection or crashed; reconnect to get a new one");
-                return client.send_error(&error).await;
-            }
+        }
+        RelayEnd::ClientGone => clean_up(lease, client, pool, &pool.settings().server_reset_query).await,
+        RelayEnd::TransactionBlock => {
+            let error = PgError::fatal(
+                "0A000",
+                "transaction blocks are not allowed in statement pooling mode (pool_mode = \"statement\")",
+            )
+            .with_hint("run each statement on its own, or use pool_mode = \"transaction\" for this database or user");
+            client.send_error(&error).await;
+            drop_frame(lease.conn());
+            clean_up(lease, client, pool, "").await;
+        }
+        RelayEnd::Timeout(phase) => {
+            client.send_error(&timeout_error(phase, &timeouts)).await;
+            clean_up(lease, client, pool, &pool.settings().server_reset_query).await;
+        }
+        RelayEnd::ClientInvalid(e) => {
+            client.send_error(&e).await;
+            clean_up(lease, client, pool, &pool.settings().server_reset_query).await;
+        }
+        RelayEnd::ServerGone(e) => {
+            let addr = lease.conn().addr.clone();
+            tracing::warn!(pool = %pool, server = %addr, error = %e, "server connection lost");
+            let error = PgError::fatal("08006", format!("server connection lost ({addr}): {e}"))
+                .with_hint("the server closed the connection or crashed; reconnect to get a new one");
+            client.send_error(&error).await;
         }
     }
+    Flow::Stop
 }
 
 /// The timeouts in force now (a reload changes them for the next transaction).
@@ -127,9 +173,6 @@ fn timeouts(shared: &Shared) -> Timeouts {
 
 /// Waits for the client's next request (or a shutdown), closing it after client_idle_timeout.
 async fn wait_idle(client: &mut ClientConn, watch: &Watch, limit: Duration) -> Request {
-    if limit.is_zero() {
-        return drain::next_request(client, watch).await;
-    }
     match tokio::time::timeout(limit, drain::next_request(client, watch)).await {
         Ok(request) => request,
         Err(_) => {

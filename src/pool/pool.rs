@@ -13,7 +13,7 @@
 
 use super::limits::Limit;
 use super::permits::Permits;
-use crate::backend::{BackendError, Credentials, ServerConn, Target};
+use crate::backend::{BackendError, Credentials, ServerConn, Settings, Target};
 use crate::config::PoolMode;
 use crate::protocol::messages::PgError;
 use arc_swap::ArcSwap;
@@ -112,8 +112,13 @@ pub struct Pool {
     pub(super) user_limit: Arc<Limit>,
     /// A janitor task is opening connections for min_pool_size.
     pub(super) filling: AtomicBool,
+    /// Settings its clients logged in with, shared among clients that agree.
+    shared_settings: Mutex<Vec<Settings>>,
     pub counts: PoolCounts,
 }
+
+/// How many distinct startup settings a pool shares; clients past that keep their own copy.
+const SHARED_SETTINGS: usize = 16;
 
 impl Pool {
     pub fn new(
@@ -140,6 +145,7 @@ impl Pool {
             db_limit,
             user_limit,
             filling: AtomicBool::new(false),
+            shared_settings: Mutex::new(Vec::new()),
             counts: PoolCounts::default(),
         }
     }
@@ -164,6 +170,19 @@ impl Pool {
     /// Passthrough: a password that just logged in replaces the one the pool knew.
     pub fn set_credentials(&self, credentials: Credentials) {
         self.credentials.store(Arc::new(credentials));
+    }
+
+    /// The same settings, sharing their storage with an earlier client's where they agree, so
+    /// a thousand clients of one application hold one copy.
+    pub fn share_settings(&self, settings: Settings) -> Settings {
+        let mut shared = self.shared_settings.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = shared.iter().find(|known| **known == settings) {
+            return known.clone();
+        }
+        if shared.len() < SHARED_SETTINGS {
+            shared.push(settings.clone());
+        }
+        settings
     }
 
     pub fn welcome(&self) -> Option<Arc<Vec<(String, String)>>> {
