@@ -24,6 +24,10 @@ pub struct ClientConn {
     pub tracker: Tracker,
     /// Bytes for the client that outlived the server they came from (see RelayEnd::Release).
     pub out: BytesMut,
+    /// Frames in `buf[..ready]` name prepared statements (see `ClientScan::rewrite`).
+    pub rewrite: bool,
+    /// The client's prepared statements, in transaction and statement modes.
+    pub prepared: crate::prepared::ClientStatements,
 }
 
 /// How a wait on the client's behalf ended.
@@ -59,6 +63,8 @@ impl ClientConn {
             max_message_size,
             tracker: Tracker::default(),
             out: BytesMut::new(),
+            rewrite: false,
+            prepared: Default::default(),
         }
     }
 
@@ -85,6 +91,7 @@ impl ClientConn {
                 Ok(scan) => {
                     self.ready = scan.end;
                     self.terminate = scan.terminate;
+                    self.rewrite |= scan.rewrite;
                 }
                 Err(e) => return Request::Invalid(protocol_violation(&e)),
             }
@@ -127,6 +134,7 @@ impl ClientConn {
                         Ok(scan) => {
                             self.ready = scan.end;
                             self.terminate = scan.terminate;
+                            self.rewrite |= scan.rewrite;
                         }
                         Err(e) => return Waited::Invalid(protocol_violation(&e)),
                     },

@@ -5,7 +5,7 @@
 //! the pool when every one of them is answered, the client has sent nothing since its last Sync,
 //! and the last ReadyForQuery says idle (`I`).
 
-use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError, HEADER_LEN};
+use crate::protocol::frame::{is_frontend_tag, peek_header, read_cstr, FrameError, HEADER_LEN};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tracker {
@@ -46,12 +46,16 @@ pub struct ClientScan {
     pub end: usize,
     /// A Terminate message starts at `end`: the client is leaving.
     pub terminate: bool,
+    /// A frame names a prepared statement or may be a DEALLOCATE, DISCARD ALL, PREPARE or
+    /// EXECUTE: in transaction mode the frames need `prepared::translate`.
+    pub rewrite: bool,
 }
 
 /// Scans the client's complete frames in `buf[from..]`, counting what will need an answer.
 /// A partial frame at the end is left for the next read.
 pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Result<ClientScan, FrameError> {
     let mut pos = from;
+    let mut rewrite = false;
     while let Some((tag, total)) = peek_header(buf.get(pos..).unwrap_or_default(), max)? {
         if !is_frontend_tag(tag) {
             return Err(FrameError::BadTag(tag as char));
@@ -60,18 +64,27 @@ pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Resu
             return Ok(ClientScan {
                 end: pos,
                 terminate: true,
+                rewrite,
             });
         }
-        if buf.len() - pos < total {
+        let Some(body) = buf.get(pos + HEADER_LEN..pos + total) else {
             break;
-        }
+        };
         match tag {
-            b'Q' | b'F' => t.pending += 1,
+            b'Q' => {
+                t.pending += 1;
+                rewrite |= crate::prepared::query::candidate(body);
+            }
+            b'F' => t.pending += 1,
             b'S' => {
                 t.pending += 1;
                 t.unsynced = false;
             }
-            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => t.unsynced = true,
+            b'P' | b'B' | b'D' | b'C' => {
+                t.unsynced = true;
+                rewrite |= names_statement(tag, body);
+            }
+            b'E' | b'H' => t.unsynced = true,
             b'p' => return Err(FrameError::Malformed("password message outside authentication")),
             _ => {}
         }
@@ -80,12 +93,32 @@ pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Resu
     Ok(ClientScan {
         end: pos,
         terminate: false,
+        rewrite,
     })
+}
+
+/// A Parse, Bind, Describe or Close that names a prepared statement (not the unnamed one).
+#[inline]
+fn names_statement(tag: u8, body: &[u8]) -> bool {
+    let name = match tag {
+        b'P' => body.first(),
+        b'B' => {
+            let mut pos = 0;
+            read_cstr(body, &mut pos).and_then(|_| body.get(pos))
+        }
+        _ => match body {
+            [b'S', first, ..] => Some(first),
+            _ => None,
+        },
+    };
+    name.is_some_and(|&b| b != 0)
 }
 
 /// Where a scan of server bytes stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerStop {
+    /// Prepared-statement tracking wants the complete frame at `end` (see `Intercept`).
+    Intercept,
     /// Ran out of bytes: forward up to `end` and read more.
     More,
     /// The transaction ended (idle ReadyForQuery) at `end`: the server can go back to the pool.
@@ -101,6 +134,22 @@ pub enum ServerStop {
 pub struct ServerScan {
     /// Bytes of a large frame still to pass through before the next header.
     pub skip: usize,
+    /// ReadyForQuery messages seen: the Sync stretches the server finished.
+    pub answered: u32,
+    pub intercept: Intercept,
+}
+
+/// Which frames a scan stops at for prepared-statement tracking (`prepared::on_reply`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Intercept {
+    /// Session mode, or tracking off: none.
+    #[default]
+    Off,
+    /// Tracking, nothing expected: a CommandComplete that may say DISCARD ALL or DEALLOCATE ALL.
+    Commands,
+    /// Replies are expected: ParseComplete, CloseComplete, errors, EmptyQueryResponse,
+    /// CommandComplete.
+    Replies,
 }
 
 /// Server frames no larger than this are complete before they are looked at.
@@ -132,7 +181,12 @@ impl ServerScan {
             let Some((tag, total)) = peek_header(&buf[pos..], SERVER_FRAME_LIMIT)? else {
                 return Ok((pos, ServerStop::More));
             };
-            if !matches!(tag, b'Z' | b'S') {
+            let wanted = match self.intercept {
+                Intercept::Off => false,
+                Intercept::Commands => tag == b'C',
+                Intercept::Replies => matches!(tag, b'1' | b'3' | b'E' | b'I' | b'C'),
+            };
+            if !wanted && !matches!(tag, b'Z' | b'S') {
                 self.skip = total;
                 continue;
             }
@@ -140,6 +194,13 @@ impl ServerScan {
                 return Ok((pos, ServerStop::More));
             };
             let body = &frame[HEADER_LEN..];
+            if wanted {
+                if self.intercept == Intercept::Replies || body.first() == Some(&b'D') {
+                    return Ok((pos, ServerStop::Intercept));
+                }
+                pos += total;
+                continue;
+            }
             if tag == b'S' {
                 let mut parts = body.split(|&b| b == 0);
                 if let (Some(name), Some(value)) = (parts.next(), parts.next()) {
@@ -151,6 +212,7 @@ impl ServerScan {
             let status = *body.first().ok_or(FrameError::Malformed("ReadyForQuery"))?;
             t.pending = t.pending.saturating_sub(1);
             t.status = status;
+            self.answered = self.answered.wrapping_add(1);
             if t.quiet() {
                 if statement_mode && status != b'I' {
                     return Ok((pos, ServerStop::TransactionBlock));
@@ -186,7 +248,8 @@ mod tests {
             scan,
             ClientScan {
                 end: buf.len(),
-                terminate: false
+                terminate: false,
+                rewrite: false
             }
         );
         assert!(t.unsynced && t.pending == 0);
@@ -214,7 +277,11 @@ mod tests {
         buf.extend(frame(b'X', b""));
         assert_eq!(
             scan_client(&buf, 0, 100, &mut t).unwrap(),
-            ClientScan { end, terminate: true }
+            ClientScan {
+                end,
+                terminate: true,
+                rewrite: false
+            }
         );
         assert!(scan_client(b"GET / HTTP/1.1\r\n", 0, 100, &mut Tracker::default()).is_err());
         assert!(scan_client(&frame(b'Q', &[b'x'; 200]), 0, 100, &mut Tracker::default()).is_err());
