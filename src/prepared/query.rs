@@ -174,7 +174,10 @@ mod tests {
         assert_eq!(c("DEALLOCATE ALL"), Some(Command::DeallocateAll));
         assert_eq!(c("  deallocate prepare all ;"), Some(Command::DeallocateAll));
         assert_eq!(c("DEALLOCATE Foo"), Some(Command::Deallocate(b"foo".to_vec())));
-        assert_eq!(c("DEALLOCATE PREPARE \"Fo\"\"o\";"), Some(Command::Deallocate(b"Fo\"o".to_vec())));
+        assert_eq!(
+            c("DEALLOCATE PREPARE \"Fo\"\"o\";"),
+            Some(Command::Deallocate(b"Fo\"o".to_vec()))
+        );
         assert_eq!(c("deallocate prepare"), Some(Command::Deallocate(b"prepare".to_vec())));
         assert_eq!(c("/* hi */ DISCARD ALL -- bye"), Some(Command::DiscardAll));
         assert_eq!(c("prepare p as select 1"), Some(Command::Sql("PREPARE")));

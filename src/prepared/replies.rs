@@ -18,7 +18,10 @@ pub fn on_reply(
     server: &mut ServerStatements,
     answered: u32,
 ) -> usize {
-    let Some((tag, total)) = buf.get(pos..).and_then(|b| peek_header(b, usize::MAX >> 1).ok().flatten()) else {
+    let Some((tag, total)) = buf
+        .get(pos..)
+        .and_then(|b| peek_header(b, usize::MAX >> 1).ok().flatten())
+    else {
         return buf.len();
     };
     let Some(body) = buf.get(pos + HEADER_LEN..pos + total) else {
@@ -77,7 +80,12 @@ pub fn on_reply(
 
 /// An ErrorResponse: the server skips to the next Sync, so every queued message of this
 /// stretch did not happen. Returns the error the client gets instead, if it is not this one.
-fn on_error(body: &[u8], view: &mut ClientStatements, server: &mut ServerStatements, answered: u32) -> Option<BytesMut> {
+fn on_error(
+    body: &[u8],
+    view: &mut ClientStatements,
+    server: &mut ServerStatements,
+    answered: u32,
+) -> Option<BytesMut> {
     let front = server.replies.front().filter(|r| r.epoch == answered)?;
     let mut replacement = None;
     match &front.kind {
@@ -99,7 +107,9 @@ fn on_error(body: &[u8], view: &mut ClientStatements, server: &mut ServerStateme
         }
         _ => {}
     }
-    let skipped = take_while(server, |r| r.epoch == answered && !matches!(r.kind, ReplyKind::Query(_)));
+    let skipped = take_while(server, |r| {
+        r.epoch == answered && !matches!(r.kind, ReplyKind::Query(_))
+    });
     undo(skipped, view, server);
     replacement
 }

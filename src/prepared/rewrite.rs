@@ -129,7 +129,7 @@ impl Cx<'_> {
     }
 
     fn send_parse(&mut self, stmt: &Arc<Statement>, client: Option<(Box<[u8]>, Arc<Statement>)>) {
-        let (gen, evicted) = self.server.add(stmt.key, self.epoch);
+        let (gen, evicted) = self.server.add(stmt.key, self.epoch, client.is_some());
         for key in evicted.into_iter().chain([stmt.key]) {
             statement::close_statement(self.out, &statement::name(key));
             self.expect(ReplyKind::Close {
@@ -252,5 +252,8 @@ fn refusal(keyword: &str) -> PgError {
 fn statement_name(body: &[u8]) -> Option<&[u8]> {
     let (&kind, rest) = body.split_first()?;
     let mut pos = 0;
-    (kind == b'S').then(|| read_cstr(rest, &mut pos)).flatten().filter(|n| !n.is_empty())
+    (kind == b'S')
+        .then(|| read_cstr(rest, &mut pos))
+        .flatten()
+        .filter(|n| !n.is_empty())
 }

@@ -24,9 +24,13 @@ struct Held {
     /// The latest Parse sent for it.
     gen: u64,
     /// Its ParseComplete came back. Until then only messages of the same Sync stretch
-    /// (`epoch`) may rely on it: a later stretch would not be skipped with it if it failed.
+    /// (`epoch`) may rely on a Parse pgmux injected: a later stretch would not be skipped with
+    /// it if it failed.
     confirmed: bool,
     epoch: u32,
+    /// The latest Parse was the client's own: later stretches rely on it whatever its fate, as
+    /// they would on PostgreSQL (where its failure leaves the name undefined).
+    client: bool,
 }
 
 /// A reply pgmux expects, in the order the server will send them. `epoch` counts the Syncs
@@ -89,7 +93,7 @@ impl ServerStatements {
     pub fn usable(&mut self, key: u128, epoch: u32) -> bool {
         self.tick += 1;
         match self.held.get_mut(&key) {
-            Some(h) if h.confirmed || h.epoch == epoch => {
+            Some(h) if h.confirmed || h.client || h.epoch == epoch => {
                 h.used = self.tick;
                 true
             }
@@ -99,7 +103,7 @@ impl ServerStatements {
 
     /// Records a Parse about to be sent; returns its generation and the statements to close
     /// first (least recently used) to stay within the limit.
-    pub fn add(&mut self, key: u128, epoch: u32) -> (u64, Vec<u128>) {
+    pub fn add(&mut self, key: u128, epoch: u32, client: bool) -> (u64, Vec<u128>) {
         self.tick += 1;
         self.next_gen += 1;
         let held = Held {
@@ -107,6 +111,7 @@ impl ServerStatements {
             gen: self.next_gen,
             confirmed: false,
             epoch,
+            client,
         };
         self.held.insert(key, held);
         let mut evicted = Vec::new();
@@ -157,10 +162,10 @@ mod tests {
             limit: 2,
             ..Default::default()
         };
-        assert_eq!(s.add(1, 0).1, vec![]);
-        assert_eq!(s.add(2, 0).1, vec![]);
+        assert_eq!(s.add(1, 0, false).1, vec![]);
+        assert_eq!(s.add(2, 0, false).1, vec![]);
         assert!(s.usable(1, 0));
-        assert_eq!(s.add(3, 0).1, vec![2]);
+        assert_eq!(s.add(3, 0, false).1, vec![2]);
         assert!(s.holds(1) && s.holds(3) && !s.holds(2));
         assert_eq!(s.len(), 2);
     }
@@ -171,11 +176,13 @@ mod tests {
             limit: 10,
             ..Default::default()
         };
-        let (gen, _) = s.add(7, 3);
+        let (gen, _) = s.add(7, 3, false);
         assert!(s.usable(7, 3));
         assert!(!s.usable(7, 4), "a later stretch must not rely on an unconfirmed Parse");
         s.parsed(7, gen);
         assert!(s.usable(7, 4));
+        s.add(8, 3, true);
+        assert!(s.usable(8, 4), "a client's own Parse decides for later stretches too");
     }
 
     #[test]
@@ -184,8 +191,8 @@ mod tests {
             limit: 10,
             ..Default::default()
         };
-        let (old, _) = s.add(7, 0);
-        let (new, _) = s.add(7, 1);
+        let (old, _) = s.add(7, 0, false);
+        let (new, _) = s.add(7, 1, false);
         s.failed(7, old);
         assert!(s.holds(7));
         s.parsed(7, old);
@@ -197,7 +204,7 @@ mod tests {
     #[test]
     fn zero_limit_still_holds_one() {
         let mut s = ServerStatements::default();
-        s.add(1, 0);
-        assert_eq!(s.add(2, 0).1, vec![1]);
+        s.add(1, 0, false);
+        assert_eq!(s.add(2, 0, false).1, vec![1]);
     }
 }
