@@ -206,6 +206,7 @@ fn same_as_postgres(px: &Pgmux, steps: &[(Vec<u8>, usize, Vec<String>)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_clients_prepare_on_two_servers() {
     let px = pgmux("default_pool_size = 2");
+    let _ = &px;
     let url = px.url("app", "app", "bench");
     let mut tasks = Vec::new();
     for i in 0..10i32 {
@@ -451,6 +452,7 @@ fn close_deallocate_and_discard_all() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parse_injected_on_a_server_that_lacks_it() {
     let px = pgmux("default_pool_size = 2");
+    let _ = &px;
     let table = "prep_inject";
     cluster().psql(
         "bench",
