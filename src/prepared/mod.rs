@@ -19,6 +19,9 @@ pub mod rewrite;
 pub mod server;
 pub mod statement;
 
+#[cfg(test)]
+mod tests;
+
 pub use client::ClientStatements;
 pub use replies::on_reply;
 pub use rewrite::translate;
