@@ -15,6 +15,9 @@ pub struct Tracker {
     pub unsynced: bool,
     /// Status of the last ReadyForQuery: `I` idle, `T` in a transaction, `E` failed transaction.
     pub status: u8,
+    /// Syncs sent since the last Execute or Query: if that started a COPY FROM STDIN, the
+    /// server swallows them in copy mode, and they get no ReadyForQuery.
+    pub syncs_in_copy: u32,
 }
 
 impl Default for Tracker {
@@ -23,6 +26,7 @@ impl Default for Tracker {
             pending: 0,
             unsynced: false,
             status: b'I',
+            syncs_in_copy: 0,
         }
     }
 }
@@ -73,18 +77,28 @@ pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Resu
         match tag {
             b'Q' => {
                 t.pending += 1;
+                t.syncs_in_copy = 0;
                 rewrite |= crate::prepared::query::candidate(body);
             }
             b'F' => t.pending += 1,
             b'S' => {
                 t.pending += 1;
                 t.unsynced = false;
+                t.syncs_in_copy += 1;
+            }
+            b'c' | b'f' => {
+                // The copy ends here: the Syncs sent during it were never answered.
+                t.pending = t.pending.saturating_sub(std::mem::take(&mut t.syncs_in_copy));
             }
             b'P' | b'B' | b'D' | b'C' => {
                 t.unsynced = true;
                 rewrite |= names_statement(tag, body);
             }
-            b'E' | b'H' => t.unsynced = true,
+            b'E' => {
+                t.unsynced = true;
+                t.syncs_in_copy = 0;
+            }
+            b'H' => t.unsynced = true,
             b'p' => return Err(FrameError::Malformed("password message outside authentication")),
             _ => {}
         }
@@ -264,9 +278,23 @@ mod tests {
             Tracker {
                 pending: 2,
                 unsynced: false,
-                status: b'I'
+                status: b'I',
+                syncs_in_copy: 0,
             }
         );
+    }
+
+    #[test]
+    fn syncs_swallowed_by_copy_mode_are_not_pending() {
+        let mut t = Tracker::default();
+        let mut buf = frame(b'B', b"\0\0\0\0\0\0\0\0");
+        buf.extend(frame(b'E', b"\0\0\0\0\0"));
+        buf.extend(frame(b'S', b""));
+        buf.extend(frame(b'd', b"1\n"));
+        buf.extend(frame(b'c', b""));
+        buf.extend(frame(b'S', b""));
+        scan_client(&buf, 0, 1 << 20, &mut t).unwrap();
+        assert_eq!(t.pending, 1, "one ReadyForQuery comes, after CopyDone's Sync");
     }
 
     #[test]
@@ -291,8 +319,7 @@ mod tests {
     fn server_release_at_last_ready_for_query() {
         let mut t = Tracker {
             pending: 2,
-            unsynced: false,
-            status: b'I',
+            ..Tracker::default()
         };
         let mut buf = frame(b'C', b"SELECT 1\0");
         buf.extend(frame(b'Z', b"I"));
@@ -324,8 +351,7 @@ mod tests {
     fn server_keeps_transactions_and_reports_params() {
         let mut t = Tracker {
             pending: 1,
-            unsynced: false,
-            status: b'I',
+            ..Tracker::default()
         };
         let mut buf = frame(b'S', b"application_name\0x\0");
         buf.extend(frame(b'Z', b"T"));
@@ -340,8 +366,7 @@ mod tests {
         assert_eq!(t.status, b'T');
         let mut t = Tracker {
             pending: 1,
-            unsynced: false,
-            status: b'I',
+            ..Tracker::default()
         };
         let z = frame(b'Z', b"T");
         let (end, stop) = ServerScan::default()
