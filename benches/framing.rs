@@ -53,8 +53,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let mut t = Tracker {
                 pending: 1,
-                unsynced: false,
-                status: b'I',
+                ..Tracker::default()
             };
             let mut scan = ServerScan::default();
             black_box(scan.scan(black_box(&response), 0, &mut t, true, false, |_, _| {}).ok())

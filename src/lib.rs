@@ -10,6 +10,7 @@ pub mod config; // pooler.toml: schema, defaults, validation
 pub mod frontend; // per-client task: startup, auth, session loop, relay
 pub mod listener; // accept loop
 pub mod pool; // pools per (database, user), wait queue, janitor
+pub mod prepared; // protocol-level prepared statements in transaction and statement modes
 pub mod protocol; // framing, startup packets, messages pgmux writes
 pub mod reload; // SIGHUP: re-read the config file, reconfigure the pools
 pub mod shutdown;

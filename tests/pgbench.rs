@@ -1,6 +1,6 @@
-//! pgbench through pgmux in transaction mode (pool of 5, SCRAM): simple and extended protocol,
-//! select-only with many clients, a new connection per transaction, and the TPC-B balance
-//! invariant afterwards. (`-M prepared` needs prepared-statement tracking: not tested here.)
+//! pgbench through pgmux in transaction mode (pool of 5, SCRAM): simple, extended and prepared
+//! protocol, select-only with many clients, a new connection per transaction, and the TPC-B
+//! balance invariant afterwards.
 //!
 //! The tests of this binary share the pgbench tables and the backend counts, so each one holds
 //! `SERIAL` for its whole run.
@@ -42,8 +42,12 @@ fn wait_for_backends(n: i64, timeout: Duration) {
 }
 
 fn pgmux() -> Pgmux {
+    pgmux_with_pool(POOL_SIZE)
+}
+
+fn pgmux_with_pool(size: i64) -> Pgmux {
     Pgmux::start(
-        &format!("auth_type = \"scram-sha-256\"\ndefault_pool_size = {POOL_SIZE}\nmax_client_conn = 200"),
+        &format!("auth_type = \"scram-sha-256\"\ndefault_pool_size = {size}\nmax_client_conn = 200"),
         "[users.app]\npassword = \"app\"\n[databases.bench]\nport = {pg_port}\n",
     )
 }
@@ -63,6 +67,10 @@ fn number_after(out: &str, label: &str) -> Option<u64> {
 /// it: exit 0, nothing aborted, zero failed transactions, some processed, and never more
 /// than the pool's servers on PostgreSQL meanwhile. Returns the processed transactions.
 fn pgbench(px: &Pgmux, args: &[&str]) -> u64 {
+    pgbench_on(px, POOL_SIZE, args)
+}
+
+fn pgbench_on(px: &Pgmux, pool_size: i64, args: &[&str]) -> u64 {
     let port = px.port.to_string();
     let mut argv = vec!["-n", "-h", "127.0.0.1", "-p", &port, "-U", "app"];
     argv.extend_from_slice(args);
@@ -104,8 +112,8 @@ fn pgbench(px: &Pgmux, args: &[&str]) -> u64 {
     let peak = peak.load(Ordering::Relaxed);
     eprintln!("peak server backends: {peak}");
     assert!(
-        (1..=POOL_SIZE).contains(&peak),
-        "{peak} server backends seen for a pool of {POOL_SIZE}:\n{report}"
+        (1..=pool_size).contains(&peak),
+        "{peak} server backends seen for a pool of {pool_size}:\n{report}"
     );
     processed
 }
@@ -121,8 +129,12 @@ fn history_rows() -> u64 {
 /// A TPC-B run of `clients` clients: every transaction pgbench counted committed exactly once
 /// (one history row each); at most one per client may have committed as pgbench stopped.
 fn pgbench_tpcb(px: &Pgmux, clients: u64, args: &[&str]) {
+    pgbench_tpcb_on(px, POOL_SIZE, clients, args)
+}
+
+fn pgbench_tpcb_on(px: &Pgmux, pool_size: i64, clients: u64, args: &[&str]) {
     let before = history_rows();
-    let processed = pgbench(px, args);
+    let processed = pgbench_on(px, pool_size, args);
     let added = history_rows() - before;
     assert!(
         (processed..=processed + clients).contains(&added),
@@ -190,6 +202,24 @@ fn tpcb_extended_protocol_20_clients_keeps_balances_consistent() {
     assert_eq!(sums[0], sums[3], "sum(abalance) != sum(delta): {sums:?}");
     assert_eq!(sums[1], sums[3], "sum(tbalance) != sum(delta): {sums:?}");
     assert_eq!(sums[2], sums[3], "sum(bbalance) != sum(delta): {sums:?}");
+}
+
+/// pgbench 15 prepares each statement with a blocking PQprepare in the thread that drives all
+/// of its clients: with fewer servers than clients per thread, a client waiting for a server
+/// there stalls the clients holding the servers (with any transaction pooler). So 20 clients
+/// on 2 threads get 20 servers, and 20 clients on 20 threads share 5.
+#[test]
+fn tpcb_prepared_statements_20_clients() {
+    let _serial = serial();
+    let px = pgmux_with_pool(20);
+    // Named statements move between servers with their clients: injected on first use.
+    pgbench_tpcb_on(&px, 20, 20, &["-c", "20", "-j", "2", "-T", "5", "-M", "prepared"]);
+    drop(px);
+    wait_for_backends(0, Duration::from_secs(10));
+    let px = pgmux();
+    pgbench_tpcb(&px, 20, &["-c", "20", "-j", "20", "-T", "3", "-M", "prepared"]);
+    pgbench(&px, &["-S", "-c", "20", "-j", "20", "-T", "2", "-M", "prepared"]);
+    assert_no_open_transaction();
 }
 
 #[test]

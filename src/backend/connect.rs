@@ -170,6 +170,7 @@ async fn login(
         idle_since: now,
         settings: Settings::default(),
         in_flight: Default::default(),
+        prepared: Default::default(),
     };
     Ok((server, reported))
 }

@@ -20,6 +20,8 @@ pub struct ServerConn {
     pub settings: Settings,
     /// Cancel requests on their way to this backend: it is not reused until they land.
     pub in_flight: std::sync::Arc<super::cancel::InFlight>,
+    /// Pooler-wide prepared statements it holds (transaction and statement modes).
+    pub prepared: crate::prepared::ServerStatements,
 }
 
 impl ServerConn {
@@ -52,6 +54,12 @@ impl ServerConn {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut out = BytesMut::new();
         crate::protocol::messages::query(&mut out, sql);
+        // A reset or check query may drop prepared statements: forgetting them only costs a
+        // re-parse, while believing in one the server lost would fail a client's Bind.
+        let lower = sql.to_ascii_lowercase();
+        if lower.contains("discard") || lower.contains("deallocate") {
+            self.prepared.clear();
+        }
         let io = |addr: &str, source| super::BackendError::Io {
             addr: addr.to_owned(),
             source,

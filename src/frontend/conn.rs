@@ -27,6 +27,10 @@ pub struct ClientConn {
     pub tracker: Tracker,
     /// Bytes for the client that outlived the server they came from (see RelayEnd::Release).
     pub out: BytesMut,
+    /// Frames in `buf[..ready]` name prepared statements (see `ClientScan::rewrite`).
+    pub rewrite: bool,
+    /// The client's prepared statements, in transaction and statement modes.
+    pub prepared: crate::prepared::ClientStatements,
 }
 
 /// How a wait on the client's behalf ended.
@@ -63,6 +67,8 @@ impl ClientConn {
             max_message_size,
             tracker: Tracker::default(),
             out: BytesMut::new(),
+            rewrite: false,
+            prepared: Default::default(),
         }
     }
 
@@ -94,6 +100,7 @@ impl ClientConn {
                 Ok(scan) => {
                     self.ready = scan.end;
                     self.terminate = scan.terminate;
+                    self.rewrite |= scan.rewrite;
                 }
                 Err(e) => return Poll::Ready(Request::Invalid(Box::new(protocol_violation(&e)))),
             }
@@ -139,6 +146,7 @@ impl ClientConn {
                         Ok(scan) => {
                             self.ready = scan.end;
                             self.terminate = scan.terminate;
+                            self.rewrite |= scan.rewrite;
                         }
                         Err(e) => return Waited::Invalid(protocol_violation(&e)),
                     },

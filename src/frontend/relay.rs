@@ -7,8 +7,9 @@
 
 use super::conn::{protocol_violation, ClientConn};
 use super::timers::{Phase, Timeouts, Watch};
-use super::track::{scan_client, ServerScan, ServerStop};
+use super::track::{scan_client, Intercept, ServerScan, ServerStop};
 use crate::backend::{ServerConn, Settings};
+use crate::prepared::{self, rewrite::Position};
 use crate::protocol::messages::PgError;
 use bytes::Buf;
 use std::future::poll_fn;
@@ -50,6 +51,8 @@ pub struct RelayState {
     watch: Watch,
     pub release_at_idle: bool,
     pub statement_mode: bool,
+    /// The first call of this checkout has run (prepared-statement replies reset).
+    started: bool,
 }
 
 impl RelayState {
@@ -61,6 +64,7 @@ impl RelayState {
             watch: Watch::new(timeouts),
             release_at_idle,
             statement_mode,
+            started: false,
         }
     }
 }
@@ -79,8 +83,24 @@ pub async fn relay(
         watch,
         release_at_idle,
         statement_mode,
+        started,
     } = state;
     let (release_at_idle, statement_mode) = (*release_at_idle, *statement_mode);
+    // Prepared statements are tracked where a client may change servers between transactions.
+    let tracking = release_at_idle && server.prepared.limit > 0;
+    if !*started {
+        *started = true;
+        server.prepared.replies.clear();
+    }
+    if std::mem::take(&mut client.rewrite) && tracking {
+        // Frames scanned while the client waited for this server.
+        let at = Position {
+            answered: scan.answered,
+            pending: client.tracker.pending,
+        };
+        let end = client.ready;
+        client.ready = prepared::translate(&mut client.buf, 0, end, &mut client.prepared, &mut server.prepared, at);
+    }
     poll_fn(|cx| loop {
         let mut progress = false;
         match flush(cx, &mut server.stream, &mut client.buf, &mut client.ready) {
@@ -116,8 +136,23 @@ pub async fn relay(
                 Poll::Ready(Ok(_)) => {
                     match scan_client(&client.buf, client.ready, client.max_message_size, &mut client.tracker) {
                         Ok(found) => {
+                            let from = client.ready;
                             client.ready = found.end;
                             client.terminate = found.terminate;
+                            if found.rewrite && tracking {
+                                let at = Position {
+                                    answered: scan.answered,
+                                    pending: client.tracker.pending,
+                                };
+                                client.ready = prepared::translate(
+                                    &mut client.buf,
+                                    from,
+                                    found.end,
+                                    &mut client.prepared,
+                                    &mut server.prepared,
+                                    at,
+                                );
+                            }
                         }
                         Err(e) => return Poll::Ready(RelayEnd::ClientInvalid(protocol_violation(&e))),
                     }
@@ -133,22 +168,40 @@ pub async fn relay(
                 Poll::Ready(Ok(0)) => return Poll::Ready(RelayEnd::ServerGone(io::ErrorKind::UnexpectedEof.into())),
                 Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::ServerGone(e)),
                 Poll::Ready(Ok(_)) => {
-                    let tracker = &mut client.tracker;
-                    let server_settings = &mut server.settings;
-                    let found = scan.scan(
-                        &server.buf,
-                        *to_client,
-                        tracker,
-                        release_at_idle,
-                        statement_mode,
-                        |name, value| follow_parameter(settings, server_settings, name, value),
-                    );
-                    match found {
-                        Ok((end, why)) => {
-                            *to_client = end;
-                            *stop = why;
+                    let mut from = *to_client;
+                    loop {
+                        scan.intercept = match (tracking, server.prepared.replies.is_empty()) {
+                            (false, _) => Intercept::Off,
+                            (true, true) => Intercept::Commands,
+                            (true, false) => Intercept::Replies,
+                        };
+                        let server_settings = &mut server.settings;
+                        let found = scan.scan(
+                            &server.buf,
+                            from,
+                            &mut client.tracker,
+                            release_at_idle,
+                            statement_mode,
+                            |name, value| follow_parameter(settings, server_settings, name, value),
+                        );
+                        match found {
+                            Ok((at, ServerStop::Intercept)) => {
+                                let answered = scan.answered;
+                                from = prepared::on_reply(
+                                    &mut server.buf,
+                                    at,
+                                    &mut client.prepared,
+                                    &mut server.prepared,
+                                    answered,
+                                );
+                            }
+                            Ok((end, why)) => {
+                                *to_client = end;
+                                *stop = why;
+                                break;
+                            }
+                            Err(e) => return Poll::Ready(RelayEnd::ServerGone(io::Error::other(e.to_string()))),
                         }
-                        Err(e) => return Poll::Ready(RelayEnd::ServerGone(io::Error::other(e.to_string()))),
                     }
                     progress = true;
                 }

@@ -107,16 +107,19 @@ mod tests {
             pending: 1,
             unsynced: false,
             status: b'I',
+            syncs_in_copy: 0,
         };
         let unsynced = Tracker {
             pending: 0,
             unsynced: true,
             status: b'T',
+            syncs_in_copy: 0,
         };
         let in_tx = Tracker {
             pending: 0,
             unsynced: false,
             status: b'E',
+            syncs_in_copy: 0,
         };
         assert_eq!(Phase::of(&busy), Phase::Busy);
         assert_eq!(Phase::of(&unsynced), Phase::Busy);
@@ -136,6 +139,7 @@ mod tests {
             pending: 1,
             unsynced: false,
             status: b'I',
+            syncs_in_copy: 0,
         };
         let fired = std::future::poll_fn(|cx| watch.poll(cx, &t)).await;
         assert_eq!(fired, Phase::Busy);
@@ -144,6 +148,7 @@ mod tests {
             pending: 0,
             unsynced: false,
             status: b'T',
+            syncs_in_copy: 0,
         };
         let waited = tokio::time::timeout(Duration::from_secs(10), std::future::poll_fn(|cx| watch.poll(cx, &t))).await;
         assert!(waited.is_err());

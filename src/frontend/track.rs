@@ -5,7 +5,7 @@
 //! the pool when every one of them is answered, the client has sent nothing since its last Sync,
 //! and the last ReadyForQuery says idle (`I`).
 
-use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError, HEADER_LEN};
+use crate::protocol::frame::{is_frontend_tag, peek_header, read_cstr, FrameError, HEADER_LEN};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tracker {
@@ -15,6 +15,9 @@ pub struct Tracker {
     pub unsynced: bool,
     /// Status of the last ReadyForQuery: `I` idle, `T` in a transaction, `E` failed transaction.
     pub status: u8,
+    /// Syncs sent since the last Execute or Query: if that started a COPY FROM STDIN, the
+    /// server swallows them in copy mode, and they get no ReadyForQuery.
+    pub syncs_in_copy: u32,
 }
 
 impl Default for Tracker {
@@ -23,6 +26,7 @@ impl Default for Tracker {
             pending: 0,
             unsynced: false,
             status: b'I',
+            syncs_in_copy: 0,
         }
     }
 }
@@ -46,12 +50,16 @@ pub struct ClientScan {
     pub end: usize,
     /// A Terminate message starts at `end`: the client is leaving.
     pub terminate: bool,
+    /// A frame names a prepared statement or may be a DEALLOCATE, DISCARD ALL, PREPARE or
+    /// EXECUTE: in transaction mode the frames need `prepared::translate`.
+    pub rewrite: bool,
 }
 
 /// Scans the client's complete frames in `buf[from..]`, counting what will need an answer.
 /// A partial frame at the end is left for the next read.
 pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Result<ClientScan, FrameError> {
     let mut pos = from;
+    let mut rewrite = false;
     while let Some((tag, total)) = peek_header(buf.get(pos..).unwrap_or_default(), max)? {
         if !is_frontend_tag(tag) {
             return Err(FrameError::BadTag(tag as char));
@@ -60,18 +68,37 @@ pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Resu
             return Ok(ClientScan {
                 end: pos,
                 terminate: true,
+                rewrite,
             });
         }
-        if buf.len() - pos < total {
+        let Some(body) = buf.get(pos + HEADER_LEN..pos + total) else {
             break;
-        }
+        };
         match tag {
-            b'Q' | b'F' => t.pending += 1,
+            b'Q' => {
+                t.pending += 1;
+                t.syncs_in_copy = 0;
+                rewrite |= crate::prepared::query::candidate(body);
+            }
+            b'F' => t.pending += 1,
             b'S' => {
                 t.pending += 1;
                 t.unsynced = false;
+                t.syncs_in_copy += 1;
             }
-            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => t.unsynced = true,
+            b'c' | b'f' => {
+                // The copy ends here: the Syncs sent during it were never answered.
+                t.pending = t.pending.saturating_sub(std::mem::take(&mut t.syncs_in_copy));
+            }
+            b'P' | b'B' | b'D' | b'C' => {
+                t.unsynced = true;
+                rewrite |= names_statement(tag, body);
+            }
+            b'E' => {
+                t.unsynced = true;
+                t.syncs_in_copy = 0;
+            }
+            b'H' => t.unsynced = true,
             b'p' => return Err(FrameError::Malformed("password message outside authentication")),
             _ => {}
         }
@@ -80,12 +107,32 @@ pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Resu
     Ok(ClientScan {
         end: pos,
         terminate: false,
+        rewrite,
     })
+}
+
+/// A Parse, Bind, Describe or Close that names a prepared statement (not the unnamed one).
+#[inline]
+fn names_statement(tag: u8, body: &[u8]) -> bool {
+    let name = match tag {
+        b'P' => body.first(),
+        b'B' => {
+            let mut pos = 0;
+            read_cstr(body, &mut pos).and_then(|_| body.get(pos))
+        }
+        _ => match body {
+            [b'S', first, ..] => Some(first),
+            _ => None,
+        },
+    };
+    name.is_some_and(|&b| b != 0)
 }
 
 /// Where a scan of server bytes stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerStop {
+    /// Prepared-statement tracking wants the complete frame at `end` (see `Intercept`).
+    Intercept,
     /// Ran out of bytes: forward up to `end` and read more.
     More,
     /// The transaction ended (idle ReadyForQuery) at `end`: the server can go back to the pool.
@@ -101,6 +148,22 @@ pub enum ServerStop {
 pub struct ServerScan {
     /// Bytes of a large frame still to pass through before the next header.
     pub skip: usize,
+    /// ReadyForQuery messages seen: the Sync stretches the server finished.
+    pub answered: u32,
+    pub intercept: Intercept,
+}
+
+/// Which frames a scan stops at for prepared-statement tracking (`prepared::on_reply`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Intercept {
+    /// Session mode, or tracking off: none.
+    #[default]
+    Off,
+    /// Tracking, nothing expected: a CommandComplete that may say DISCARD ALL or DEALLOCATE ALL.
+    Commands,
+    /// Replies are expected: ParseComplete, CloseComplete, errors, EmptyQueryResponse,
+    /// CommandComplete.
+    Replies,
 }
 
 /// Server frames no larger than this are complete before they are looked at.
@@ -132,7 +195,12 @@ impl ServerScan {
             let Some((tag, total)) = peek_header(&buf[pos..], SERVER_FRAME_LIMIT)? else {
                 return Ok((pos, ServerStop::More));
             };
-            if !matches!(tag, b'Z' | b'S') {
+            let wanted = match self.intercept {
+                Intercept::Off => false,
+                Intercept::Commands => tag == b'C',
+                Intercept::Replies => matches!(tag, b'1' | b'3' | b'E' | b'I' | b'C'),
+            };
+            if !wanted && !matches!(tag, b'Z' | b'S') {
                 self.skip = total;
                 continue;
             }
@@ -140,6 +208,13 @@ impl ServerScan {
                 return Ok((pos, ServerStop::More));
             };
             let body = &frame[HEADER_LEN..];
+            if wanted {
+                if self.intercept == Intercept::Replies || body.first() == Some(&b'D') {
+                    return Ok((pos, ServerStop::Intercept));
+                }
+                pos += total;
+                continue;
+            }
             if tag == b'S' {
                 let mut parts = body.split(|&b| b == 0);
                 if let (Some(name), Some(value)) = (parts.next(), parts.next()) {
@@ -151,6 +226,7 @@ impl ServerScan {
             let status = *body.first().ok_or(FrameError::Malformed("ReadyForQuery"))?;
             t.pending = t.pending.saturating_sub(1);
             t.status = status;
+            self.answered = self.answered.wrapping_add(1);
             if t.quiet() {
                 if statement_mode && status != b'I' {
                     return Ok((pos, ServerStop::TransactionBlock));
@@ -186,7 +262,8 @@ mod tests {
             scan,
             ClientScan {
                 end: buf.len(),
-                terminate: false
+                terminate: false,
+                rewrite: false
             }
         );
         assert!(t.unsynced && t.pending == 0);
@@ -201,9 +278,23 @@ mod tests {
             Tracker {
                 pending: 2,
                 unsynced: false,
-                status: b'I'
+                status: b'I',
+                syncs_in_copy: 0,
             }
         );
+    }
+
+    #[test]
+    fn syncs_swallowed_by_copy_mode_are_not_pending() {
+        let mut t = Tracker::default();
+        let mut buf = frame(b'B', b"\0\0\0\0\0\0\0\0");
+        buf.extend(frame(b'E', b"\0\0\0\0\0"));
+        buf.extend(frame(b'S', b""));
+        buf.extend(frame(b'd', b"1\n"));
+        buf.extend(frame(b'c', b""));
+        buf.extend(frame(b'S', b""));
+        scan_client(&buf, 0, 1 << 20, &mut t).unwrap();
+        assert_eq!(t.pending, 1, "one ReadyForQuery comes, after CopyDone's Sync");
     }
 
     #[test]
@@ -214,7 +305,11 @@ mod tests {
         buf.extend(frame(b'X', b""));
         assert_eq!(
             scan_client(&buf, 0, 100, &mut t).unwrap(),
-            ClientScan { end, terminate: true }
+            ClientScan {
+                end,
+                terminate: true,
+                rewrite: false
+            }
         );
         assert!(scan_client(b"GET / HTTP/1.1\r\n", 0, 100, &mut Tracker::default()).is_err());
         assert!(scan_client(&frame(b'Q', &[b'x'; 200]), 0, 100, &mut Tracker::default()).is_err());
@@ -224,8 +319,7 @@ mod tests {
     fn server_release_at_last_ready_for_query() {
         let mut t = Tracker {
             pending: 2,
-            unsynced: false,
-            status: b'I',
+            ..Tracker::default()
         };
         let mut buf = frame(b'C', b"SELECT 1\0");
         buf.extend(frame(b'Z', b"I"));
@@ -257,8 +351,7 @@ mod tests {
     fn server_keeps_transactions_and_reports_params() {
         let mut t = Tracker {
             pending: 1,
-            unsynced: false,
-            status: b'I',
+            ..Tracker::default()
         };
         let mut buf = frame(b'S', b"application_name\0x\0");
         buf.extend(frame(b'Z', b"T"));
@@ -273,8 +366,7 @@ mod tests {
         assert_eq!(t.status, b'T');
         let mut t = Tracker {
             pending: 1,
-            unsynced: false,
-            status: b'I',
+            ..Tracker::default()
         };
         let z = frame(b'Z', b"T");
         let (end, stop) = ServerScan::default()

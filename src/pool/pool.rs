@@ -80,6 +80,8 @@ pub struct PoolSettings {
     pub server_login_retry: Duration,
     pub server_check_delay: Duration,
     pub server_check_query: String,
+    /// Per server connection, in transaction and statement modes; 0 passes statements through.
+    pub max_prepared_statements: u32,
 }
 
 /// Counts the console and the metrics read.
@@ -250,8 +252,9 @@ impl Pool {
         }
     }
 
-    fn lease(self: &Arc<Self>, conn: ServerConn, permit: OwnedSemaphorePermit, reserve: bool) -> Lease {
+    fn lease(self: &Arc<Self>, mut conn: ServerConn, permit: OwnedSemaphorePermit, reserve: bool) -> Lease {
         self.counts.active.fetch_add(1, Ordering::Relaxed);
+        conn.prepared.limit = self.settings.load().max_prepared_statements;
         Lease {
             conn: Some(conn),
             permit: Some(permit),

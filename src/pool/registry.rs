@@ -237,6 +237,7 @@ pub fn settings(config: &Config, db: &DatabaseConfig, database: &str, user: &str
         server_login_retry: p.server_login_retry,
         server_check_delay: p.server_check_delay,
         server_check_query: p.server_check_query.clone(),
+        max_prepared_statements: p.max_prepared_statements,
     }
 }
 
