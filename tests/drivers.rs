@@ -1,0 +1,161 @@
+//! Real client drivers through pgmux in transaction mode, with a pool of `POOL_SIZE` servers for
+//! more clients than that: tokio-postgres (here), psycopg 3, asyncpg, node-postgres and pgjdbc
+//! (programs in tests/drivers/, run as subprocesses). Each uses server-side prepared statements
+//! (the same name on different connections with different SQL where the driver picks names),
+//! a rolled-back transaction and an error inside a transaction, and checks every result; this
+//! file then checks the rows they left.
+//!
+//! The runtimes come from `scripts/drivers-setup.sh` (run by scripts/test.sh) into
+//! target/drivers/. Java is skipped when `java` is absent.
+//!
+//! `PGMUX_DRIVERS_TARGET=session` or `=direct` (pgmux in session mode, or PostgreSQL itself)
+//! tells a driver program's own bug from a pgmux one; the default is transaction mode.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use support::*;
+
+const POOL_SIZE: i64 = 5;
+/// Each program takes a few seconds; this bounds a hang on a loaded machine.
+const DRIVER_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Target {
+    Transaction,
+    Session,
+    Direct,
+}
+
+fn target() -> Target {
+    match std::env::var("PGMUX_DRIVERS_TARGET").as_deref() {
+        Err(_) | Ok("transaction") => Target::Transaction,
+        Ok("session") => Target::Session,
+        Ok("direct") => Target::Direct,
+        Ok(other) => panic!("PGMUX_DRIVERS_TARGET={other}: want transaction, session or direct"),
+    }
+}
+
+/// Where a driver connects: a fresh database `db` with an empty `drv` table, behind a pgmux
+/// of its own (or PostgreSQL itself for `Target::Direct`).
+struct Setup {
+    target: Target,
+    db: String,
+    port: u16,
+    _pgmux: Option<Pgmux>,
+}
+
+fn setup(db: &str) -> Setup {
+    let target = target();
+    ensure_database(db);
+    cluster().psql(
+        db,
+        "DROP TABLE IF EXISTS drv; \
+         CREATE TABLE drv(client int NOT NULL, seq int NOT NULL, v text NOT NULL, PRIMARY KEY (client, seq)); \
+         ALTER TABLE drv OWNER TO app",
+    );
+    let (port, pgmux) = match target {
+        Target::Direct => (cluster().port, None),
+        Target::Transaction | Target::Session => {
+            let mode = if target == Target::Session { "session" } else { "transaction" };
+            let px = Pgmux::start(
+                &format!(
+                    "auth_type = \"scram-sha-256\"\npool_mode = \"{mode}\"\ndefault_pool_size = {POOL_SIZE}\n\
+                     max_client_conn = 200\nquery_wait_timeout = 60"
+                ),
+                &format!("[users.app]\npassword = \"app\"\n[databases.{db}]\nport = {{pg_port}}\n"),
+            );
+            (px.port, Some(px))
+        }
+    };
+    eprintln!("[drivers] {db}: {target:?} on port {port}");
+    Setup {
+        target,
+        db: db.to_owned(),
+        port,
+        _pgmux: pgmux,
+    }
+}
+
+impl Setup {
+    /// libpq-style environment, read by every driver program.
+    fn env(&self, clients: usize, rounds: usize) -> Vec<(&'static str, String)> {
+        vec![
+            ("PGHOST", "127.0.0.1".into()),
+            ("PGPORT", self.port.to_string()),
+            ("PGUSER", "app".into()),
+            ("PGPASSWORD", "app".into()),
+            ("PGDATABASE", self.db.clone()),
+            ("PGSSLMODE", "disable".into()),
+            ("DRIVER_CLIENTS", clients.to_string()),
+            ("DRIVER_ROUNDS", rounds.to_string()),
+        ]
+    }
+
+    /// Runs a driver program to completion and asserts it exited 0, printing its output.
+    fn run(&self, program: &Path, args: &[&str], env: &[(&'static str, String)]) {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let t0 = Instant::now();
+        let (code, out, err) = run_cmd(program.to_str().unwrap(), args, &env, DRIVER_TIMEOUT);
+        let report = format!(
+            "{} {} ({:?}, {:?})\n--- stdout ---\n{out}\n--- stderr ---\n{}",
+            program.display(),
+            args.join(" "),
+            self.target,
+            t0.elapsed(),
+            tail(&err, 60)
+        );
+        assert_eq!(code, 0, "driver program failed with exit code {code}:\n{report}");
+        eprintln!("{report}");
+    }
+
+    /// Every client committed exactly its rounds (seq 0..rounds, v = c<client>r<seq>), nothing
+    /// of the rolled-back or failed transactions; and pgmux used at most its pool.
+    fn check_rows(&self, clients: usize, rounds: usize) {
+        let got = cluster().psql(
+            &self.db,
+            "SELECT count(*) || ' ' || count(DISTINCT client) || ' ' || coalesce(max(seq), -1) || ' ' \
+             || coalesce(bool_and(v = 'c' || client || 'r' || seq), true) FROM drv",
+        );
+        let want = format!("{} {clients} {} true", clients * rounds, rounds - 1);
+        assert_eq!(got, want, "rows in {}.drv (count, clients, max seq, all values right)", self.db);
+        if self.target != Target::Direct {
+            let servers = cluster().backend_count(&self.db, "app");
+            assert!(
+                (1..=POOL_SIZE).contains(&servers),
+                "{servers} server connections on {} for a pool of {POOL_SIZE}",
+                self.db
+            );
+        }
+    }
+}
+
+/// A file under target/drivers/ made by scripts/drivers-setup.sh; panics saying so if missing.
+fn installed(rel: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/drivers").join(rel);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/drivers-setup.sh (scripts/test.sh does) to install the drivers",
+        path.display()
+    );
+    path
+}
+
+fn program(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/drivers")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn psycopg_prepared_and_pipeline() {
+    let python = installed("venv/bin/python");
+    let s = setup("drv_psycopg");
+    let (clients, rounds) = (20, 20);
+    s.run(&python, &[&program("psycopg_test.py")], &s.env(clients, rounds));
+    s.check_rows(clients, rounds);
+}
