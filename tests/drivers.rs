@@ -99,12 +99,12 @@ impl Setup {
         let t0 = Instant::now();
         let (code, out, err) = run_cmd(program.to_str().unwrap(), args, &env, DRIVER_TIMEOUT);
         let report = format!(
-            "{} {} ({:?}, {:?})\n--- stdout ---\n{out}\n--- stderr ---\n{}",
+            "{} {} ({:?}, {:?})\n--- stdout ---\n{out}\n--- stderr (first 80 lines) ---\n{}",
             program.display(),
             args.join(" "),
             self.target,
             t0.elapsed(),
-            tail(&err, 60)
+            err.lines().take(80).collect::<Vec<_>>().join("\n")
         );
         assert_eq!(code, 0, "driver program failed with exit code {code}:\n{report}");
         eprintln!("{report}");
@@ -157,5 +157,38 @@ fn psycopg_prepared_and_pipeline() {
     let s = setup("drv_psycopg");
     let (clients, rounds) = (20, 20);
     s.run(&python, &[&program("psycopg_test.py")], &s.env(clients, rounds));
+    s.check_rows(clients, rounds);
+}
+
+#[test]
+fn asyncpg_statement_cache_50_tasks() {
+    let python = installed("venv/bin/python");
+    let s = setup("drv_asyncpg");
+    let (clients, rounds) = (50, 10);
+    s.run(&python, &[&program("asyncpg_test.py")], &s.env(clients, rounds));
+    s.check_rows(clients, rounds);
+}
+
+/// `program --version` runs; else panics saying to run the setup script.
+fn on_path(program: &str) -> PathBuf {
+    let ok = std::process::Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "`{program}` not found: run scripts/drivers-setup.sh (scripts/test.sh does) to install the drivers");
+    PathBuf::from(program)
+}
+
+#[test]
+fn node_pg_named_queries() {
+    let node = on_path("node");
+    let modules = installed("node/node_modules/pg").parent().unwrap().to_str().unwrap().to_owned();
+    let s = setup("drv_node");
+    let (clients, rounds) = (20, 20);
+    let mut env = s.env(clients, rounds);
+    env.push(("NODE_PATH", modules));
+    s.run(&node, &[&program("pg_test.js")], &env);
     s.check_rows(clients, rounds);
 }
