@@ -192,3 +192,27 @@ fn node_pg_named_queries() {
     s.run(&node, &[&program("pg_test.js")], &env);
     s.check_rows(clients, rounds);
 }
+
+const JDBC_JAR: &str = "/usr/share/java/postgresql.jar";
+
+#[test]
+fn pgjdbc_prepare_threshold_1() {
+    // Java is optional: a machine without it skips this one (the setup script installs it as root).
+    if std::process::Command::new("java").arg("-version").output().is_err() {
+        eprintln!("SKIPPED pgjdbc_prepare_threshold_1: `java` not found (scripts/drivers-setup.sh installs it as root)");
+        return;
+    }
+    assert!(
+        Path::new(JDBC_JAR).exists(),
+        "{JDBC_JAR} is missing: run scripts/drivers-setup.sh (apt-get install libpostgresql-jdbc-java)"
+    );
+    let s = setup("drv_jdbc");
+    let (clients, rounds) = (20, 20);
+    // The source launcher compiles JdbcTest.java in memory: nothing to keep up to date.
+    s.run(
+        Path::new("java"),
+        &["-cp", JDBC_JAR, &program("JdbcTest.java")],
+        &s.env(clients, rounds),
+    );
+    s.check_rows(clients, rounds);
+}
