@@ -216,3 +216,150 @@ fn pgjdbc_prepare_threshold_1() {
     );
     s.check_rows(clients, rounds);
 }
+
+/// A server error's SQLSTATE and message (tokio-postgres displays only "db error").
+fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// One tokio-postgres client's rounds, the same workload as the driver programs. tokio-postgres
+/// names its statements s0, s1, ... across the process, so names never repeat here.
+async fn tokio_postgres_client(url: &str, i: i32, rounds: i32) -> Result<(), String> {
+    use futures_util::future::try_join3;
+    let db = |what: &str| {
+        let what = what.to_owned();
+        move |e: tokio_postgres::Error| format!("{what}: {}", error_text(&e))
+    };
+    let mut client = connect(url).await;
+    let even = i % 2 == 0;
+    let calc_sql = if even {
+        format!("SELECT $1::int * 1000 + {i}")
+    } else {
+        format!("SELECT $1::text || ':{i}'")
+    };
+    let calc = client.prepare(&calc_sql).await.map_err(db("prepare calc"))?;
+    let insert = client
+        .prepare("INSERT INTO drv (client, seq, v) VALUES ($1, $2, $3)")
+        .await
+        .map_err(db("prepare insert"))?;
+    let count = client
+        .prepare("SELECT count(*)::int, coalesce(sum(seq), 0)::int FROM drv WHERE client = $1")
+        .await
+        .map_err(db("prepare count"))?;
+    let divide = client.prepare("SELECT 10 / $1::int").await.map_err(db("prepare divide"))?;
+    // Both result types as text, so one comparison covers odd and even clients.
+    let calc_want = |n: i32| if even { (n * 1000 + i).to_string() } else { format!("{n}:{i}") };
+    let calc_get = |row: tokio_postgres::Row| -> String {
+        if even {
+            row.get::<_, i32>(0).to_string()
+        } else {
+            row.get(0)
+        }
+    };
+    let counted = |row: tokio_postgres::Row| (row.get::<_, i32>(0), row.get::<_, i32>(1));
+    let check = |what: String, got: String, want: String| {
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{what}: got {got}, want {want}"))
+        }
+    };
+    for r in 0..rounds {
+        let tag = format!("client {i} round {r}");
+        let text_r = r.to_string();
+        let arg: &(dyn tokio_postgres::types::ToSql + Sync) = if even { &r } else { &text_r };
+        let row = client.query_one(&calc, &[arg]).await.map_err(db(&format!("{tag}: calc")))?;
+        check(format!("{tag}: calc"), calc_get(row), calc_want(r))?;
+        let v = format!("c{i}r{r}");
+        client.execute(&insert, &[&i, &r, &v]).await.map_err(db(&format!("{tag}: insert")))?;
+        let want = (r + 1, r * (r + 1) / 2);
+
+        // Three statements pipelined: each Bind/Execute/Sync sent before the first answer.
+        let (c1, c2, c3) = try_join3(
+            client.query_one(&calc, &[arg]),
+            client.query_one(&count, &[&i]),
+            client.query_one(&divide, &[&5i32]),
+        )
+        .await
+        .map_err(db(&format!("{tag}: pipelined")))?;
+        check(format!("{tag}: pipelined calc"), calc_get(c1), calc_want(r))?;
+        check(format!("{tag}: pipelined count"), format!("{:?}", counted(c2)), format!("{want:?}"))?;
+        check(format!("{tag}: pipelined divide"), c3.get::<_, i32>(0).to_string(), "2".into())?;
+
+        if r % 4 == 1 {
+            let tx = client.transaction().await.map_err(db(&format!("{tag}: begin")))?;
+            tx.execute(&insert, &[&i, &(1000 + r), &"rolled back"])
+                .await
+                .map_err(db(&format!("{tag}: insert in transaction")))?;
+            let got = counted(tx.query_one(&count, &[&i]).await.map_err(db(&format!("{tag}: count")))?);
+            let inside = (want.0 + 1, want.1 + 1000 + r);
+            check(format!("{tag}: count inside the transaction"), format!("{got:?}"), format!("{inside:?}"))?;
+            tx.rollback().await.map_err(db(&format!("{tag}: rollback")))?;
+            let got = counted(client.query_one(&count, &[&i]).await.map_err(db(&format!("{tag}: count")))?);
+            check(format!("{tag}: count after rollback"), format!("{got:?}"), format!("{want:?}"))?;
+        }
+
+        if r % 4 == 3 {
+            let tx = client.transaction().await.map_err(db(&format!("{tag}: begin")))?;
+            tx.execute(&insert, &[&i, &(2000 + r), &"lost"])
+                .await
+                .map_err(db(&format!("{tag}: insert in transaction")))?;
+            for (what, res, want_state) in [
+                ("10 / 0", tx.query_one(&divide, &[&0i32]).await, "22012"),
+                ("after the error", tx.query_one(&calc, &[arg]).await, "25P02"),
+            ] {
+                match res {
+                    Err(e) if sqlstate(&e).as_deref() == Some(want_state) => {}
+                    Err(e) => return Err(format!("{tag}: {what}: want {want_state}, got {}", error_text(&e))),
+                    Ok(_) => return Err(format!("{tag}: {what}: want {want_state}, got a row")),
+                }
+            }
+            tx.rollback().await.map_err(db(&format!("{tag}: rollback")))?;
+            let row = client.query_one(&calc, &[arg]).await.map_err(db(&format!("{tag}: calc")))?;
+            check(format!("{tag}: calc after the failed transaction"), calc_get(row), calc_want(r))?;
+            let got = counted(client.query_one(&count, &[&i]).await.map_err(db(&format!("{tag}: count")))?);
+            check(format!("{tag}: count after the failed transaction"), format!("{got:?}"), format!("{want:?}"))?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_prepared_statements() {
+    let s = setup("drv_tokio_postgres");
+    let (clients, rounds) = (20, 20);
+    let url = format!(
+        "host=127.0.0.1 port={} user=app password=app dbname={} sslmode=disable",
+        s.port, s.db
+    );
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move { tokio_postgres_client(&url, i, rounds).await })
+        })
+        .collect();
+    let run = futures_util::future::join_all(tasks);
+    let results = tokio::time::timeout(DRIVER_TIMEOUT, run)
+        .await
+        .unwrap_or_else(|_| panic!("tokio-postgres clients not done after {DRIVER_TIMEOUT:?} ({:?})", s.target));
+    let failures: Vec<String> = results
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, res)| match res {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("client {i}: {e}")),
+            Err(e) => Some(format!("client {i}: task: {e}")),
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {clients} tokio-postgres clients failed ({:?}):\n  {}",
+        failures.len(),
+        s.target,
+        failures.join("\n  ")
+    );
+    s.check_rows(clients as usize, rounds as usize);
+}
