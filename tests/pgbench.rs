@@ -1,6 +1,7 @@
 //! pgbench through pgmux in transaction mode (pool of 5, SCRAM): simple and extended protocol,
 //! select-only with many clients, a new connection per transaction, and the TPC-B balance
-//! invariant afterwards. (`-M prepared` needs prepared-statement tracking: not tested here.)
+//! invariant afterwards; `-M prepared` (named statements, so it needs prepared-statement
+//! tracking) with 50 clients.
 //!
 //! The tests of this binary share the pgbench tables and the backend counts, so each one holds
 //! `SERIAL` for its whole run.
@@ -208,5 +209,14 @@ fn new_connection_per_transaction_through_scram() {
     let px = pgmux();
     // Every one of those transactions logged in anew with SCRAM.
     pgbench_tpcb(&px, 10, &["-C", "-c", "10", "-j", "2", "-T", "2"]);
+    assert_no_open_transaction();
+}
+
+#[test]
+fn tpcb_prepared_50_clients() {
+    let _serial = serial();
+    let px = pgmux();
+    // 50 clients on 5 servers: each client's statements were prepared on some other server.
+    pgbench_tpcb(&px, 50, &["-c", "50", "-j", "2", "-T", "3", "-M", "prepared"]);
     assert_no_open_transaction();
 }
