@@ -58,7 +58,11 @@ fn setup(db: &str) -> Setup {
     let (port, pgmux) = match target {
         Target::Direct => (cluster().port, None),
         Target::Transaction | Target::Session => {
-            let mode = if target == Target::Session { "session" } else { "transaction" };
+            let mode = if target == Target::Session {
+                "session"
+            } else {
+                "transaction"
+            };
             let px = Pgmux::start(
                 &format!(
                     "auth_type = \"scram-sha-256\"\npool_mode = \"{mode}\"\ndefault_pool_size = {POOL_SIZE}\n\
@@ -119,7 +123,11 @@ impl Setup {
              || coalesce(bool_and(v = 'c' || client || 'r' || seq), true) FROM drv",
         );
         let want = format!("{} {clients} {} true", clients * rounds, rounds - 1);
-        assert_eq!(got, want, "rows in {}.drv (count, clients, max seq, all values right)", self.db);
+        assert_eq!(
+            got, want,
+            "rows in {}.drv (count, clients, max seq, all values right)",
+            self.db
+        );
         if self.target != Target::Direct {
             let servers = cluster().backend_count(&self.db, "app");
             assert!(
@@ -177,14 +185,22 @@ fn on_path(program: &str) -> PathBuf {
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    assert!(ok, "`{program}` not found: run scripts/drivers-setup.sh (scripts/test.sh does) to install the drivers");
+    assert!(
+        ok,
+        "`{program}` not found: run scripts/drivers-setup.sh (scripts/test.sh does) to install the drivers"
+    );
     PathBuf::from(program)
 }
 
 #[test]
 fn node_pg_named_queries() {
     let node = on_path("node");
-    let modules = installed("node/node_modules/pg").parent().unwrap().to_str().unwrap().to_owned();
+    let modules = installed("node/node_modules/pg")
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
     let s = setup("drv_node");
     let (clients, rounds) = (20, 20);
     let mut env = s.env(clients, rounds);
@@ -199,7 +215,9 @@ const JDBC_JAR: &str = "/usr/share/java/postgresql.jar";
 fn pgjdbc_prepare_threshold_1() {
     // Java is optional: a machine without it skips this one (the setup script installs it as root).
     if std::process::Command::new("java").arg("-version").output().is_err() {
-        eprintln!("SKIPPED pgjdbc_prepare_threshold_1: `java` not found (scripts/drivers-setup.sh installs it as root)");
+        eprintln!(
+            "SKIPPED pgjdbc_prepare_threshold_1: `java` not found (scripts/drivers-setup.sh installs it as root)"
+        );
         return;
     }
     assert!(
@@ -249,9 +267,18 @@ async fn tokio_postgres_client(url: &str, i: i32, rounds: i32) -> Result<(), Str
         .prepare("SELECT count(*)::int, coalesce(sum(seq), 0)::int FROM drv WHERE client = $1")
         .await
         .map_err(db("prepare count"))?;
-    let divide = client.prepare("SELECT 10 / $1::int").await.map_err(db("prepare divide"))?;
+    let divide = client
+        .prepare("SELECT 10 / $1::int")
+        .await
+        .map_err(db("prepare divide"))?;
     // Both result types as text, so one comparison covers odd and even clients.
-    let calc_want = |n: i32| if even { (n * 1000 + i).to_string() } else { format!("{n}:{i}") };
+    let calc_want = |n: i32| {
+        if even {
+            (n * 1000 + i).to_string()
+        } else {
+            format!("{n}:{i}")
+        }
+    };
     let calc_get = |row: tokio_postgres::Row| -> String {
         if even {
             row.get::<_, i32>(0).to_string()
@@ -271,10 +298,16 @@ async fn tokio_postgres_client(url: &str, i: i32, rounds: i32) -> Result<(), Str
         let tag = format!("client {i} round {r}");
         let text_r = r.to_string();
         let arg: &(dyn tokio_postgres::types::ToSql + Sync) = if even { &r } else { &text_r };
-        let row = client.query_one(&calc, &[arg]).await.map_err(db(&format!("{tag}: calc")))?;
+        let row = client
+            .query_one(&calc, &[arg])
+            .await
+            .map_err(db(&format!("{tag}: calc")))?;
         check(format!("{tag}: calc"), calc_get(row), calc_want(r))?;
         let v = format!("c{i}r{r}");
-        client.execute(&insert, &[&i, &r, &v]).await.map_err(db(&format!("{tag}: insert")))?;
+        client
+            .execute(&insert, &[&i, &r, &v])
+            .await
+            .map_err(db(&format!("{tag}: insert")))?;
         let want = (r + 1, r * (r + 1) / 2);
 
         // Three statements pipelined: each Bind/Execute/Sync sent before the first answer.
@@ -286,20 +319,45 @@ async fn tokio_postgres_client(url: &str, i: i32, rounds: i32) -> Result<(), Str
         .await
         .map_err(db(&format!("{tag}: pipelined")))?;
         check(format!("{tag}: pipelined calc"), calc_get(c1), calc_want(r))?;
-        check(format!("{tag}: pipelined count"), format!("{:?}", counted(c2)), format!("{want:?}"))?;
-        check(format!("{tag}: pipelined divide"), c3.get::<_, i32>(0).to_string(), "2".into())?;
+        check(
+            format!("{tag}: pipelined count"),
+            format!("{:?}", counted(c2)),
+            format!("{want:?}"),
+        )?;
+        check(
+            format!("{tag}: pipelined divide"),
+            c3.get::<_, i32>(0).to_string(),
+            "2".into(),
+        )?;
 
         if r % 4 == 1 {
             let tx = client.transaction().await.map_err(db(&format!("{tag}: begin")))?;
             tx.execute(&insert, &[&i, &(1000 + r), &"rolled back"])
                 .await
                 .map_err(db(&format!("{tag}: insert in transaction")))?;
-            let got = counted(tx.query_one(&count, &[&i]).await.map_err(db(&format!("{tag}: count")))?);
+            let got = counted(
+                tx.query_one(&count, &[&i])
+                    .await
+                    .map_err(db(&format!("{tag}: count")))?,
+            );
             let inside = (want.0 + 1, want.1 + 1000 + r);
-            check(format!("{tag}: count inside the transaction"), format!("{got:?}"), format!("{inside:?}"))?;
+            check(
+                format!("{tag}: count inside the transaction"),
+                format!("{got:?}"),
+                format!("{inside:?}"),
+            )?;
             tx.rollback().await.map_err(db(&format!("{tag}: rollback")))?;
-            let got = counted(client.query_one(&count, &[&i]).await.map_err(db(&format!("{tag}: count")))?);
-            check(format!("{tag}: count after rollback"), format!("{got:?}"), format!("{want:?}"))?;
+            let got = counted(
+                client
+                    .query_one(&count, &[&i])
+                    .await
+                    .map_err(db(&format!("{tag}: count")))?,
+            );
+            check(
+                format!("{tag}: count after rollback"),
+                format!("{got:?}"),
+                format!("{want:?}"),
+            )?;
         }
 
         if r % 4 == 3 {
@@ -318,10 +376,26 @@ async fn tokio_postgres_client(url: &str, i: i32, rounds: i32) -> Result<(), Str
                 }
             }
             tx.rollback().await.map_err(db(&format!("{tag}: rollback")))?;
-            let row = client.query_one(&calc, &[arg]).await.map_err(db(&format!("{tag}: calc")))?;
-            check(format!("{tag}: calc after the failed transaction"), calc_get(row), calc_want(r))?;
-            let got = counted(client.query_one(&count, &[&i]).await.map_err(db(&format!("{tag}: count")))?);
-            check(format!("{tag}: count after the failed transaction"), format!("{got:?}"), format!("{want:?}"))?;
+            let row = client
+                .query_one(&calc, &[arg])
+                .await
+                .map_err(db(&format!("{tag}: calc")))?;
+            check(
+                format!("{tag}: calc after the failed transaction"),
+                calc_get(row),
+                calc_want(r),
+            )?;
+            let got = counted(
+                client
+                    .query_one(&count, &[&i])
+                    .await
+                    .map_err(db(&format!("{tag}: count")))?,
+            );
+            check(
+                format!("{tag}: count after the failed transaction"),
+                format!("{got:?}"),
+                format!("{want:?}"),
+            )?;
         }
     }
     Ok(())
@@ -342,9 +416,12 @@ async fn tokio_postgres_prepared_statements() {
         })
         .collect();
     let run = futures_util::future::join_all(tasks);
-    let results = tokio::time::timeout(DRIVER_TIMEOUT, run)
-        .await
-        .unwrap_or_else(|_| panic!("tokio-postgres clients not done after {DRIVER_TIMEOUT:?} ({:?})", s.target));
+    let results = tokio::time::timeout(DRIVER_TIMEOUT, run).await.unwrap_or_else(|_| {
+        panic!(
+            "tokio-postgres clients not done after {DRIVER_TIMEOUT:?} ({:?})",
+            s.target
+        )
+    });
     let failures: Vec<String> = results
         .into_iter()
         .enumerate()

@@ -216,7 +216,10 @@ fn new_connection_per_transaction_through_scram() {
 fn tpcb_prepared_50_clients() {
     let _serial = serial();
     let px = pgmux();
-    // 50 clients on 5 servers: each client's statements were prepared on some other server.
+    // 50 clients on 5 servers, so statements run on servers they were not prepared on. pgbench
+    // prepares each statement with a blocking PQprepare (Parse, Sync) on first use, while the
+    // same thread's other clients may hold every server mid-transaction: unless a lone Parse is
+    // answered without a server, this deadlocks until query_wait_timeout.
     pgbench_tpcb(&px, 50, &["-c", "50", "-j", "2", "-T", "3", "-M", "prepared"]);
     assert_no_open_transaction();
 }
