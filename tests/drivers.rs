@@ -19,7 +19,7 @@ use support::*;
 
 const POOL_SIZE: i64 = 5;
 /// Each program takes a few seconds; this bounds a hang on a loaded machine.
-const DRIVER_TIMEOUT: Duration = Duration::from_secs(90);
+const DRIVER_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Target {
@@ -66,7 +66,7 @@ fn setup(db: &str) -> Setup {
             let px = Pgmux::start(
                 &format!(
                     "auth_type = \"scram-sha-256\"\npool_mode = \"{mode}\"\ndefault_pool_size = {POOL_SIZE}\n\
-                     max_client_conn = 200\nquery_wait_timeout = 60"
+                     max_client_conn = 200\nquery_wait_timeout = 30"
                 ),
                 &format!("[users.app]\npassword = \"app\"\n[databases.{db}]\nport = {{pg_port}}\n"),
             );
