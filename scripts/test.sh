@@ -12,7 +12,9 @@
 #   2. An OS user `postgres`: PostgreSQL refuses to run as root, so the test
 #      support runs it as `postgres` when the tests run as root.
 #   3. The open-file limit raised to the hard limit (tests open many clients).
-#   4. `cargo test --locked` from the repository root. Plain `cargo test`, not
+#   4. The client drivers of tests/drivers.rs (psycopg, asyncpg, node-postgres,
+#      pgjdbc): scripts/drivers-setup.sh, which skips what is already installed.
+#   5. `cargo test --locked` from the repository root. Plain `cargo test`, not
 #      nextest: the tests of one binary share one PostgreSQL cluster.
 set -euo pipefail
 
@@ -84,7 +86,10 @@ hard=$(ulimit -Hn)
 ulimit -n "$hard" 2>/dev/null || true
 say "open-file limit: $(ulimit -n) (hard $hard)"
 
-# --- 4. cargo test ---------------------------------------------------------------
+# --- 4. client drivers ------------------------------------------------------------
+"$ROOT/scripts/drivers-setup.sh"
+
+# --- 5. cargo test ---------------------------------------------------------------
 if ! command -v cargo >/dev/null && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
   export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 fi

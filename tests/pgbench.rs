@@ -1,6 +1,6 @@
 //! pgbench through pgmux in transaction mode (pool of 5, SCRAM): simple, extended and prepared
 //! protocol, select-only with many clients, a new connection per transaction, and the TPC-B
-//! balance invariant afterwards.
+//! balance invariant afterwards; `-M prepared` with 50 clients over 2 threads.
 //!
 //! The tests of this binary share the pgbench tables and the backend counts, so each one holds
 //! `SERIAL` for its whole run.
@@ -204,15 +204,13 @@ fn tpcb_extended_protocol_20_clients_keeps_balances_consistent() {
     assert_eq!(sums[2], sums[3], "sum(bbalance) != sum(delta): {sums:?}");
 }
 
-/// pgbench 15 prepares each statement with a blocking PQprepare in the thread that drives all
-/// of its clients: with fewer servers than clients per thread, a client waiting for a server
-/// there stalls the clients holding the servers (with any transaction pooler). So 20 clients
-/// on 2 threads get 20 servers, and 20 clients on 20 threads share 5.
+/// Named statements move between servers with their clients: injected on first use. A pool as
+/// large as the client count (each client keeps meeting new servers as others take its own),
+/// then 20 threads sharing 5 servers.
 #[test]
 fn tpcb_prepared_statements_20_clients() {
     let _serial = serial();
     let px = pgmux_with_pool(20);
-    // Named statements move between servers with their clients: injected on first use.
     pgbench_tpcb_on(&px, 20, 20, &["-c", "20", "-j", "2", "-T", "5", "-M", "prepared"]);
     drop(px);
     wait_for_backends(0, Duration::from_secs(10));
@@ -238,5 +236,18 @@ fn new_connection_per_transaction_through_scram() {
     let px = pgmux();
     // Every one of those transactions logged in anew with SCRAM.
     pgbench_tpcb(&px, 10, &["-C", "-c", "10", "-j", "2", "-T", "2"]);
+    assert_no_open_transaction();
+}
+
+#[test]
+fn tpcb_prepared_50_clients() {
+    let _serial = serial();
+    let px = pgmux();
+    // 50 clients on 5 servers, so statements run on servers they were not prepared on. pgbench
+    // prepares each statement with a blocking PQprepare (Parse, Sync) on first use, while the
+    // same thread's other clients may hold every server mid-transaction: a lone Parse of a
+    // statement the pool knows is answered without a server (prepared::local), or this would
+    // deadlock until query_wait_timeout.
+    pgbench_tpcb(&px, 50, &["-c", "50", "-j", "2", "-T", "3", "-M", "prepared"]);
     assert_no_open_transaction();
 }

@@ -10,9 +10,10 @@ use super::{ClientSlot, Shared};
 use crate::backend::Settings;
 use crate::config::PoolMode;
 use crate::pool::{Lease, Pool};
+use crate::prepared;
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::PgError;
-use bytes::Buf;
+use bytes::{Buf, BytesMut};
 use std::future::Future;
 use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering;
@@ -83,6 +84,11 @@ enum Flow {
 async fn transaction(s: &mut Session, watch: &Watch) -> Flow {
     let timeouts = timeouts(&s.shared);
     let mode = s.pool.settings().mode;
+    if s.client.rewrite && mode != PoolMode::Session {
+        if let Some(flow) = answer_alone(s).await {
+            return flow;
+        }
+    }
     let waited = {
         let work = pin!(s.client.wait_with(checkout(&s.pool, &s.settings)));
         drain::until_deadline(watch, work).await
@@ -158,6 +164,29 @@ async fn transaction(s: &mut Session, watch: &Watch) -> Flow {
         }
     }
     Flow::Stop
+}
+
+/// A lone Parse and Sync of statements the pool knows, answered without a server (see
+/// `prepared::local`); None when the request needs one.
+async fn answer_alone(s: &mut Session) -> Option<Flow> {
+    let client = &mut s.client;
+    if client.tracker.status != b'I' || s.pool.settings().max_prepared_statements == 0 {
+        return None;
+    }
+    let mut out = BytesMut::new();
+    let frames = client.buf.get(..client.ready)?;
+    if !prepared::local::answer(frames, &mut client.prepared, &s.pool.known_statements, &mut out) {
+        return None;
+    }
+    client.consume(client.ready);
+    client.ready = 0;
+    client.rewrite = false;
+    // The Sync is answered.
+    client.tracker.pending = client.tracker.pending.saturating_sub(1);
+    Some(match client.write(&out).await {
+        Ok(()) => Flow::Next,
+        Err(_) => Flow::Stop,
+    })
 }
 
 /// The timeouts in force now (a reload changes them for the next transaction).

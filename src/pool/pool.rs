@@ -116,6 +116,8 @@ pub struct Pool {
     pub(super) filling: AtomicBool,
     /// Settings its clients logged in with, shared among clients that agree.
     shared_settings: Mutex<Vec<Settings>>,
+    /// Prepared statements some server of the pool parsed without error.
+    pub known_statements: Arc<crate::prepared::local::Known>,
     pub counts: PoolCounts,
 }
 
@@ -148,6 +150,7 @@ impl Pool {
             user_limit,
             filling: AtomicBool::new(false),
             shared_settings: Mutex::new(Vec::new()),
+            known_statements: Arc::default(),
             counts: PoolCounts::default(),
         }
     }
@@ -255,6 +258,9 @@ impl Pool {
     fn lease(self: &Arc<Self>, mut conn: ServerConn, permit: OwnedSemaphorePermit, reserve: bool) -> Lease {
         self.counts.active.fetch_add(1, Ordering::Relaxed);
         conn.prepared.limit = self.settings.load().max_prepared_statements;
+        if conn.prepared.known.is_none() {
+            conn.prepared.known = Some(self.known_statements.clone());
+        }
         Lease {
             conn: Some(conn),
             permit: Some(permit),

@@ -1,6 +1,7 @@
 //! What one server connection holds: an LRU set of pooler-wide statements, and the queue of
 //! replies pgmux expects for what it changed on the way to this server.
 
+use super::local::Known;
 use super::{ClientStatements, Statement};
 use crate::protocol::messages::PgError;
 use std::collections::{HashMap, VecDeque};
@@ -16,6 +17,8 @@ pub struct ServerStatements {
     /// Numbers the Parses pgmux sends, so a late reply to an older one is told apart.
     next_gen: u64,
     pub replies: VecDeque<Reply>,
+    /// The pool's statements parsed without error (see `local`), set when the server is lent.
+    pub known: Option<Arc<Known>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -134,6 +137,9 @@ impl ServerStatements {
         if let Some(h) = self.held.get_mut(&key) {
             if h.gen == gen {
                 h.confirmed = true;
+                if let Some(known) = &self.known {
+                    known.insert(key);
+                }
             }
         }
     }
