@@ -4,6 +4,8 @@
 #   benches/pgbench.sh [SCENARIO...]   run the scenarios (default: c50)
 #   benches/pgbench.sh up              only start PostgreSQL (and PgBouncer)
 #   benches/pgbench.sh down            stop pgmux, PgBouncer and PostgreSQL
+#   benches/pgbench.sh idle [N...]     memory per idle client (default N: 2000 5000), pgmux
+#                                      and PgBouncer each started afresh for every N
 #
 # Scenarios, each run as `pgbench -n ARGS` (-n: no vacuum):
 #   c50       -S -c 50 -j 2 -T $DURATION       select-only, 50 clients on POOL_SIZE servers
@@ -393,16 +395,60 @@ summarize() {
   done
 }
 
+# --- idle clients ----------------------------------------------------------------
+# N clients log in and sit idle (a pgbench script that only sleeps); the pooler's RSS is
+# read before they connect and once all are established.
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+established() { ss -Htn state established "( dport = :$1 )" | wc -l; }
+
+idle_measure() {  # name port pid n
+  local name=$1 port=$2 pid=$3 n=$4 script before during open bench _
+  script=$(mktemp); echo '\sleep 60 s' > "$script"
+  before=$(rss_kib "$pid")
+  PGPASSWORD=$BENCH_PASSWORD "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U "$BENCH_USER" -n \
+    -c "$n" -j 2 -t 1 -f "$script" "$BENCH_DB" >/dev/null 2>&1 &
+  bench=$!
+  for _ in $(seq 240); do [ "$(established "$port")" -ge "$n" ] && break; sleep 0.5; done
+  sleep 1
+  open=$(established "$port"); during=$(rss_kib "$pid")
+  kill "$bench" 2>/dev/null || true; wait "$bench" 2>/dev/null || true; rm -f "$script"
+  [ "$open" -gt 0 ] || die "$name: no client got connected"
+  printf '%-10s %6s idle clients: RSS %6s -> %6s KiB, %5s bytes per client\n' "$name" "$open" \
+    "$before" "$during" "$(( (during - before) * 1024 / open ))"
+}
+
+idle_run() {
+  local n pid
+  trap 'stop_pgmux' EXIT
+  for n in "${@:-2000 5000}"; do
+    for n in $n; do
+      pid=$(pid_of "$BOUNCER_DIR/pgbouncer.pid")
+      if alive "$pid"; then kill "$pid"; for _ in $(seq 50); do alive "$pid" || break; sleep 0.1; done; fi
+      if bouncer_up >/dev/null; then
+        idle_measure pgbouncer "$PGBOUNCER_PORT" "$(pid_of "$BOUNCER_DIR/pgbouncer.pid")" "$n"
+      fi
+      pgmux_up >/dev/null
+      idle_measure pgmux "$PGMUX_PORT" "$PGMUX_PID" "$n"
+      stop_pgmux >/dev/null
+    done
+  done
+}
+
 # --- main -----------------------------------------------------------------------
 cmd=${1:-}
 case "$cmd" in
-  -h | --help | help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help | help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   down) down; exit 0 ;;
 esac
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 mkdir -p "$BENCH_DIR"
 pg_up
+if [ "$cmd" = idle ]; then
+  shift
+  idle_run "$@"
+  exit 0
+fi
 if [ "$cmd" = up ]; then
   bouncer_up || true
   exit 0

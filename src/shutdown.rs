@@ -72,14 +72,11 @@ impl Shutdown {
     /// A token that is cancelled when draining starts, for a client to wait on. Clients share
     /// a few child tokens, spread by `client`: waits on one token lock one mutex, so a token per
     /// client would keep the lock private but cost each client a tree node.
-    pub fn client_token(&self, client: u32) -> CancellationToken {
+    pub fn client_token(&self, client: u32) -> &CancellationToken {
         let shards = self
             .shards
             .get_or_init(|| (0..TOKEN_SHARDS).map(|_| self.draining.child_token()).collect());
-        shards
-            .get(client as usize % TOKEN_SHARDS)
-            .cloned()
-            .unwrap_or_else(|| self.draining.clone())
+        shards.get(client as usize % TOKEN_SHARDS).unwrap_or(&self.draining)
     }
 
     /// Resolves when pgmux closes the parked clients.

@@ -31,6 +31,14 @@ macro_rules! each {
 }
 
 impl Stream {
+    pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        match self {
+            Stream::Plain(s) => s.peer_addr(),
+            Stream::Tls(s) => s.get_ref().0.peer_addr(),
+            Stream::ServerTls(s) => s.get_ref().0.peer_addr(),
+        }
+    }
+
     pub fn is_tls(&self) -> bool {
         !matches!(self, Stream::Plain(_))
     }

@@ -62,7 +62,7 @@ pub async fn authenticate(
 
 /// Passthrough asks for the password in clear text: only where nobody can read it on the way.
 fn passthrough_allowed(client: &ClientConn) -> bool {
-    client.peer.ip().is_loopback() || client.stream.is_tls()
+    client.peer().is_loopback() || client.stream.is_tls()
 }
 
 /// The single message for every failed login, so that unknown users look like wrong passwords.

@@ -28,7 +28,7 @@ pub struct CancelHandle {
     pub process_id: i32,
     secret_key: i32,
     /// The client's pool, whose server address a cancel goes to.
-    pool: Arc<Pool>,
+    pub pool: Arc<Pool>,
     held: Mutex<Option<Held>>,
 }
 

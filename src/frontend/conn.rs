@@ -16,21 +16,36 @@ use tokio_util::io::poll_read_buf;
 pub struct ClientConn {
     /// Plain TCP until the client asks for TLS and gets it (`into_tls`).
     pub stream: Stream,
-    pub peer: SocketAddr,
     /// Bytes from the client not yet forwarded.
     pub buf: BytesMut,
     /// Complete, scanned frames at the front of `buf`, waiting for a server.
     pub ready: usize,
     /// The client sent Terminate (it sits at `buf[ready..]`).
     pub terminate: bool,
-    pub max_message_size: usize,
+    pub max_message_size: u32,
     pub tracker: Tracker,
-    /// Bytes for the client that outlived the server they came from (see RelayEnd::Release).
-    pub out: BytesMut,
     /// Frames in `buf[..ready]` name prepared statements (see `ClientScan::rewrite`).
     pub rewrite: bool,
     /// The client's prepared statements, in transaction and statement modes.
     pub prepared: crate::prepared::ClientStatements,
+}
+
+/// A client's address as logs show it.
+pub struct Peer(Option<SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("(gone)"),
+        }
+    }
+}
+
+impl Peer {
+    pub fn is_loopback(&self) -> bool {
+        self.0.is_some_and(|a| a.ip().is_loopback())
+    }
 }
 
 /// How a wait on the client's behalf ended.
@@ -56,17 +71,15 @@ pub enum Request {
 }
 
 impl ClientConn {
-    pub fn new(stream: TcpStream, peer: SocketAddr, max_message_size: usize) -> ClientConn {
+    pub fn new(stream: TcpStream, max_message_size: u32) -> ClientConn {
         ClientConn {
             stream: Stream::Plain(stream),
-            peer,
             // Room for the login messages; an idle client gives its buffer back (`spare`).
             buf: BytesMut::with_capacity(1024),
             ready: 0,
             terminate: false,
             max_message_size,
             tracker: Tracker::default(),
-            out: BytesMut::new(),
             rewrite: false,
             prepared: Default::default(),
         }
@@ -96,7 +109,7 @@ impl ClientConn {
     /// `wait_for_request` as a poll, so an idle client's task holds no future for it.
     pub fn poll_request(&mut self, cx: &mut Context<'_>) -> Poll<Request> {
         loop {
-            match scan_client(&self.buf, self.ready, self.max_message_size, &mut self.tracker) {
+            match scan_client(&self.buf, self.ready, self.max_message_size as usize, &mut self.tracker) {
                 Ok(scan) => {
                     self.ready = scan.end;
                     self.terminate = scan.terminate;
@@ -113,9 +126,6 @@ impl ClientConn {
             if self.buf.is_empty() {
                 // Idle: hold no buffer while waiting (see `spare`).
                 super::spare::give(&mut self.buf);
-                if self.out.capacity() > 4096 {
-                    self.out = BytesMut::new();
-                }
                 match self.stream.poll_read_ready(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(_)) => return Poll::Ready(Request::Gone),
@@ -142,7 +152,7 @@ impl ClientConn {
                 out = &mut work => return Waited::Done(out),
                 read = self.stream.read_buf(&mut self.buf), if watching => match read {
                     Ok(0) | Err(_) => return Waited::Gone,
-                    Ok(_) => match scan_client(&self.buf, self.ready, self.max_message_size, &mut self.tracker) {
+                    Ok(_) => match scan_client(&self.buf, self.ready, self.max_message_size as usize, &mut self.tracker) {
                         Ok(scan) => {
                             self.ready = scan.end;
                             self.terminate = scan.terminate;
@@ -172,11 +182,10 @@ impl ClientConn {
         }
     }
 
-    /// Writes and empties `out`.
-    pub async fn flush_out(&mut self) -> std::io::Result<()> {
-        let result = write_flush(&mut self.stream, &self.out).await;
-        self.out.clear();
-        result
+    /// The client's address, for logs. Asked of the socket, not stored: every idle client
+    /// would carry it.
+    pub fn peer(&self) -> Peer {
+        Peer(self.stream.peer_addr().ok())
     }
 
     pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {

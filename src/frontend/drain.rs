@@ -8,7 +8,6 @@ use crate::protocol::messages::PgError;
 use crate::shutdown::Shutdown;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -16,17 +15,18 @@ use tokio_util::sync::CancellationToken;
 /// How long a goodbye to a client (or a cancel to a server) may take.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// One client's view of the shutdown.
-pub struct Watch {
-    token: CancellationToken,
-    shutdown: Arc<Shutdown>,
+/// One client's view of the shutdown: references only, so it costs an idle client nothing.
+#[derive(Clone, Copy)]
+pub struct Watch<'a> {
+    token: &'a CancellationToken,
+    shutdown: &'a Shutdown,
 }
 
-impl Watch {
-    pub fn new(shutdown: &Arc<Shutdown>, client: u32) -> Watch {
+impl<'a> Watch<'a> {
+    pub fn new(shutdown: &'a Shutdown, client: u32) -> Watch<'a> {
         Watch {
             token: shutdown.client_token(client),
-            shutdown: shutdown.clone(),
+            shutdown,
         }
     }
 }
@@ -36,7 +36,7 @@ impl Watch {
 /// Every idle client's task waits in here, so it is kept small: one poll of the socket and
 /// one of the shutdown token, no nested futures.
 #[allow(clippy::manual_async_fn)] // the arguments would be stored twice
-pub fn next_request<'a>(client: &'a mut ClientConn, watch: &'a Watch) -> impl Future<Output = Request> + Send + 'a {
+pub fn next_request<'a>(client: &'a mut ClientConn, watch: Watch<'a>) -> impl Future<Output = Request> + Send + 'a {
     async move {
         if !watch.shutdown.is_draining() {
             let mut draining = std::pin::pin!(watch.token.cancelled());
@@ -52,7 +52,7 @@ pub fn next_request<'a>(client: &'a mut ClientConn, watch: &'a Watch) -> impl Fu
             }
         }
         // Boxed: only a shutdown gets here.
-        Box::pin(park(client, &watch.shutdown)).await
+        Box::pin(park(client, watch.shutdown)).await
     }
 }
 
@@ -83,7 +83,7 @@ async fn park(client: &mut ClientConn, shutdown: &Shutdown) -> Request {
 /// Runs `work` (a checkout, a relayed transaction) to its end, unless a shutdown's deadline
 /// comes first: then None, and the caller cuts the client with `cut`. The caller pins `work`
 /// (a future moved in here would be stored twice in the client task's state).
-pub async fn until_deadline<F: Future>(watch: &Watch, mut work: Pin<&mut F>) -> Option<F::Output> {
+pub async fn until_deadline<F: Future>(watch: &Watch<'_>, mut work: Pin<&mut F>) -> Option<F::Output> {
     tokio::select! {
         biased;
         out = work.as_mut() => return Some(out),
@@ -103,13 +103,13 @@ pub fn cut<'a>(
     client: &'a mut ClientConn,
     lease: Option<Lease>,
     pool: &'a Pool,
-    watch: &'a Watch,
+    watch: &'a Watch<'a>,
 ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
     // Boxed: only a shutdown gets here.
     Box::pin(cut_now(client, lease, pool, watch))
 }
 
-async fn cut_now(client: &mut ClientConn, lease: Option<Lease>, pool: &Pool, watch: &Watch) {
+async fn cut_now(client: &mut ClientConn, lease: Option<Lease>, pool: &Pool, watch: &Watch<'_>) {
     let secs = watch
         .shutdown
         .deadline()
@@ -119,7 +119,7 @@ async fn cut_now(client: &mut ClientConn, lease: Option<Lease>, pool: &Pool, wat
         "57P01",
         format!("pgmux is shutting down: the transaction did not finish within shutdown_timeout ({secs} s)"),
     );
-    tracing::info!(client = %client.peer, pool = %pool, "transaction cut by the shutdown");
+    tracing::info!(client = %client.peer(), pool = %pool, "transaction cut by the shutdown");
     goodbye(client, error).await;
     let Some(mut lease) = lease else { return };
     if !client.tracker.quiet() || !lease.conn().buf.is_empty() {

@@ -39,7 +39,7 @@ async fn admit(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Opti
     let (slot, connected) = ClientSlot::take(&shared);
     let config = shared.config.load_full();
     let _ = stream.set_nodelay(true);
-    let mut client = ClientConn::new(stream, peer, config.pooler.max_message_size as usize);
+    let mut client = ClientConn::new(stream, config.pooler.max_message_size);
     // Without certificates loaded, SSL requests get `N` whatever the (reloaded) setting says.
     let tls_mode = match shared.tls {
         Some(_) => config.pooler.tls_mode,
@@ -67,13 +67,11 @@ async fn admit(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Opti
         Err(e) => Err(e),
     };
     match result {
-        Ok(Some(LoggedIn { pool, settings, cancel })) => Some(Session {
+        Ok(Some(LoggedIn { settings, cancel })) => Some(Session {
             client,
-            pool,
             settings,
             cancel,
-            shared,
-            _slot: slot,
+            shared: slot.into_session().unwrap_or(shared),
         }),
         Ok(None) => None,
         Err(error) => {
@@ -117,7 +115,6 @@ fn tls_failed(e: std::io::Error) -> PgError {
 }
 
 struct LoggedIn {
-    pool: Arc<Pool>,
     settings: Settings,
     cancel: Arc<CancelHandle>,
 }
@@ -137,7 +134,7 @@ async fn login(
                 Some(handle) => handle.cancel_held().await,
                 None => false,
             };
-            tracing::debug!(client = %client.peer, forwarded, "cancel request");
+            tracing::debug!(client = %client.peer(), forwarded, "cancel request");
             return Ok(None);
         }
         // read_startup refuses a second SSLRequest, so this is a TLS request without TLS.
@@ -209,7 +206,7 @@ async fn login(
         return Err(gone());
     }
     let settings = pool.share_settings(settings);
-    Ok(Some(LoggedIn { pool, settings, cancel }))
+    Ok(Some(LoggedIn { settings, cancel }))
 }
 
 /// Passthrough: the client's password is right if the server takes it. A password the server

@@ -69,18 +69,31 @@ impl Shared {
     }
 }
 
-/// Counts a connected client for as long as it lives.
-pub struct ClientSlot(Arc<Shared>);
+/// Counts a connected client for as long as it lives (once logged in, its `Session` does).
+pub struct ClientSlot(Option<Arc<Shared>>);
 
 impl ClientSlot {
     pub fn take(shared: &Arc<Shared>) -> (ClientSlot, u32) {
         let now = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
-        (ClientSlot(shared.clone()), now)
+        (ClientSlot(Some(shared.clone())), now)
+    }
+
+    /// Hands the count over to the client's session (which holds `Shared` anyway): an idle
+    /// client's state then carries one pointer less.
+    pub fn into_session(mut self) -> Option<Arc<Shared>> {
+        self.0.take()
+    }
+
+    /// Ends the count of a session.
+    pub fn release(shared: &Shared) {
+        shared.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+        if let Some(shared) = &self.0 {
+            ClientSlot::release(shared);
+        }
     }
 }

@@ -11,7 +11,7 @@ use super::track::{scan_client, Intercept, ServerScan, ServerStop};
 use crate::backend::{ServerConn, Settings};
 use crate::prepared::{self, rewrite::Position};
 use crate::protocol::messages::PgError;
-use bytes::Buf;
+use bytes::{Buf, BytesMut};
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -26,7 +26,7 @@ const READ_CHUNK: usize = 16 * 1024;
 #[derive(Debug)]
 pub enum RelayEnd {
     /// The transaction is over and every client byte forwarded: the server may go back to the
-    /// pool. The last bytes of its answer wait in `client.out`, to be written after that, so a
+    /// pool. The last bytes of its answer wait in `RelayState::out`, to be written after that, so a
     /// client slow to take them (or a write preempted by the peer it wakes) never keeps the
     /// server from the next client.
     Release,
@@ -53,6 +53,8 @@ pub struct RelayState {
     pub statement_mode: bool,
     /// The first call of this checkout has run (prepared-statement replies reset).
     started: bool,
+    /// Bytes for the client that outlived the server they came from (see RelayEnd::Release).
+    pub out: BytesMut,
 }
 
 impl RelayState {
@@ -65,6 +67,7 @@ impl RelayState {
             release_at_idle,
             statement_mode,
             started: false,
+            out: BytesMut::new(),
         }
     }
 }
@@ -84,6 +87,7 @@ pub async fn relay(
         release_at_idle,
         statement_mode,
         started,
+        out,
     } = state;
     let (release_at_idle, statement_mode) = (*release_at_idle, *statement_mode);
     // Prepared statements are tracked where a client may change servers between transactions.
@@ -109,7 +113,7 @@ pub async fn relay(
             Poll::Pending => {}
         }
         if *stop == ServerStop::Release && client.ready == 0 {
-            client.out.extend_from_slice(&server.buf[..*to_client]);
+            out.extend_from_slice(&server.buf[..*to_client]);
             server.buf.advance(*to_client);
             *to_client = 0;
             *stop = ServerStop::More;
@@ -134,7 +138,12 @@ pub async fn relay(
             match poll_read_buf(Pin::new(&mut client.stream), cx, &mut client.buf) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
                 Poll::Ready(Ok(_)) => {
-                    match scan_client(&client.buf, client.ready, client.max_message_size, &mut client.tracker) {
+                    match scan_client(
+                        &client.buf,
+                        client.ready,
+                        client.max_message_size as usize,
+                        &mut client.tracker,
+                    ) {
                         Ok(found) => {
                             let from = client.ready;
                             client.ready = found.end;

@@ -24,15 +24,19 @@ use std::time::Duration;
 /// before the server is closed instead.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One logged-in client.
+/// One logged-in client. It counts against max_client_conn until it is dropped.
 pub struct Session {
     pub client: ClientConn,
-    pub pool: Arc<Pool>,
     pub settings: Settings,
+    /// Also the client's pool (`cancel.pool`).
     pub cancel: Arc<CancelHandle>,
     pub shared: Arc<Shared>,
-    /// Counts the client against max_client_conn until it leaves.
-    pub _slot: ClientSlot,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        ClientSlot::release(&self.shared);
+    }
 }
 
 /// Serves a logged-in client until it leaves. (Not an async fn: its argument would be stored
@@ -40,37 +44,43 @@ pub struct Session {
 #[allow(clippy::manual_async_fn)] // the arguments would be stored twice
 pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
     async move {
-        let tls = s.client.stream.is_tls();
-        tracing::info!(client = %s.client.peer, pool = %s.pool, tls, "client logged in");
-        s.pool.counts.clients.fetch_add(1, Ordering::Relaxed);
-        // The session loop, inline: an idle client's task waits in `next_request`, holding
-        // little more than its socket.
-        let watch = Watch::new(&s.shared.shutdown, s.cancel.process_id as u32);
-        loop {
-            let client_idle = s.shared.config.load().pooler.client_idle_timeout;
-            let request = if client_idle.is_zero() {
-                drain::next_request(&mut s.client, &watch).await
+        logged_in(&s);
+        // The session loop, inline: an idle client's task waits in `next_request`, holding its
+        // session and the two polls of that wait, nothing else.
+        let invalid = loop {
+            let watch = Watch::new(&s.shared.shutdown, s.cancel.process_id as u32);
+            match if client_idle(&s.shared).is_zero() {
+                drain::next_request(&mut s.client, watch).await
             } else {
                 // Boxed: the timer would weigh on every idle client's task where it is off.
-                Box::pin(wait_idle(&mut s.client, &watch, client_idle)).await
-            };
-            match request {
+                Box::pin(wait_idle(&mut s.client, watch, client_idle(&s.shared))).await
+            } {
                 Request::Ready => {}
-                Request::Gone => break,
-                Request::Invalid(e) => {
-                    Box::pin(s.client.send_error(&e)).await;
-                    break;
-                }
+                Request::Gone => break None,
+                Request::Invalid(e) => break Some(e),
             }
             // Boxed, once per transaction, for the same reason.
-            if let Flow::Stop = Box::pin(transaction(&mut s, &watch)).await {
-                break;
+            if let Flow::Stop = Box::pin(transaction(&mut s)).await {
+                break None;
             }
+        };
+        if let Some(e) = invalid {
+            Box::pin(s.client.send_error(&e)).await;
         }
         s.shared.cancels.unregister(s.cancel.process_id);
-        s.pool.counts.clients.fetch_sub(1, Ordering::Relaxed);
-        tracing::info!(client = %s.client.peer, pool = %s.pool, "client logged out");
+        s.cancel.pool.counts.clients.fetch_sub(1, Ordering::Relaxed);
+        tracing::info!(client = %s.client.peer(), pool = %s.cancel.pool, "client logged out");
     }
+}
+
+fn logged_in(s: &Session) {
+    let tls = s.client.stream.is_tls();
+    tracing::info!(client = %s.client.peer(), pool = %s.cancel.pool, tls, "client logged in");
+    s.cancel.pool.counts.clients.fetch_add(1, Ordering::Relaxed);
+}
+
+fn client_idle(shared: &Shared) -> Duration {
+    shared.config.load().pooler.client_idle_timeout
 }
 
 /// Whether the session goes on after a transaction.
@@ -81,16 +91,17 @@ enum Flow {
 
 /// Takes a server, relays the client's transaction (in session mode: the rest of the session)
 /// and gives the server back clean.
-async fn transaction(s: &mut Session, watch: &Watch) -> Flow {
+async fn transaction(s: &mut Session) -> Flow {
     let timeouts = timeouts(&s.shared);
-    let mode = s.pool.settings().mode;
+    let mode = s.cancel.pool.settings().mode;
     if s.client.rewrite && mode != PoolMode::Session {
         if let Some(flow) = answer_alone(s).await {
             return flow;
         }
     }
+    let watch = &Watch::new(&s.shared.shutdown, s.cancel.process_id as u32);
     let waited = {
-        let work = pin!(s.client.wait_with(checkout(&s.pool, &s.settings)));
+        let work = pin!(s.client.wait_with(checkout(&s.cancel.pool, &s.settings)));
         drain::until_deadline(watch, work).await
     };
     let mut lease = match waited {
@@ -101,7 +112,7 @@ async fn transaction(s: &mut Session, watch: &Watch) -> Flow {
         }
         Some(Waited::Gone) => return Flow::Stop,
         None => {
-            drain::cut(&mut s.client, None, &s.pool, watch).await;
+            drain::cut(&mut s.client, None, &s.cancel.pool, watch).await;
             return Flow::Stop;
         }
     };
@@ -115,24 +126,24 @@ async fn transaction(s: &mut Session, watch: &Watch) -> Flow {
         };
         let Some(end) = relayed else {
             s.cancel.detach();
-            drain::cut(&mut s.client, Some(lease), &s.pool, watch).await;
+            drain::cut(&mut s.client, Some(lease), &s.cancel.pool, watch).await;
             return Flow::Stop;
         };
         match end {
             RelayEnd::Timeout(Phase::Busy) => {
                 let secs = timeouts.query.as_secs_f64();
-                tracing::warn!(pool = %s.pool, "query running longer than query_timeout ({secs} s): cancelling it");
+                tracing::warn!(pool = %s.cancel.pool, "query running longer than query_timeout ({secs} s): cancelling it");
                 s.cancel.cancel_held().await;
             }
             end => break end,
         }
     };
     s.cancel.detach();
-    let (client, pool) = (&mut s.client, &s.pool);
+    let (client, pool) = (&mut s.client, &s.cancel.pool);
     match end {
         RelayEnd::Release => {
             give_back(lease).await;
-            if client.flush_out().await.is_ok() {
+            if client.write(&state.out).await.is_ok() {
                 return Flow::Next;
             }
         }
@@ -170,12 +181,12 @@ async fn transaction(s: &mut Session, watch: &Watch) -> Flow {
 /// `prepared::local`); None when the request needs one.
 async fn answer_alone(s: &mut Session) -> Option<Flow> {
     let client = &mut s.client;
-    if client.tracker.status != b'I' || s.pool.settings().max_prepared_statements == 0 {
+    if client.tracker.status != b'I' || s.cancel.pool.settings().max_prepared_statements == 0 {
         return None;
     }
     let mut out = BytesMut::new();
     let frames = client.buf.get(..client.ready)?;
-    if !prepared::local::answer(frames, &mut client.prepared, &s.pool.known_statements, &mut out) {
+    if !prepared::local::answer(frames, &mut client.prepared, &s.cancel.pool.known_statements, &mut out) {
         return None;
     }
     client.consume(client.ready);
@@ -201,7 +212,7 @@ fn timeouts(shared: &Shared) -> Timeouts {
 }
 
 /// Waits for the client's next request (or a shutdown), closing it after client_idle_timeout.
-async fn wait_idle(client: &mut ClientConn, watch: &Watch, limit: Duration) -> Request {
+async fn wait_idle(client: &mut ClientConn, watch: Watch<'_>, limit: Duration) -> Request {
     match tokio::time::timeout(limit, drain::next_request(client, watch)).await {
         Ok(request) => request,
         Err(_) => {

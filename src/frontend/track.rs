@@ -17,7 +17,7 @@ pub struct Tracker {
     pub status: u8,
     /// Syncs sent since the last Execute or Query: if that started a COPY FROM STDIN, the
     /// server swallows them in copy mode, and they get no ReadyForQuery.
-    pub syncs_in_copy: u32,
+    pub syncs_in_copy: u16,
 }
 
 impl Default for Tracker {
@@ -84,11 +84,11 @@ pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Resu
             b'S' => {
                 t.pending += 1;
                 t.unsynced = false;
-                t.syncs_in_copy += 1;
+                t.syncs_in_copy = t.syncs_in_copy.saturating_add(1);
             }
             b'c' | b'f' => {
                 // The copy ends here: the Syncs sent during it were never answered.
-                t.pending = t.pending.saturating_sub(std::mem::take(&mut t.syncs_in_copy));
+                t.pending = t.pending.saturating_sub(std::mem::take(&mut t.syncs_in_copy).into());
             }
             b'P' | b'B' | b'D' | b'C' => {
                 t.unsynced = true;
