@@ -19,6 +19,10 @@ pub const REPORTED: &[&str] = &[
     "timezone",
 ];
 
+/// Marks a stored value as SQL the client wrote (`SET name TO <fragment>`), re-applied verbatim;
+/// other values are literals. Startup and ParameterStatus values cannot hold a NUL.
+const SQL_MARK: char = '\0';
+
 /// Startup parameters that are not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
@@ -26,14 +30,22 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 /// Shared, copied on write: the clients of a pool mostly have the same few settings, and
 /// each idle client holds only a pointer to them (see `Pool::share_settings`).
 #[derive(Debug, Clone, Default)]
-pub struct Settings(Option<Arc<Vec<(String, String)>>>);
+pub struct Settings(Option<Arc<Inner>>);
+
+#[derive(Debug, Clone, Default)]
+struct Inner {
+    list: Vec<(String, String)>,
+    /// A client's settings as they were at login, once a SET or ParameterStatus changed them
+    /// (`keep_startup`): RESET goes back to them. Not part of equality.
+    startup: Option<Settings>,
+}
 
 impl PartialEq for Settings {
     fn eq(&self, other: &Settings) -> bool {
         match (&self.0, &other.0) {
             (None, None) => true,
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-            _ => false,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a.list == b.list,
+            (Some(a), None) | (None, Some(a)) => a.list.is_empty(),
         }
     }
 }
@@ -75,7 +87,28 @@ impl Settings {
     }
 
     fn list(&self) -> &[(String, String)] {
-        self.0.as_deref().map(Vec::as_slice).unwrap_or_default()
+        self.0.as_deref().map(|inner| inner.list.as_slice()).unwrap_or_default()
+    }
+
+    fn list_mut(&mut self) -> &mut Vec<(String, String)> {
+        &mut Arc::make_mut(self.0.get_or_insert_with(Default::default)).list
+    }
+
+    /// Remembers the login settings before the first change to a client's settings.
+    pub fn keep_startup(&mut self) {
+        if self.0.as_ref().is_some_and(|inner| inner.startup.is_some()) {
+            return;
+        }
+        let startup = self.clone();
+        Arc::make_mut(self.0.get_or_insert_with(Default::default)).startup = Some(startup);
+    }
+
+    /// The client's settings at login.
+    pub fn startup(&self) -> Settings {
+        match self.0.as_ref().and_then(|inner| inner.startup.as_ref()) {
+            Some(startup) => startup.clone(),
+            None => self.clone(),
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -89,7 +122,7 @@ impl Settings {
         if self.get(name) == Some(value) {
             return;
         }
-        let list = Arc::make_mut(self.0.get_or_insert_with(Default::default));
+        let list = self.list_mut();
         match list.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
             Ok(i) => {
                 if let Some((_, v)) = list.get_mut(i) {
@@ -97,6 +130,18 @@ impl Settings {
                 }
             }
             Err(i) => list.insert(i, (name.to_owned(), value.to_owned())),
+        }
+    }
+
+    /// Records a value as a SQL fragment, already checked by `frontend::set` to be safe to
+    /// re-apply verbatim.
+    pub fn set_sql(&mut self, name: &str, fragment: &str) {
+        self.set(name, &format!("{SQL_MARK}{fragment}"));
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.list().binary_search_by(|(k, _)| k.as_str().cmp(name)) {
+            self.list_mut().remove(i);
         }
     }
 
@@ -119,6 +164,12 @@ impl Settings {
             if current.get(name) != Some(value) {
                 sql.push_str("SET ");
                 push_name(&mut sql, name);
+                if let Some(fragment) = value.strip_prefix(SQL_MARK) {
+                    sql.push_str(" TO ");
+                    sql.push_str(fragment);
+                    sql.push(';');
+                    continue;
+                }
                 sql.push_str(" TO E'");
                 for c in value.chars() {
                     if c == '\'' || c == '\\' {
@@ -243,6 +294,12 @@ mod tests {
         b.set("timezone", "UTC");
         b.set("x.y", "1");
         assert_eq!(a.apply_sql(&a.clone()), None);
+        let mut c = a.clone();
+        c.set_sql("search_path", "a, \"B\"");
+        assert_eq!(c.apply_sql(&a).unwrap(), "SET \"search_path\" TO a, \"B\";");
+        c.remove("search_path");
+        c.remove("nothing");
+        assert_eq!(c, a);
         assert_eq!(
             a.apply_sql(&b).unwrap(),
             "SET \"application_name\" TO E'it\\'s \\\\ me';RESET \"x\".\"y\";"

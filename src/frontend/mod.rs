@@ -7,6 +7,7 @@ pub mod drain;
 pub mod login;
 pub mod relay;
 pub mod session;
+pub mod set;
 pub mod spare;
 pub mod startup;
 pub mod timers;

@@ -6,10 +6,12 @@
 //! stops reading stalls only its own direction.
 
 use super::conn::{protocol_violation, ClientConn};
+use super::set;
 use super::timers::{Phase, Timeouts, Watch};
-use super::track::{scan_client, Intercept, ServerScan, ServerStop};
+use super::track::{scan_client, Intercept, ServerScan, ServerStop, Tracker};
 use crate::backend::{ServerConn, Settings};
 use crate::prepared::{self, rewrite::Position};
+use crate::protocol::frame::{peek_header, HEADER_LEN};
 use crate::protocol::messages::PgError;
 use bytes::{Buf, BytesMut};
 use std::future::poll_fn;
@@ -55,6 +57,8 @@ pub struct RelayState {
     started: bool,
     /// Bytes for the client that outlived the server they came from (see RelayEnd::Release).
     pub out: BytesMut,
+    /// A SET or RESET waiting for its ReadyForQuery (`ServerScan::watch`).
+    set: Option<set::Command>,
 }
 
 impl RelayState {
@@ -68,6 +72,7 @@ impl RelayState {
             statement_mode,
             started: false,
             out: BytesMut::new(),
+            set: None,
         }
     }
 }
@@ -88,6 +93,7 @@ pub async fn relay(
         statement_mode,
         started,
         out,
+        set: pending_set,
     } = state;
     let (release_at_idle, statement_mode) = (*release_at_idle, *statement_mode);
     // Prepared statements are tracked where a client may change servers between transactions.
@@ -95,6 +101,9 @@ pub async fn relay(
     if !*started {
         *started = true;
         server.prepared.replies.clear();
+        if release_at_idle {
+            watch_set(client.buf.get(..client.ready), &client.tracker, scan, pending_set);
+        }
     }
     if std::mem::take(&mut client.rewrite) && tracking {
         // Frames scanned while the client waited for this server.
@@ -148,6 +157,9 @@ pub async fn relay(
                             let from = client.ready;
                             client.ready = found.end;
                             client.terminate = found.terminate;
+                            if release_at_idle {
+                                watch_set(client.buf.get(from..found.end), &client.tracker, scan, pending_set);
+                            }
                             if found.rewrite && tracking {
                                 let at = Position {
                                     answered: scan.answered,
@@ -205,6 +217,12 @@ pub async fn relay(
                                 );
                             }
                             Ok((end, why)) => {
+                                if let Some(ok) = scan.watched.take() {
+                                    match pending_set.take() {
+                                        Some(command) if ok => set::apply(command, settings, &mut server.settings),
+                                        _ => {}
+                                    }
+                                }
                                 *to_client = end;
                                 *stop = why;
                                 break;
@@ -260,6 +278,31 @@ fn flush<W: AsyncWrite + Unpin>(
     }
 }
 
+/// Transaction and statement modes: a session SET or RESET sent as a Query alone, with nothing
+/// else in flight and no transaction block open, is answered by the next ReadyForQuery; if that
+/// says idle and no error came, the setting follows the client (see `set`).
+fn watch_set(frames: Option<&[u8]>, t: &Tracker, scan: &mut ServerScan, pending: &mut Option<set::Command>) {
+    if t.pending != 1 || t.unsynced || t.status != b'I' {
+        return;
+    }
+    let Some(frames) = frames else { return };
+    let Ok(Some((b'Q', total))) = peek_header(frames, usize::MAX >> 1) else {
+        return;
+    };
+    let Some(body) = frames.get(HEADER_LEN..).filter(|_| total == frames.len()) else {
+        return;
+    };
+    if !set::candidate(body) {
+        return;
+    }
+    if let Some(command) = set::parse(body) {
+        *pending = Some(command);
+        scan.watch = Some(scan.answered.wrapping_add(1));
+        scan.watch_failed = false;
+        scan.watched = None;
+    }
+}
+
 fn reserve(buf: &mut bytes::BytesMut) {
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
@@ -274,6 +317,7 @@ fn follow_parameter(client: &mut Settings, server: &mut Settings, name: &[u8], v
     };
     let name = name.to_ascii_lowercase();
     if client.tracks(&name) {
+        client.keep_startup();
         client.set(&name, value);
         server.set(&name, value);
     }

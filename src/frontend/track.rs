@@ -151,6 +151,12 @@ pub struct ServerScan {
     /// ReadyForQuery messages seen: the Sync stretches the server finished.
     pub answered: u32,
     pub intercept: Intercept,
+    /// The ReadyForQuery (by `answered` count) that ends a SET being tracked (`frontend::set`).
+    pub watch: Option<u32>,
+    /// An ErrorResponse came while watching.
+    pub watch_failed: bool,
+    /// The watched statement ended: whether it succeeded outside a transaction block.
+    pub watched: Option<bool>,
 }
 
 /// Which frames a scan stops at for prepared-statement tracking (`prepared::on_reply`).
@@ -200,6 +206,9 @@ impl ServerScan {
                 Intercept::Commands => tag == b'C',
                 Intercept::Replies => matches!(tag, b'1' | b'3' | b'E' | b'I' | b'C'),
             };
+            if tag == b'E' && self.watch.is_some() {
+                self.watch_failed = true;
+            }
             if !wanted && !matches!(tag, b'Z' | b'S') {
                 self.skip = total;
                 continue;
@@ -227,6 +236,10 @@ impl ServerScan {
             t.pending = t.pending.saturating_sub(1);
             t.status = status;
             self.answered = self.answered.wrapping_add(1);
+            if self.watch == Some(self.answered) {
+                self.watch = None;
+                self.watched = Some(status == b'I' && !std::mem::take(&mut self.watch_failed));
+            }
             if t.quiet() {
                 if statement_mode && status != b'I' {
                     return Ok((pos, ServerStop::TransactionBlock));

@@ -108,7 +108,7 @@ fn word(text: &[u8], i: usize) -> &[u8] {
 }
 
 /// Only blanks, comments and `;` are left from `i`.
-fn at_end(text: &[u8], i: usize) -> bool {
+pub(crate) fn at_end(text: &[u8], i: usize) -> bool {
     let mut i = skip_space(text, i);
     while text.get(i) == Some(&b';') {
         i = skip_space(text, i + 1);
@@ -116,7 +116,7 @@ fn at_end(text: &[u8], i: usize) -> bool {
     i >= text.len()
 }
 
-fn skip_blank(text: &[u8], mut i: usize) -> usize {
+pub(crate) fn skip_blank(text: &[u8], mut i: usize) -> usize {
     while text.get(i).is_some_and(|c| c.is_ascii_whitespace()) {
         i += 1;
     }
@@ -124,7 +124,7 @@ fn skip_blank(text: &[u8], mut i: usize) -> usize {
 }
 
 /// Skips white space and comments (`--` to the end of the line, nested `/* */`).
-fn skip_space(text: &[u8], mut i: usize) -> usize {
+pub(crate) fn skip_space(text: &[u8], mut i: usize) -> usize {
     loop {
         i = skip_blank(text, i);
         match text.get(i..i + 2) {
