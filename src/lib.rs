@@ -13,6 +13,7 @@ pub mod pool; // pools per (database, user), wait queue, janitor
 pub mod prepared; // protocol-level prepared statements in transaction and statement modes
 pub mod protocol; // framing, startup packets, messages pgmux writes
 pub mod reload; // SIGHUP: re-read the config file, reconfigure the pools
-pub mod shutdown;
+pub mod route; // read-only or not: the primary or a replica for each statement
+pub mod shutdown; // SIGINT/SIGTERM: drain, then close
 pub mod stream; // a socket: plain TCP or TLS, to clients and to servers
-pub mod tls; // TLS settings (rustls, ring): certificates for clients, verification of servers // SIGINT/SIGTERM: drain, then close
+pub mod tls; // TLS settings (rustls, ring): certificates for clients, verification of servers

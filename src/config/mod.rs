@@ -187,7 +187,8 @@ section! {
         read_your_writes: bool = true, |v| v.bool();
         load_balancing: LoadBalancing = LoadBalancing::LeastOutstanding, |v| v.keyword();
         primary_reads: bool = false, |v| v.bool();
-        /// Lowercase names; when set in the file it replaces DEFAULT_WRITE_FUNCTIONS.
+        /// Lowercase names, `prefix*` for all names that start so; when set in the file it replaces
+        /// DEFAULT_WRITE_FUNCTIONS.
         write_functions: Vec<String> = DEFAULT_WRITE_FUNCTIONS.iter().map(|s| s.to_string()).collect(),
             |v| v.names().map(|names| names.iter().map(|s| s.to_lowercase()).collect());
     }
@@ -199,17 +200,12 @@ section! {
 #[rustfmt::skip]
 pub const DEFAULT_WRITE_FUNCTIONS: &[&str] = &[
     "nextval", "setval", "currval", "lastval",
-    "pg_advisory_lock", "pg_advisory_lock_shared", "pg_advisory_unlock", "pg_advisory_unlock_shared",
-    "pg_advisory_unlock_all", "pg_advisory_xact_lock", "pg_advisory_xact_lock_shared",
-    "pg_try_advisory_lock", "pg_try_advisory_lock_shared", "pg_try_advisory_xact_lock",
-    "pg_try_advisory_xact_lock_shared", "pg_notify",
-    "lo_create", "lo_creat", "lo_import", "lo_export", "lo_unlink", "lo_open", "lo_put",
-    "lo_from_bytea", "lowrite", "lo_truncate", "lo_truncate64",
+    "pg_advisory_*", "pg_try_advisory_*", "pg_notify", "lo_*", "lowrite",
     "set_config", "txid_current", "pg_current_xact_id",
     "pg_current_wal_lsn", "pg_current_wal_insert_lsn", "pg_current_wal_flush_lsn",
     "pg_logical_emit_message", "pg_create_restore_point", "pg_switch_wal",
     "pg_create_physical_replication_slot", "pg_create_logical_replication_slot",
-    "pg_drop_replication_slot", "dblink_exec",
+    "pg_drop_replication_slot", "dblink*",
 ];
 
 use parse::{listen_addr, metrics_listen, replicas, Val};

@@ -98,7 +98,7 @@ fn identifier(text: &[u8], i: usize) -> Option<(Ident<'_>, usize)> {
 }
 
 /// Letters, digits, `_` and `$` (and any non-ASCII byte, as PostgreSQL allows) from `i`.
-fn word(text: &[u8], i: usize) -> &[u8] {
+pub(crate) fn word(text: &[u8], i: usize) -> &[u8] {
     let rest = text.get(i..).unwrap_or_default();
     let n = rest
         .iter()
@@ -127,36 +127,44 @@ pub(crate) fn skip_blank(text: &[u8], mut i: usize) -> usize {
 pub(crate) fn skip_space(text: &[u8], mut i: usize) -> usize {
     loop {
         i = skip_blank(text, i);
-        match text.get(i..i + 2) {
-            Some(b"--") => {
-                while text.get(i).is_some_and(|&c| c != b'\n') {
-                    i += 1;
-                }
-            }
-            Some(b"/*") => {
-                let mut depth = 0usize;
-                while i < text.len() {
-                    match text.get(i..i + 2) {
-                        Some(b"/*") => {
-                            depth += 1;
-                            i += 2;
-                        }
-                        Some(b"*/") => {
-                            depth -= 1;
-                            i += 2;
-                            if depth == 0 {
-                                break;
-                            }
-                        }
-                        _ => i += 1,
-                    }
-                }
-                if depth > 0 {
-                    return text.len();
-                }
-            }
-            _ => return i,
+        match skip_comment(text, i) {
+            Some(end) => i = end,
+            None => return i,
         }
+    }
+}
+
+/// The end of the one comment at `i` (the text's end if it is not closed); None if there is
+/// no comment at `i`.
+pub(crate) fn skip_comment(text: &[u8], mut i: usize) -> Option<usize> {
+    match text.get(i..i + 2) {
+        Some(b"--") => {
+            while text.get(i).is_some_and(|&c| c != b'\n') {
+                i += 1;
+            }
+            Some(i)
+        }
+        Some(b"/*") => {
+            let mut depth = 0usize;
+            while i < text.len() {
+                match text.get(i..i + 2) {
+                    Some(b"/*") => {
+                        depth += 1;
+                        i += 2;
+                    }
+                    Some(b"*/") => {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            return Some(i);
+                        }
+                    }
+                    _ => i += 1,
+                }
+            }
+            Some(text.len())
+        }
+        _ => None,
     }
 }
 
