@@ -167,13 +167,14 @@ fn body(lex: &mut Lexer, deny: &DenyList) -> Verdict {
         match tok {
             Tok::End | Tok::Semi => return v,
             Tok::Bad => return Verdict::Write,
-            Tok::Word(w) => {
-                // UPDATE also covers FOR UPDATE and FOR NO KEY UPDATE.
-                if is(w, &["into", "insert", "update", "delete", "merge"])
-                    || (after_for && is(w, &["share", "no", "key"]))
-                {
-                    return Verdict::Write;
-                }
+            // UPDATE also covers FOR UPDATE and FOR NO KEY UPDATE. The first letter is a cheap
+            // test: most words are none of these.
+            Tok::Word(w)
+                if w.first().is_some_and(|c| b"iudmskn".contains(&(c | 0x20)))
+                    && (is(w, &["into", "insert", "update", "delete", "merge"])
+                        || (after_for && is(w, &["share", "no", "key"]))) =>
+            {
+                return Verdict::Write
             }
             Tok::Open if name.is_some_and(|n| deny.matches(n)) => v = Verdict::Doubt,
             Tok::Str { ambiguous: true } => v = Verdict::Doubt,
