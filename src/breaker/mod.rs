@@ -110,9 +110,13 @@ pub struct BreakerSnapshot {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum State {
     Closed,
-    Open { next_probe_at: Instant },
+    Open {
+        next_probe_at: Instant,
+    },
     /// `probe` is the id of the one outstanding guard.
-    HalfOpen { probe: u64 },
+    HalfOpen {
+        probe: u64,
+    },
 }
 
 struct Inner {
@@ -477,7 +481,8 @@ impl Drop for ProbeGuard {
     fn drop(&mut self) {
         if !self.done {
             let detail = "the probe was cancelled before it finished".to_owned();
-            self.breaker.probe_done(self.probe, Err((FailureCause::ProbeAbandoned, detail)), false);
+            self.breaker
+                .probe_done(self.probe, Err((FailureCause::ProbeAbandoned, detail)), false);
         }
     }
 }

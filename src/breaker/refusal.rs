@@ -17,7 +17,11 @@ impl OpenInfo {
             Some(at) if at <= self.now => "next probe due now".to_owned(),
             Some(at) => format!("next probe in {:.1} s", (at - self.now).as_secs_f64()),
         };
-        let last = if self.last_error.is_empty() { "none" } else { &self.last_error };
+        let last = if self.last_error.is_empty() {
+            "none"
+        } else {
+            &self.last_error
+        };
         let message = format!(
             "pgmux: circuit breaker open for {} ({} of {database:?}) since {} after {} consecutive failures; \
              last error: {last}; {next}",
