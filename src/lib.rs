@@ -6,6 +6,7 @@
 
 pub mod auth; // server-side SCRAM and md5, and the cache of derived keys
 pub mod backend; // server connections: connect, log in, settings
+pub mod breaker; // circuit breaker of one backend address: closed, open, half-open
 pub mod config; // pooler.toml: schema, defaults, validation
 pub mod frontend; // per-client task: startup, auth, session loop, relay
 pub mod listener; // accept loop

@@ -153,7 +153,8 @@ section! {
     /// `[breaker]`, per backend address.
     BreakerConfig, BREAKER_KEYS, set_breaker {
         failure_threshold: u32 = 5, |v| v.u32(1);
-        open_timeout: Duration = secs(30), |v| v.duration();
+        /// Never zero: every caller in turn would be the probe, a breaker that never rests.
+        open_timeout: Duration = secs(30), |v| v.nonzero_duration();
     }
 }
 

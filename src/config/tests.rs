@@ -136,6 +136,7 @@ pooler = 1 => pooler.toml:1: pooler: expected a table, found an integer
 [pooler] | query_timeout = nan => pooler.query_timeout: must not be negative, found nan
 [pooler] | query_timeout = inf => pooler.query_timeout: inf seconds is too large
 [pooler] | query_timeout = "5s" => pooler.query_timeout: expected a number of seconds such as 5 or 0.25, found a string
+[breaker] | open_timeout = 0 => pooler.toml:2: breaker.open_timeout: must be greater than 0
 [breaker] | open_timeout = true => breaker.open_timeout: expected a number of seconds, found a boolean
 [pooler] | default_pool_size = 5 | min_pool_size = 6 => pooler.toml:3: pooler.min_pool_size: 6 is larger than default_pool_size 5
 [databases.d] | pool_size = 4 | min_pool_size = 5 => pooler.toml:3: databases.d.min_pool_size: 5 is larger than the pool size 4 (databases.d.pool_size)
