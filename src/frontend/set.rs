@@ -8,7 +8,7 @@
 //! still goes to the server and pgmux forgets nothing and remembers nothing.
 
 use crate::backend::settings::{Settings, REPORTED};
-use crate::prepared::query::{at_end, skip_blank, skip_space};
+use crate::prepared::query::{at_end, skip_blank, skip_space, word};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -159,7 +159,11 @@ fn name(text: &[u8], mut i: usize) -> Option<(String, usize)> {
 fn item(text: &[u8], i: usize) -> Option<usize> {
     let end = match *text.get(i)? {
         q @ (b'\'' | b'"') => quoted(text, i, q)?,
-        c if c.is_ascii_alphabetic() || c == b'_' => i + word(text, i).len(),
+        // ASCII only: a value must mean the same whatever the client encoding.
+        c if c.is_ascii_alphabetic() || c == b'_' => match word(text, i) {
+            w if w.is_ascii() => i + w.len(),
+            _ => return None,
+        },
         _ => number(text, i)?,
     };
     // `E'...'`, `64MB`, `$1` and the like are not items.
@@ -208,16 +212,6 @@ fn quoted(text: &[u8], i: usize, quote: u8) -> Option<usize> {
     }
     // An empty quoted identifier is an error in PostgreSQL; an empty string is fine.
     (quote == b'\'' || j > i + 1).then_some(j + 1)
-}
-
-/// Letters, digits, `_` and `$` from `i`.
-fn word(text: &[u8], i: usize) -> &[u8] {
-    let rest = text.get(i..).unwrap_or_default();
-    let n = rest
-        .iter()
-        .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_' || c == b'$'))
-        .unwrap_or(rest.len());
-    rest.get(..n).unwrap_or_default()
 }
 
 #[cfg(test)]
