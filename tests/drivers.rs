@@ -243,6 +243,26 @@ fn error_text(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Checks the client's row count and sum of `seq`, through `c`: the client or its transaction.
+async fn count_is(
+    c: &impl tokio_postgres::GenericClient,
+    count: &tokio_postgres::Statement,
+    i: i32,
+    want: (i32, i32),
+    what: &str,
+) -> Result<(), String> {
+    let row = c
+        .query_one(count, &[&i])
+        .await
+        .map_err(|e| format!("{what}: count: {}", error_text(&e)))?;
+    let got = (row.get::<_, i32>(0), row.get::<_, i32>(1));
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("{what}: got {got:?}, want {want:?}"))
+    }
+}
+
 /// One tokio-postgres client's rounds, the same workload as the driver programs. tokio-postgres
 /// names its statements s0, s1, ... across the process, so names never repeat here.
 async fn tokio_postgres_client(url: &str, i: i32, rounds: i32) -> Result<(), String> {
@@ -335,29 +355,10 @@ async fn tokio_postgres_client(url: &str, i: i32, rounds: i32) -> Result<(), Str
             tx.execute(&insert, &[&i, &(1000 + r), &"rolled back"])
                 .await
                 .map_err(db(&format!("{tag}: insert in transaction")))?;
-            let got = counted(
-                tx.query_one(&count, &[&i])
-                    .await
-                    .map_err(db(&format!("{tag}: count")))?,
-            );
             let inside = (want.0 + 1, want.1 + 1000 + r);
-            check(
-                format!("{tag}: count inside the transaction"),
-                format!("{got:?}"),
-                format!("{inside:?}"),
-            )?;
+            count_is(&tx, &count, i, inside, &format!("{tag}: count inside the transaction")).await?;
             tx.rollback().await.map_err(db(&format!("{tag}: rollback")))?;
-            let got = counted(
-                client
-                    .query_one(&count, &[&i])
-                    .await
-                    .map_err(db(&format!("{tag}: count")))?,
-            );
-            check(
-                format!("{tag}: count after rollback"),
-                format!("{got:?}"),
-                format!("{want:?}"),
-            )?;
+            count_is(&client, &count, i, want, &format!("{tag}: count after rollback")).await?;
         }
 
         if r % 4 == 3 {
@@ -385,17 +386,14 @@ async fn tokio_postgres_client(url: &str, i: i32, rounds: i32) -> Result<(), Str
                 calc_get(row),
                 calc_want(r),
             )?;
-            let got = counted(
-                client
-                    .query_one(&count, &[&i])
-                    .await
-                    .map_err(db(&format!("{tag}: count")))?,
-            );
-            check(
-                format!("{tag}: count after the failed transaction"),
-                format!("{got:?}"),
-                format!("{want:?}"),
-            )?;
+            count_is(
+                &client,
+                &count,
+                i,
+                want,
+                &format!("{tag}: count after the failed transaction"),
+            )
+            .await?;
         }
     }
     Ok(())
