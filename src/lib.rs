@@ -16,5 +16,6 @@ pub mod protocol; // framing, startup packets, messages pgmux writes
 pub mod reload; // SIGHUP: re-read the config file, reconfigure the pools
 pub mod route; // read-only or not: the primary or a replica for each statement
 pub mod shutdown; // SIGINT/SIGTERM: drain, then close
+pub mod stats; // counters, latency histograms, slow queries: what the console and metrics show
 pub mod stream; // a socket: plain TCP or TLS, to clients and to servers
 pub mod tls; // TLS settings (rustls, ring): certificates for clients, verification of servers

@@ -126,7 +126,7 @@ impl Shutdown {
             tracing::warn!(left = this.tracker.len(), "client tasks still running at exit");
         }
         for pool in shared.pools.all().into_iter().chain(shared.pools.retired()) {
-            while pool.close_one_idle("pgmux is shutting down") {}
+            while pool.close_one_idle("pgmux is shutting down", crate::stats::CloseReason::Admin) {}
         }
     }
 }

@@ -43,6 +43,16 @@ impl Stream {
         !matches!(self, Stream::Plain(_))
     }
 
+    /// The socket's descriptor (under TLS, the TCP socket's).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Stream::Plain(s) => s.as_raw_fd(),
+            Stream::Tls(s) => s.get_ref().0.as_raw_fd(),
+            Stream::ServerTls(s) => s.get_ref().0.as_raw_fd(),
+        }
+    }
+
     /// True when an idle connection has nothing to say: a peer that closed it (TCP FIN, TLS
     /// close_notify) or sent something unasked is not quiet. Never blocks: a plain socket is
     /// probed with `try_read`; a TLS one is polled once with a no-op waker, so data rustls

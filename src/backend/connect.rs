@@ -171,6 +171,7 @@ async fn login(
         settings: Settings::default(),
         in_flight: Default::default(),
         prepared: Default::default(),
+        generation: 0,
     };
     Ok((server, reported))
 }

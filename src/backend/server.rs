@@ -22,6 +22,8 @@ pub struct ServerConn {
     pub in_flight: std::sync::Arc<super::cancel::InFlight>,
     /// Pooler-wide prepared statements it holds (transaction and statement modes).
     pub prepared: crate::prepared::ServerStatements,
+    /// The pool's RECONNECT generation when it was opened.
+    pub generation: u32,
 }
 
 impl ServerConn {

@@ -4,32 +4,61 @@
 //!
 //! A server with a cancel in flight is not handed to another client until the cancel is done
 //! (PgBouncer's `sv_being_canceled`), so a late cancel never hits someone else's query.
+//!
+//! The registry of handles is also the list of clients the console shows (SHOW CLIENTS) and
+//! acts on (KILL_CLIENT, KILL): each handle carries what the console reports about its client.
 
 use crate::backend::cancel::{cancel, InFlight};
 use crate::backend::ServerConn;
 use crate::pool::Pool;
+use crate::stats::now_us;
 use dashmap::DashMap;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long pgmux waits for PostgreSQL to act on a cancel before it gives up on it.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The server a client holds, as a cancel needs it.
+/// The server a client holds, as a cancel needs it (and SHOW SERVERS shows it).
 #[derive(Clone)]
-struct Held {
-    process_id: i32,
+pub struct Held {
+    pub process_id: i32,
     secret_key: i32,
     in_flight: Arc<InFlight>,
+    pub server_id: u64,
+    pub created: Instant,
+    pub tls: bool,
 }
 
-/// One client's cancel key and the server it holds now.
+/// One client's cancel key, the server it holds now, and what the console shows of it.
 pub struct CancelHandle {
     pub process_id: i32,
     secret_key: i32,
     /// The client's pool, whose server address a cancel goes to.
     pub pool: Arc<Pool>,
     held: Mutex<Option<Held>>,
+    pub peer: Option<SocketAddr>,
+    pub tls: bool,
+    pub application_name: Box<str>,
+    /// µs since start (`stats::now_us`): login, last request, waiting for a server since (0: not).
+    pub connected_at: u64,
+    pub request_at: AtomicU64,
+    pub wait_since: AtomicU64,
+    /// KILL_CLIENT or KILL: the session ends at its next step and says why.
+    pub killed: AtomicBool,
+    /// The client's socket, while its session owns it (see `kill`).
+    socket: Mutex<Option<RawFd>>,
+}
+
+/// What `CancelRegistry::register` records of a new client.
+pub struct ClientFacts {
+    pub peer: Option<SocketAddr>,
+    pub tls: bool,
+    pub application_name: Box<str>,
+    pub socket: RawFd,
 }
 
 impl CancelHandle {
@@ -43,6 +72,9 @@ impl CancelHandle {
             process_id: server.process_id,
             secret_key: server.secret_key,
             in_flight: server.in_flight.clone(),
+            server_id: server.id,
+            created: server.created,
+            tls: server.stream.is_tls(),
         };
         *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(held);
     }
@@ -52,12 +84,38 @@ impl CancelHandle {
         self.held.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
+    /// The server it holds now, if any.
+    pub fn held(&self) -> Option<Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The session is about to close the socket: `kill` must not touch it from now on.
+    pub fn forget_socket(&self) {
+        self.socket.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// KILL_CLIENT: marks the client killed and shuts its socket for reading, so the session,
+    /// wherever it waits, sees the end of its input, rolls back what it held and tells the client
+    /// why before it closes. The descriptor is used under the lock the session takes (in
+    /// `forget_socket`) before it closes the socket, so it is never someone else's.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fd) = *socket {
+            // SAFETY: the session keeps the socket open while `socket` holds its descriptor,
+            // and it clears `socket` under this lock before closing it.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let _ = socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Read);
+        }
+    }
+
     /// Cancels whatever the held server runs (a cancel request, or query_timeout). Returns
     /// false when the client holds no server.
     pub async fn cancel_held(&self) -> bool {
         let Some(held) = self.held.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
             return false;
         };
+        self.pool.counts.cancels.fetch_add(1, Ordering::Relaxed);
         held.in_flight.begin();
         let target = &self.pool.target;
         let sent = tokio::time::timeout(CANCEL_TIMEOUT, cancel(target, held.process_id, held.secret_key)).await;
@@ -65,6 +123,7 @@ impl CancelHandle {
             tracing::warn!(pool = %self.pool, backend_pid = held.process_id, "cancel request to the server failed");
         }
         held.in_flight.end();
+        self.pool.counts.cancels.fetch_sub(1, Ordering::Relaxed);
         true
     }
 }
@@ -76,13 +135,22 @@ pub struct CancelRegistry {
 }
 
 impl CancelRegistry {
-    pub fn register(&self, process_id: i32, pool: Arc<Pool>) -> Arc<CancelHandle> {
+    pub fn register(&self, process_id: i32, pool: Arc<Pool>, facts: ClientFacts) -> Arc<CancelHandle> {
         let secret_key = rand::random();
+        let now = now_us();
         let handle = Arc::new(CancelHandle {
             process_id,
             secret_key,
             pool,
             held: Mutex::new(None),
+            peer: facts.peer,
+            tls: facts.tls,
+            application_name: facts.application_name,
+            connected_at: now,
+            request_at: AtomicU64::new(now),
+            wait_since: AtomicU64::new(0),
+            killed: AtomicBool::new(false),
+            socket: Mutex::new(Some(facts.socket)),
         });
         self.clients.insert(process_id, handle.clone());
         handle
@@ -90,6 +158,17 @@ impl CancelRegistry {
 
     pub fn unregister(&self, process_id: i32) {
         self.clients.remove(&process_id);
+    }
+
+    /// Every logged-in client, in login order.
+    pub fn all(&self) -> Vec<Arc<CancelHandle>> {
+        let mut all: Vec<_> = self.clients.iter().map(|e| e.value().clone()).collect();
+        all.sort_by_key(|h| h.connected_at);
+        all
+    }
+
+    pub fn get(&self, process_id: i32) -> Option<Arc<CancelHandle>> {
+        self.clients.get(&process_id).map(|e| e.value().clone())
     }
 
     /// The handle a CancelRequest's key names, if the key is right.

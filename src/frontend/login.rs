@@ -2,7 +2,7 @@
 //! welcome (ParameterStatus, BackendKeyData).
 
 use super::auth::authenticate;
-use super::cancel::CancelHandle;
+use super::cancel::{CancelHandle, ClientFacts};
 use super::conn::ClientConn;
 use super::session::{self, Session};
 use super::startup::{read_startup, Startup};
@@ -197,11 +197,18 @@ async fn login(
     }
     // Process ids stay positive, as PostgreSQL's do; they wrap after 2^31 logins.
     let process_id = (shared.next_client_id() % i32::MAX as u64) as i32 + 1;
-    let cancel = shared.cancels.register(process_id, pool.clone());
+    let facts = ClientFacts {
+        peer: client.stream.peer_addr().ok(),
+        tls: client.stream.is_tls(),
+        application_name: settings.get("application_name").unwrap_or_default().into(),
+        socket: client.stream.raw_fd(),
+    };
+    let cancel = shared.cancels.register(process_id, pool.clone(), facts);
     msg::backend_key_data(&mut out, process_id, cancel.secret_key());
     msg::ready_for_query(&mut out, b'I');
     let settings = pool.share_settings(settings);
     if client.write(&out).await.is_err() {
+        cancel.forget_socket();
         shared.cancels.unregister(process_id);
         return Err(gone());
     }

@@ -8,11 +8,13 @@
 use super::conn::{protocol_violation, ClientConn};
 use super::set;
 use super::timers::{Phase, Timeouts, Watch};
-use super::track::{scan_client, Intercept, ServerScan, ServerStop, Tracker};
+use super::track::{error_class, scan_client, Intercept, ServerScan, ServerStop, Tracker};
 use crate::backend::{ServerConn, Settings};
+use crate::pool::Pool;
 use crate::prepared::{self, rewrite::Position};
 use crate::protocol::frame::{peek_header, HEADER_LEN};
 use crate::protocol::messages::PgError;
+use crate::stats::meter::{Captured, Meter};
 use bytes::{Buf, BytesMut};
 use std::future::poll_fn;
 use std::io;
@@ -59,6 +61,8 @@ pub struct RelayState {
     pub out: BytesMut,
     /// A SET or RESET waiting for its ReadyForQuery (`ServerScan::watch`).
     set: Option<set::Command>,
+    /// Counts and latencies for the pool's stats.
+    pub meter: Meter,
 }
 
 impl RelayState {
@@ -73,6 +77,7 @@ impl RelayState {
             started: false,
             out: BytesMut::new(),
             set: None,
+            meter: Meter::default(),
         }
     }
 }
@@ -83,6 +88,7 @@ pub async fn relay(
     server: &mut ServerConn,
     settings: &mut Settings,
     state: &mut RelayState,
+    pool: &Pool,
 ) -> RelayEnd {
     let RelayState {
         to_client,
@@ -94,6 +100,7 @@ pub async fn relay(
         started,
         out,
         set: pending_set,
+        meter,
     } = state;
     let (release_at_idle, statement_mode) = (*release_at_idle, *statement_mode);
     // Prepared statements are tracked where a client may change servers between transactions.
@@ -101,6 +108,9 @@ pub async fn relay(
     if !*started {
         *started = true;
         server.prepared.replies.clear();
+        let waiting = client.buf.get(..client.ready).unwrap_or_default();
+        meter.from_client(waiting.len());
+        meter.requests(waiting, true);
         if release_at_idle {
             watch_set(client.buf.get(..client.ready), &client.tracker, scan, pending_set);
         }
@@ -147,6 +157,7 @@ pub async fn relay(
             match poll_read_buf(Pin::new(&mut client.stream), cx, &mut client.buf) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
                 Poll::Ready(Ok(_)) => {
+                    let quiet_before = client.tracker.quiet();
                     match scan_client(
                         &client.buf,
                         client.ready,
@@ -157,6 +168,9 @@ pub async fn relay(
                             let from = client.ready;
                             client.ready = found.end;
                             client.terminate = found.terminate;
+                            let frames = client.buf.get(from..found.end).unwrap_or_default();
+                            meter.from_client(frames.len());
+                            meter.requests(frames, quiet_before);
                             if release_at_idle {
                                 watch_set(client.buf.get(from..found.end), &client.tracker, scan, pending_set);
                             }
@@ -188,7 +202,9 @@ pub async fn relay(
             match poll_read_buf(Pin::new(&mut server.stream), cx, &mut server.buf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(RelayEnd::ServerGone(io::ErrorKind::UnexpectedEof.into())),
                 Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::ServerGone(e)),
-                Poll::Ready(Ok(_)) => {
+                Poll::Ready(Ok(n)) => {
+                    meter.to_client(n);
+                    let answered_before = scan.answered;
                     let mut from = *to_client;
                     loop {
                         scan.intercept = match (tracking, server.prepared.replies.is_empty()) {
@@ -207,6 +223,7 @@ pub async fn relay(
                         );
                         match found {
                             Ok((at, ServerStop::Intercept)) => {
+                                count_intercepted(&server.buf, at, scan);
                                 let answered = scan.answered;
                                 from = prepared::on_reply(
                                     &mut server.buf,
@@ -229,6 +246,17 @@ pub async fn relay(
                             }
                             Err(e) => return Poll::Ready(RelayEnd::ServerGone(io::Error::other(e.to_string()))),
                         }
+                    }
+                    meter.server_parsed(std::mem::take(&mut scan.parses));
+                    for (class, n) in scan.errors.take() {
+                        for _ in 0..n {
+                            pool.stats.error(&class);
+                        }
+                    }
+                    let answered = scan.answered.wrapping_sub(answered_before);
+                    let t = &client.tracker;
+                    if let Some(us) = meter.answered(answered, t.pending, t.status, &pool.stats) {
+                        slow_query(pool, meter, &client.prepared, us);
                     }
                     progress = true;
                 }
@@ -300,6 +328,36 @@ fn watch_set(frames: Option<&[u8]>, t: &Tracker, scan: &mut ServerScan, pending:
         scan.watch = Some(scan.answered.wrapping_add(1));
         scan.watch_failed = false;
         scan.watched = None;
+    }
+}
+
+/// A frame the scan stopped at for prepared-statement tracking is counted here (the scan
+/// counts the ones it passes).
+fn count_intercepted(buf: &[u8], at: usize, scan: &mut ServerScan) {
+    let Ok(Some((tag, total))) = peek_header(buf.get(at..).unwrap_or_default(), usize::MAX >> 1) else {
+        return;
+    };
+    match tag {
+        b'1' => scan.parses += 1,
+        b'E' => scan
+            .errors
+            .push(error_class(buf.get(at + HEADER_LEN..at + total).unwrap_or_default())),
+        _ => {}
+    }
+}
+
+/// A query ran past slow_query_threshold: into the pool's list, and logged the first time.
+fn slow_query(pool: &Pool, meter: &Meter, prepared: &prepared::ClientStatements, us: u64) {
+    let text: &[u8] = match meter.captured() {
+        Some(Captured::Text(text)) => text,
+        Some(Captured::Statement(name)) => match prepared.get(name) {
+            Some(statement) => statement.text(),
+            None => name,
+        },
+        None => return,
+    };
+    if let Some(query) = pool.stats.slow.record(text, us) {
+        tracing::warn!(pool = %pool, ms = us / 1000, %query, "slow query (slower than slow_query_threshold)");
     }
 }
 

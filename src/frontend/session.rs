@@ -13,6 +13,7 @@ use crate::pool::{Lease, Pool};
 use crate::prepared;
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::PgError;
+use crate::stats::{meter::Meter, now_us};
 use bytes::{Buf, BytesMut};
 use std::future::Future;
 use std::pin::{pin, Pin};
@@ -35,6 +36,8 @@ pub struct Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        // Before the socket closes (the fields drop after this).
+        self.cancel.forget_socket();
         ClientSlot::release(&self.shared);
     }
 }
@@ -64,7 +67,15 @@ pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
                 break None;
             }
         };
+        let invalid = match s.cancel.killed.load(Ordering::Acquire) {
+            true => Some(Box::new(PgError::fatal(
+                "57P01",
+                "terminated by the pgmux console (KILL_CLIENT or KILL)",
+            ))),
+            false => invalid,
+        };
         if let Some(e) = invalid {
+            s.cancel.pool.stats.error(e.code.as_bytes());
             Box::pin(s.client.send_error(&e)).await;
         }
         s.shared.cancels.unregister(s.cancel.process_id);
@@ -100,13 +111,22 @@ async fn transaction(s: &mut Session) -> Flow {
         }
     }
     let watch = &Watch::new(&s.shared.shutdown, s.cancel.process_id as u32);
+    let asked = now_us();
+    s.cancel.request_at.store(asked, Ordering::Relaxed);
+    s.cancel.wait_since.store(asked, Ordering::Relaxed);
     let waited = {
         let work = pin!(s.client.wait_with(checkout(&s.cancel.pool, &s.settings)));
         drain::until_deadline(watch, work).await
     };
+    s.cancel.wait_since.store(0, Ordering::Relaxed);
+    let stats = &s.cancel.pool.stats;
+    stats
+        .wait_time
+        .fetch_add(now_us().saturating_sub(asked), Ordering::Relaxed);
     let mut lease = match waited {
         Some(Waited::Done(Ok(lease))) => lease,
         Some(Waited::Done(Err(e)) | Waited::Invalid(e)) => {
+            stats.error(e.code.as_bytes());
             s.client.send_error(&e).await;
             return Flow::Stop;
         }
@@ -118,10 +138,17 @@ async fn transaction(s: &mut Session) -> Flow {
     };
     s.cancel.attach(lease.conn());
     let mut state = RelayState::new(mode != PoolMode::Session, mode == PoolMode::Statement, timeouts);
+    state.meter = Meter::new(slow_threshold(&s.shared));
     // Session mode never sees Release: the relay runs until the client leaves.
     let end = loop {
         let relayed = {
-            let work = pin!(relay(&mut s.client, lease.conn(), &mut s.settings, &mut state));
+            let work = pin!(relay(
+                &mut s.client,
+                lease.conn(),
+                &mut s.settings,
+                &mut state,
+                &s.cancel.pool
+            ));
             drain::until_deadline(watch, work).await
         };
         let Some(end) = relayed else {
@@ -140,6 +167,7 @@ async fn transaction(s: &mut Session) -> Flow {
     };
     s.cancel.detach();
     let (client, pool) = (&mut s.client, &s.cancel.pool);
+    state.meter.flush(&pool.stats);
     match end {
         RelayEnd::Release => {
             give_back(lease).await;
@@ -149,6 +177,7 @@ async fn transaction(s: &mut Session) -> Flow {
         }
         RelayEnd::ClientGone => clean_up(lease, client, pool, &pool.settings().server_reset_query).await,
         RelayEnd::TransactionBlock => {
+            pool.stats.error(b"0A000");
             let error = PgError::fatal(
                 "0A000",
                 "transaction blocks are not allowed in statement pooling mode (pool_mode = \"statement\")",
@@ -159,10 +188,13 @@ async fn transaction(s: &mut Session) -> Flow {
             clean_up(lease, client, pool, "").await;
         }
         RelayEnd::Timeout(phase) => {
-            client.send_error(&timeout_error(phase, &timeouts)).await;
+            let error = timeout_error(phase, &timeouts);
+            pool.stats.error(error.code.as_bytes());
+            client.send_error(&error).await;
             clean_up(lease, client, pool, &pool.settings().server_reset_query).await;
         }
         RelayEnd::ClientInvalid(e) => {
+            pool.stats.error(e.code.as_bytes());
             client.send_error(&e).await;
             clean_up(lease, client, pool, &pool.settings().server_reset_query).await;
         }
@@ -171,6 +203,7 @@ async fn transaction(s: &mut Session) -> Flow {
             tracing::warn!(pool = %pool, server = %addr, error = %e, "server connection lost");
             let error = PgError::fatal("08006", format!("server connection lost ({addr}): {e}"))
                 .with_hint("the server closed the connection or crashed; reconnect to get a new one");
+            pool.stats.error(b"08006");
             client.send_error(&error).await;
         }
     }
@@ -198,6 +231,11 @@ async fn answer_alone(s: &mut Session) -> Option<Flow> {
         Ok(()) => Flow::Next,
         Err(_) => Flow::Stop,
     })
+}
+
+/// slow_query_threshold in µs (0: off).
+fn slow_threshold(shared: &Shared) -> u64 {
+    shared.config.load().pooler.slow_query_threshold.as_micros() as u64
 }
 
 /// The timeouts in force now (a reload changes them for the next transaction).

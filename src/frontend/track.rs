@@ -157,6 +157,49 @@ pub struct ServerScan {
     pub watch_failed: bool,
     /// The watched statement ended: whether it succeeded outside a transaction block.
     pub watched: Option<bool>,
+    /// ParseCompletes passed over (intercepted ones are the relay's to count).
+    pub parses: u32,
+    /// SQLSTATE classes of the ErrorResponses passed over (likewise).
+    pub errors: ErrorClasses,
+}
+
+/// SQLSTATE classes and how many errors of each, for the pool's error counts; the relay
+/// takes them after each scan.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ErrorClasses {
+    seen: [([u8; 2], u32); 4],
+    len: u8,
+}
+
+impl ErrorClasses {
+    pub fn push(&mut self, class: [u8; 2]) {
+        let len = self.len as usize;
+        if let Some(slot) = self.seen[..len].iter_mut().find(|(c, _)| *c == class) {
+            slot.1 += 1;
+        } else if let Some(slot) = self.seen.get_mut(len) {
+            *slot = (class, 1);
+            self.len += 1;
+        } else if let Some(last) = self.seen.last_mut() {
+            // More classes than slots in one read: the count stays right, the class is the last's.
+            last.1 += 1;
+        }
+    }
+
+    pub fn take(&mut self) -> impl Iterator<Item = ([u8; 2], u32)> {
+        let taken = std::mem::take(self);
+        taken.seen.into_iter().take(taken.len as usize)
+    }
+}
+
+/// The SQLSTATE class of an ErrorResponse's body (`XX` when it names none).
+pub fn error_class(body: &[u8]) -> [u8; 2] {
+    let mut fields = body.split(|&b| b == 0);
+    fields
+        .find_map(|f| match f {
+            [b'C', a, b, ..] => Some([*a, *b]),
+            _ => None,
+        })
+        .unwrap_or(*b"XX")
 }
 
 /// Which frames a scan stops at for prepared-statement tracking (`prepared::on_reply`).
@@ -209,7 +252,10 @@ impl ServerScan {
             if tag == b'E' && self.watch.is_some() {
                 self.watch_failed = true;
             }
-            if !wanted && !matches!(tag, b'Z' | b'S') {
+            if !wanted && !matches!(tag, b'Z' | b'S' | b'E') {
+                if tag == b'1' {
+                    self.parses += 1;
+                }
                 self.skip = total;
                 continue;
             }
@@ -217,6 +263,11 @@ impl ServerScan {
                 return Ok((pos, ServerStop::More));
             };
             let body = &frame[HEADER_LEN..];
+            if tag == b'E' && !wanted {
+                self.errors.push(error_class(body));
+                pos += total;
+                continue;
+            }
             if wanted {
                 if self.intercept == Intercept::Replies || body.first() == Some(&b'D') {
                     return Ok((pos, ServerStop::Intercept));

@@ -144,7 +144,10 @@ impl Limit {
             .filter(|p| !std::ptr::eq(Arc::as_ptr(p), except))
             .max_by_key(|p| p.idle_count());
         match victim {
-            Some(pool) => pool.close_one_idle(&format!("making room under {} for pool {except}", self.kind.setting())),
+            Some(pool) => pool.close_one_idle(
+                &format!("making room under {} for pool {except}", self.kind.setting()),
+                crate::stats::CloseReason::Idle,
+            ),
             None => false,
         }
     }

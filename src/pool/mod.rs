@@ -1,5 +1,6 @@
 //! Pools of server connections, one per (database, user), and the registry that holds them.
 
+pub mod gate;
 pub mod janitor;
 pub mod limits;
 mod open;
@@ -8,6 +9,7 @@ pub mod permits;
 pub mod pool;
 pub mod registry;
 
+pub use gate::Gate;
 pub use limits::{Limit, LimitKind};
-pub use pool::{Lease, Pool, PoolError, PoolSettings};
+pub use pool::{IdleServer, Lease, Pool, PoolError, PoolSettings};
 pub use registry::{PoolKey, Pools, Reconfigured};

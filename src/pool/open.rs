@@ -5,6 +5,7 @@
 use super::limits::Limit;
 use super::pool::{Pool, PoolError, PoolSettings};
 use crate::backend::{connect, BackendError, Credentials, ServerConn};
+use crate::stats::CloseReason;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,7 +88,10 @@ impl Pool {
             t if t.is_zero() => CHECK_TIMEOUT,
             t => t,
         };
-        let why = match tokio::time::timeout(limit, conn.run(&settings.server_check_query)).await {
+        self.counts.testing.fetch_add(1, Ordering::Relaxed);
+        let checked = tokio::time::timeout(limit, conn.run(&settings.server_check_query)).await;
+        self.counts.testing.fetch_sub(1, Ordering::Relaxed);
+        let why = match checked {
             Ok(Ok(outcome)) if outcome.error.is_none() && outcome.status == b'I' && conn.buf.is_empty() => {
                 return Some(conn)
             }
@@ -101,7 +105,7 @@ impl Pool {
             Ok(Err(e)) => format!("server_check_query failed: {e}"),
             Err(_) => format!("server_check_query took longer than {} s", limit.as_secs_f64()),
         };
-        self.discard(conn, &why);
+        self.discard(conn, &why, CloseReason::Broken);
         None
     }
 
@@ -191,7 +195,10 @@ impl Pool {
         let settings = self.settings();
         let mut target = self.target.clone();
         target.connect_timeout = settings.server_connect_timeout;
-        match connect(&target, &self.credentials()).await {
+        self.counts.opening.fetch_add(1, Ordering::Relaxed);
+        let connected = connect(&target, &self.credentials()).await;
+        self.counts.opening.fetch_sub(1, Ordering::Relaxed);
+        match connected {
             Ok((conn, reported)) => {
                 self.login_failure.lock().unwrap_or_else(|e| e.into_inner()).take();
                 Ok(self.opened(conn, reported))
@@ -235,8 +242,10 @@ impl Pool {
         Ok(self.opened(conn, reported))
     }
 
-    fn opened(&self, conn: ServerConn, reported: Vec<(String, String)>) -> ServerConn {
+    fn opened(&self, mut conn: ServerConn, reported: Vec<(String, String)>) -> ServerConn {
+        conn.generation = self.generation();
         self.counts.servers.fetch_add(1, Ordering::Relaxed);
+        self.stats.server_opens.fetch_add(1, Ordering::Relaxed);
         self.set_welcome(reported);
         tracing::info!(pool = %self, server = conn.id, backend_pid = conn.process_id, "new server connection");
         conn
@@ -247,6 +256,7 @@ impl Pool {
     /// its own pool).
     pub fn spawn_fill_min(self: &Arc<Self>) {
         if self.counts.servers.load(Ordering::Relaxed) >= self.settings.load().min_size
+            || self.paused()
             || self.filling.swap(true, Ordering::AcqRel)
         {
             return;

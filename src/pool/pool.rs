@@ -11,11 +11,13 @@
 //! The hot path (a free permit, an idle connection, no check due) is one semaphore CAS, one
 //! short lock of the idle list and a settings load; `open.rs` holds the slow paths.
 
+use super::gate::Gate;
 use super::limits::Limit;
 use super::permits::Permits;
 use crate::backend::{BackendError, Credentials, ServerConn, Settings, Target};
 use crate::config::PoolMode;
 use crate::protocol::messages::PgError;
+use crate::stats::{CloseReason, PoolStats};
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -89,8 +91,18 @@ pub struct PoolSettings {
 pub struct PoolCounts {
     pub clients: AtomicU32,
     pub waiting: AtomicU32,
+    /// Open server connections: idle, in use, being checked; not those logging in.
     pub servers: AtomicU32,
+    /// Lent to a client.
     pub active: AtomicU32,
+    /// Logging in (sv_login).
+    pub opening: AtomicU32,
+    /// Running server_check_query (sv_tested).
+    pub testing: AtomicU32,
+    /// Cancel requests on their way to a server of this pool.
+    pub cancels: AtomicU32,
+    /// Connections a RECONNECT marked for closing that are still open (WAIT_CLOSE).
+    pub stale: AtomicU32,
 }
 
 pub struct Pool {
@@ -119,6 +131,19 @@ pub struct Pool {
     /// Prepared statements some server of the pool parsed without error.
     pub known_statements: Arc<crate::prepared::local::Known>,
     pub counts: PoolCounts,
+    pub stats: PoolStats,
+    /// PAUSE, KILL, DISABLE: this database's gate and the one for every database.
+    pub gates: [Arc<Gate>; 2],
+    /// Bumped by RECONNECT: connections opened before are closed when they come back.
+    generation: AtomicU32,
+}
+
+/// What a pool shares with others: the connection limits of its database and server login
+/// user, and the console's gates.
+pub struct Links {
+    pub db_limit: Arc<Limit>,
+    pub user_limit: Arc<Limit>,
+    pub gates: [Arc<Gate>; 2],
 }
 
 /// How many distinct startup settings a pool shares; clients past that keep their own copy.
@@ -131,9 +156,13 @@ impl Pool {
         target: Target,
         credentials: Credentials,
         settings: PoolSettings,
-        db_limit: Arc<Limit>,
-        user_limit: Arc<Limit>,
+        links: Links,
     ) -> Pool {
+        let Links {
+            db_limit,
+            user_limit,
+            gates,
+        } = links;
         Pool {
             database,
             user,
@@ -152,7 +181,29 @@ impl Pool {
             shared_settings: Mutex::new(Vec::new()),
             known_statements: Arc::default(),
             counts: PoolCounts::default(),
+            stats: PoolStats::default(),
+            gates,
+            generation: AtomicU32::new(0),
         }
+    }
+
+    /// PAUSE or KILL holds this pool's new transactions.
+    #[inline]
+    pub fn paused(&self) -> bool {
+        self.gates.iter().any(|g| g.paused())
+    }
+
+    /// RECONNECT: every connection open now is closed as soon as it is idle.
+    pub fn reconnect(&self) {
+        self.counts
+            .stale
+            .store(self.counts.servers.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        while self.close_one_idle("RECONNECT", CloseReason::Admin) {}
+    }
+
+    pub(super) fn generation(&self) -> u32 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The settings now (a reload may replace them at any time).
@@ -202,6 +253,9 @@ impl Pool {
     /// that is still healthy (checked with server_check_query when it sat idle longer than
     /// server_check_delay) or opens a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Lease, PoolError> {
+        if self.paused() {
+            return Box::pin(self.checkout_paused()).await;
+        }
         // The hot path, inline: a free permit and an idle connection that needs no check.
         let Some(permit) = self.permits.try_acquire() else {
             return Box::pin(self.checkout_slow(None, None)).await;
@@ -211,6 +265,17 @@ impl Pool {
             Some((conn, true)) => Box::pin(self.checkout_slow(Some(permit), Some(conn))).await,
             None => Box::pin(self.checkout_slow(Some(permit), None)).await,
         }
+    }
+
+    /// PAUSE: the client waits (counted as waiting, with no timeout: a pause is the operator's
+    /// decision) until RESUME, then checks out as usual.
+    async fn checkout_paused(self: &Arc<Self>) -> Result<Lease, PoolError> {
+        self.counts.waiting.fetch_add(1, Ordering::Relaxed);
+        for gate in &self.gates {
+            gate.opened().await;
+        }
+        self.counts.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.checkout_slow(None, None).await
     }
 
     /// Waiting for a permit, checking an idle connection, opening one: boxed by `checkout`, so
@@ -247,16 +312,22 @@ impl Pool {
         let settings = self.settings.load();
         loop {
             let mut conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
-            if conn.is_quiet() && !expired(&conn, &settings) {
+            if expired(&conn, &settings) {
+                self.discard(conn, "past server_lifetime", CloseReason::Lifetime);
+            } else if conn.generation != self.generation() {
+                self.discard(conn, "RECONNECT", CloseReason::Admin);
+            } else if !conn.is_quiet() {
+                self.discard(conn, "closed by the server", CloseReason::Broken);
+            } else {
                 let check = conn.idle_since.elapsed() >= settings.server_check_delay;
                 return Some((conn, check));
             }
-            self.discard(conn, "closed by the server or past server_lifetime");
         }
     }
 
     fn lease(self: &Arc<Self>, mut conn: ServerConn, permit: OwnedSemaphorePermit, reserve: bool) -> Lease {
         self.counts.active.fetch_add(1, Ordering::Relaxed);
+        self.stats.server_assignments.fetch_add(1, Ordering::Relaxed);
         conn.prepared.limit = self.settings.load().max_prepared_statements;
         if conn.prepared.known.is_none() {
             conn.prepared.known = Some(self.known_statements.clone());
@@ -280,7 +351,10 @@ impl Pool {
     /// Puts a clean connection back in the idle list.
     fn check_in(&self, mut conn: ServerConn) {
         if expired(&conn, &self.settings.load()) {
-            return self.discard(conn, "past server_lifetime");
+            return self.discard(conn, "past server_lifetime", CloseReason::Lifetime);
+        }
+        if conn.generation != self.generation() || self.paused() {
+            return self.discard(conn, "RECONNECT, PAUSE or KILL", CloseReason::Admin);
         }
         conn.idle_since = Instant::now();
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
@@ -295,7 +369,7 @@ impl Pool {
         let settings = self.settings.load();
         let cap = settings.size + settings.reserve_size;
         if self.counts.servers.load(Ordering::Relaxed) > cap || self.db_limit.over() || self.user_limit.over() {
-            return self.discard(conn, "the pool or a connection limit is full");
+            return self.discard(conn, "the pool or a connection limit is full", CloseReason::Idle);
         }
         drop(settings);
         self.check_in(conn);
@@ -303,22 +377,29 @@ impl Pool {
 
     /// Closes a connection pgmux no longer wants and gives its slots back. The connection is in
     /// a known state (idle), so the server gets a Terminate rather than a dropped socket.
-    pub(super) fn discard(&self, conn: ServerConn, why: &str) {
+    pub(super) fn discard(&self, conn: ServerConn, why: &str, reason: CloseReason) {
         const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
         let _ = conn.stream.try_write(&TERMINATE);
         tracing::info!(pool = %self, server = conn.id, backend_pid = conn.process_id, "closing server connection: {why}");
-        self.forget_connection();
+        self.forget_connection(&conn, reason);
     }
 
     /// A connection of this pool is gone: uncount it everywhere.
-    pub(super) fn forget_connection(&self) {
+    pub(super) fn forget_connection(&self, conn: &ServerConn, reason: CloseReason) {
+        self.stats.closed(reason);
+        if conn.generation != self.generation() {
+            let _ = self
+                .counts
+                .stale
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
         self.counts.servers.fetch_sub(1, Ordering::Relaxed);
         self.db_limit.put_back(1);
         self.user_limit.put_back(1);
     }
 
     /// Closes the idle connection that has been idle longest; false if none is idle.
-    pub fn close_one_idle(&self, why: &str) -> bool {
+    pub fn close_one_idle(&self, why: &str, reason: CloseReason) -> bool {
         let conn = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.is_empty() {
@@ -326,7 +407,7 @@ impl Pool {
             }
             idle.remove(0)
         };
-        self.discard(conn, why);
+        self.discard(conn, why, reason);
         true
     }
 
@@ -355,8 +436,12 @@ impl Pool {
             let mut kept = Vec::with_capacity(idle.len());
             for mut conn in idle.drain(..) {
                 let stale = !idle_timeout.is_zero() && conn.idle_since.elapsed() >= idle_timeout;
-                if stale || expired(&conn, &settings) || !conn.is_quiet() {
-                    closing.push(conn);
+                if stale {
+                    closing.push((conn, CloseReason::Idle));
+                } else if expired(&conn, &settings) {
+                    closing.push((conn, CloseReason::Lifetime));
+                } else if !conn.is_quiet() {
+                    closing.push((conn, CloseReason::Broken));
                 } else {
                     kept.push(conn);
                 }
@@ -367,16 +452,18 @@ impl Pool {
             let servers = (self.counts.servers.load(Ordering::Relaxed) as usize).saturating_sub(closing.len());
             let cap = (settings.size + settings.reserve_size) as usize;
             let surplus = servers.saturating_sub(cap).min(idle.len());
-            closing.extend(idle.drain(..surplus));
+            closing.extend(idle.drain(..surplus).map(|conn| (conn, CloseReason::Idle)));
         }
-        for conn in closing {
-            self.discard(
-                conn,
-                "idle past server_idle_timeout or server_lifetime, closed, or surplus to pool_size",
-            );
+        for (conn, reason) in closing {
+            let why = match reason {
+                CloseReason::Lifetime => "past server_lifetime",
+                CloseReason::Broken => "closed by the server",
+                _ => "idle past server_idle_timeout, or surplus to pool_size",
+            };
+            self.discard(conn, why, reason);
         }
         while (self.db_limit.over() || self.user_limit.over())
-            && self.close_one_idle("over max_db_connections or max_user_connections")
+            && self.close_one_idle("over max_db_connections or max_user_connections", CloseReason::Idle)
         {}
         self.counts.servers.load(Ordering::Relaxed)
     }
@@ -390,10 +477,37 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// The idle connections as the console lists them.
+    pub fn idle_servers(&self) -> Vec<IdleServer> {
+        let check_delay = self.settings.load().server_check_delay;
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.iter()
+            .map(|conn| IdleServer {
+                id: conn.id,
+                process_id: conn.process_id,
+                created: conn.created,
+                idle_since: conn.idle_since,
+                used: conn.idle_since.elapsed() >= check_delay,
+                tls: conn.stream.is_tls(),
+            })
+            .collect()
+    }
+
     /// Permits free in the main pool right now (not counting the reserve).
     pub fn free_permits(&self) -> usize {
         self.permits.available()
     }
+}
+
+/// An idle server connection as SHOW SERVERS shows it.
+pub struct IdleServer {
+    pub id: u64,
+    pub process_id: i32,
+    pub created: Instant,
+    pub idle_since: Instant,
+    /// Idle past server_check_delay: checked before its next use (PgBouncer's `used`).
+    pub used: bool,
+    pub tls: bool,
 }
 
 fn expired(conn: &ServerConn, settings: &PoolSettings) -> bool {
@@ -405,7 +519,7 @@ impl Drop for Pool {
     fn drop(&mut self) {
         let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(|e| e.into_inner()));
         for conn in idle {
-            self.discard(conn, "pool removed");
+            self.discard(conn, "pool removed", CloseReason::Admin);
         }
     }
 }
@@ -445,8 +559,8 @@ impl Drop for Lease {
         self.pool.counts.active.fetch_sub(1, Ordering::Relaxed);
         if let Some(conn) = self.conn.take() {
             tracing::info!(pool = %self.pool, server = conn.id, "closing server connection in an unknown state");
+            self.pool.forget_connection(&conn, CloseReason::Broken);
             drop(conn);
-            self.pool.forget_connection();
         }
         if let Some(permit) = self.permit.take() {
             self.pool.return_permit(permit, self.reserve);

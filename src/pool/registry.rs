@@ -1,8 +1,9 @@
 //! Every pool pgmux has made, keyed by (database, user) as the client named them, and the
 //! limits they share (per database, per server login user).
 
+use super::gate::Gate;
 use super::limits::{Limit, LimitKind};
-use super::pool::{Pool, PoolSettings};
+use super::pool::{Links, Pool, PoolSettings};
 use crate::backend::{Credentials, Target};
 use crate::config::{Config, DatabaseConfig, Secret};
 use crate::tls::ServerTls;
@@ -27,6 +28,9 @@ pub struct Pools {
     user_limits: DashMap<String, Arc<Limit>>,
     /// TLS to servers (server_tls_mode), loaded once at startup; every pool's target gets it.
     server_tls: Option<ServerTls>,
+    /// The console's PAUSE/KILL/DISABLE state per database, and for all of them.
+    gates: DashMap<String, Arc<Gate>>,
+    pub all_gate: Arc<Gate>,
 }
 
 /// What a reload changed in the pools, for its log line.
@@ -89,6 +93,23 @@ impl Pools {
     /// The pools new clients get.
     pub fn all(&self) -> Vec<Arc<Pool>> {
         self.map.iter().map(|entry| entry.value().clone()).collect()
+    }
+
+    /// The console's gate of a database (made on first use, so a database can be paused or
+    /// disabled before any client came).
+    pub fn gate(&self, database: &str) -> Arc<Gate> {
+        if let Some(gate) = self.gates.get(database) {
+            return gate.clone();
+        }
+        self.gates.entry(database.to_owned()).or_default().clone()
+    }
+
+    /// Databases with a gate, and their gates.
+    pub fn gates(&self) -> Vec<(String, Arc<Gate>)> {
+        self.gates
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
     }
 
     /// Pools a reload retired that clients still use.
@@ -203,8 +224,11 @@ impl Pools {
             target(config, db, database, &self.server_tls),
             credentials,
             settings(config, db, database, user),
-            db_limit,
-            user_limit,
+            Links {
+                db_limit,
+                user_limit,
+                gates: [self.gate(database), self.all_gate.clone()],
+            },
         )
     }
 }

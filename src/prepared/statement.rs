@@ -35,6 +35,12 @@ impl Statement {
     pub fn name(&self) -> [u8; NAME_LEN] {
         name(self.key)
     }
+
+    /// The statement's SQL text.
+    pub fn text(&self) -> &[u8] {
+        let rest = self.parse.get(1 + 4 + NAME_LEN + 1..).unwrap_or_default();
+        rest.split(|&b| b == 0).next().unwrap_or_default()
+    }
 }
 
 pub fn name(key: u128) -> [u8; NAME_LEN] {

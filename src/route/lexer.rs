@@ -40,6 +40,11 @@ impl<'a> Lexer<'a> {
         self.pos >= self.text.len()
     }
 
+    /// Where the next token (or the space before it) starts.
+    pub fn offset(&self) -> usize {
+        self.pos
+    }
+
     pub fn next_tok(&mut self) -> Tok<'a> {
         let text = self.text;
         let i = skip_space(text, self.pos);

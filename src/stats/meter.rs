@@ -1,0 +1,213 @@
+//! One client's share of the counters while it holds a server: kept in the relay's state and
+//! added to the pool's totals when a transaction ends, so the data path pays a handful of
+//! relaxed atomic adds per transaction and two clock reads per query.
+
+use super::{now_us, PoolStats};
+use crate::protocol::frame::{peek_header, read_cstr, HEADER_LEN};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// At most this much of a query's text is kept for the slow-query list.
+const CAPTURE: usize = 1024;
+
+#[derive(Default)]
+pub struct Meter {
+    received: u64,
+    sent: u64,
+    queries: u64,
+    query_time: u64,
+    client_parses: u64,
+    server_parses: u64,
+    binds: u64,
+    /// When the server started on the oldest request it has not answered (µs; 0: none).
+    busy_since: u64,
+    /// When the current transaction started (µs; 0: none).
+    xact_since: u64,
+    /// slow_query_threshold in µs (0: off), and the text (or `B` + a statement name) of the
+    /// request the server is busy with.
+    slow_threshold: u64,
+    capture: Vec<u8>,
+}
+
+/// What a query's text is, for the slow-query list.
+pub enum Captured<'a> {
+    Text(&'a [u8]),
+    /// A Bind of this prepared statement name (the client's).
+    Statement(&'a [u8]),
+}
+
+impl Meter {
+    pub fn new(slow_threshold_us: u64) -> Meter {
+        Meter {
+            slow_threshold: slow_threshold_us,
+            ..Meter::default()
+        }
+    }
+
+    #[inline]
+    pub fn from_client(&mut self, bytes: usize) {
+        self.received += bytes as u64;
+    }
+
+    #[inline]
+    pub fn to_client(&mut self, bytes: usize) {
+        self.sent += bytes as u64;
+    }
+
+    /// Client frames `frames` went on their way; `idle_before` says the server owed nothing
+    /// before them. Counts Parse and Bind, and starts the clocks.
+    pub fn requests(&mut self, frames: &[u8], idle_before: bool) {
+        let mut pos = 0;
+        let mut first = true;
+        while let Ok(Some((tag, total))) = peek_header(frames.get(pos..).unwrap_or_default(), usize::MAX >> 1) {
+            let body = frames.get(pos + HEADER_LEN..pos + total).unwrap_or_default();
+            match tag {
+                b'P' => self.client_parses += 1,
+                b'B' => self.binds += 1,
+                _ => {}
+            }
+            if first && idle_before && self.slow_threshold > 0 && matches!(tag, b'Q' | b'P' | b'B') {
+                first = false;
+                self.capture_text(tag, body);
+            }
+            pos += total;
+        }
+        if idle_before && pos > 0 {
+            let now = now_us();
+            self.busy_since = now;
+            if self.xact_since == 0 {
+                self.xact_since = now;
+            }
+        }
+    }
+
+    fn capture_text(&mut self, tag: u8, body: &[u8]) {
+        self.capture.clear();
+        let mut at = 0;
+        let text = match tag {
+            b'Q' => body,
+            b'P' => {
+                let _ = read_cstr(body, &mut at);
+                body.get(at..).unwrap_or_default()
+            }
+            _ => {
+                let _ = read_cstr(body, &mut at);
+                self.capture.push(b'B');
+                let mut name_end = at;
+                let name = read_cstr(body, &mut name_end).unwrap_or_default();
+                name
+            }
+        };
+        let text = text.split(|&b| b == 0).next().unwrap_or_default();
+        self.capture.extend_from_slice(&text[..text.len().min(CAPTURE)]);
+    }
+
+    /// What the server is busy with, if captured.
+    pub fn captured(&self) -> Option<Captured<'_>> {
+        match self.capture.split_first() {
+            None => None,
+            Some((b'B', name)) if !name.is_empty() => Some(Captured::Statement(name)),
+            Some(_) => Some(Captured::Text(&self.capture)),
+        }
+    }
+
+    /// The server sent `parses` ParseCompletes.
+    pub fn server_parsed(&mut self, parses: u32) {
+        self.server_parses += u64::from(parses);
+    }
+
+    /// `answered` ReadyForQuery messages just came; `pending` are still owed, and the last
+    /// said `status`. Records each answer's latency (from when the server got the request it
+    /// answers: pipelined requests share it) and, at the end of a transaction, adds it all to
+    /// `stats`. Returns the latency when it reached slow_query_threshold.
+    pub fn answered(&mut self, answered: u32, pending: u32, status: u8, stats: &PoolStats) -> Option<u64> {
+        if answered == 0 {
+            return None;
+        }
+        let now = now_us();
+        let took = if self.busy_since == 0 {
+            0
+        } else {
+            now.saturating_sub(self.busy_since)
+        };
+        for _ in 0..answered {
+            stats.query_latency.record(took);
+        }
+        self.queries += u64::from(answered);
+        self.query_time += took;
+        let slow = (self.slow_threshold > 0 && took >= self.slow_threshold).then_some(took);
+        self.busy_since = if pending > 0 { now } else { 0 };
+        if pending == 0 && status == b'I' && self.xact_since > 0 {
+            let xact = now.saturating_sub(self.xact_since);
+            stats.xact_latency.record(xact);
+            add(&stats.xact_time, xact);
+            stats.xacts.fetch_add(1, Ordering::Relaxed);
+            self.xact_since = 0;
+            self.flush(stats);
+        }
+        slow
+    }
+
+    /// Adds what was counted to the pool's totals (also when a transaction ends otherwise).
+    pub fn flush(&mut self, stats: &PoolStats) {
+        add(&stats.received, std::mem::take(&mut self.received));
+        add(&stats.sent, std::mem::take(&mut self.sent));
+        add(&stats.queries, std::mem::take(&mut self.queries));
+        add(&stats.query_time, std::mem::take(&mut self.query_time));
+        add(&stats.client_parses, std::mem::take(&mut self.client_parses));
+        add(&stats.server_parses, std::mem::take(&mut self.server_parses));
+        add(&stats.binds, std::mem::take(&mut self.binds));
+    }
+}
+
+#[inline]
+fn add(counter: &AtomicU64, n: u64) {
+    if n > 0 {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![tag];
+        f.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[test]
+    fn counts_a_transaction_once_it_ends() {
+        let stats = PoolStats::default();
+        let mut m = Meter::new(1);
+        let mut frames = frame(b'P', b"s1\0select $1\0\0\0");
+        frames.extend(frame(b'B', b"\0s1\0\0\0\0\0\0\0"));
+        frames.extend(frame(b'S', b""));
+        m.requests(&frames, true);
+        m.from_client(frames.len());
+        assert!(matches!(m.captured(), Some(Captured::Text(t)) if t == b"select $1"));
+        m.server_parsed(1);
+        m.to_client(30);
+        m.answered(1, 0, b'T', &stats);
+        assert_eq!(
+            m.answered(0, 0, b'T', &stats),
+            None,
+            "nothing answered, nothing recorded"
+        );
+        assert_eq!(PoolStats::get(&stats.xacts), 0, "still in a transaction");
+        m.requests(&frame(b'B', b"\0s1\0\0\0\0\0\0\0"), true);
+        assert!(matches!(m.captured(), Some(Captured::Statement(b"s1"))));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(m.answered(1, 0, b'I', &stats).is_some_and(|us| us >= 2000));
+        assert_eq!(PoolStats::get(&stats.xacts), 1);
+        assert_eq!(PoolStats::get(&stats.queries), 2);
+        assert_eq!(PoolStats::get(&stats.client_parses), 1);
+        assert_eq!(PoolStats::get(&stats.server_parses), 1);
+        assert_eq!(PoolStats::get(&stats.binds), 2);
+        assert_eq!(PoolStats::get(&stats.sent), 30);
+        assert_eq!(PoolStats::get(&stats.received), frames.len() as u64);
+        assert!(PoolStats::get(&stats.xact_time) >= 2000);
+        assert_eq!(stats.query_latency.snapshot().iter().sum::<u64>(), 2);
+    }
+}

@@ -1,0 +1,120 @@
+//! What the console and the metrics report about each pool: counters and latency histograms
+//! that the data path updates with relaxed atomics (no lock), the averages and percentiles of
+//! the last stats period, and the slowest recent queries.
+
+pub mod histogram;
+pub mod meter;
+pub mod period;
+pub mod slow;
+
+use histogram::Histogram;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+/// Microseconds since pgmux started: what the data path stores as a time.
+pub fn now_us() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// Why pgmux closed a server connection (a label of the metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Idle past server_idle_timeout, or surplus after a shrink or a lowered limit.
+    Idle,
+    /// Older than server_lifetime.
+    Lifetime,
+    /// Closed by the server, failed a check, or left in an unknown state.
+    Broken,
+    /// An operator asked (RECONNECT, KILL, PAUSE) or pgmux shut down.
+    Admin,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 4] = [
+        CloseReason::Idle,
+        CloseReason::Lifetime,
+        CloseReason::Broken,
+        CloseReason::Admin,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::Idle => "idle",
+            CloseReason::Lifetime => "lifetime",
+            CloseReason::Broken => "broken",
+            CloseReason::Admin => "admin",
+        }
+    }
+}
+
+/// Totals since the pool was made.
+#[derive(Default)]
+pub struct PoolStats {
+    /// Times a client was given a server connection.
+    pub server_assignments: AtomicU64,
+    pub xacts: AtomicU64,
+    pub queries: AtomicU64,
+    /// Bytes from clients, and to clients.
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+    /// µs spent in transactions, in queries, and waiting for a server.
+    pub xact_time: AtomicU64,
+    pub query_time: AtomicU64,
+    pub wait_time: AtomicU64,
+    pub client_parses: AtomicU64,
+    pub server_parses: AtomicU64,
+    pub binds: AtomicU64,
+    pub query_latency: Histogram,
+    pub xact_latency: Histogram,
+    pub server_opens: AtomicU64,
+    server_closes: [AtomicU64; 4],
+    /// ErrorResponses clients received, by SQLSTATE class (rare: a lock is fine).
+    errors: Mutex<Vec<([u8; 2], u64)>>,
+    /// The last stats period's averages and percentiles (`period`).
+    pub period: Mutex<period::Report>,
+    /// Totals at the start of the current period (the period task's own).
+    pub(crate) mark: Mutex<period::Mark>,
+    pub slow: slow::SlowQueries,
+}
+
+impl PoolStats {
+    pub fn closed(&self, why: CloseReason) {
+        if let Some(n) = self.server_closes.get(why as usize) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn closes(&self, why: CloseReason) -> u64 {
+        self.server_closes
+            .get(why as usize)
+            .map_or(0, |n| n.load(Ordering::Relaxed))
+    }
+
+    /// An ErrorResponse with this SQLSTATE reached a client.
+    pub fn error(&self, sqlstate: &[u8]) {
+        let class = match sqlstate {
+            [a, b, ..] if a.is_ascii_alphanumeric() && b.is_ascii_alphanumeric() => [*a, *b],
+            _ => *b"XX",
+        };
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        match errors.iter_mut().find(|(c, _)| *c == class) {
+            Some((_, n)) => *n += 1,
+            None => errors.push((class, 1)),
+        }
+    }
+
+    /// (class, count) of every SQLSTATE class seen.
+    pub fn errors(&self) -> Vec<(String, u64)> {
+        let errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        errors
+            .iter()
+            .map(|(c, n)| (String::from_utf8_lossy(c).into_owned(), *n))
+            .collect()
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
