@@ -4,6 +4,7 @@
 //! its session, `pool` lends it a server connection per transaction, `backend` owns that
 //! connection. `protocol` is the wire and nothing else.
 
+pub mod admin; // the `pgbouncer` console: SHOW and control commands
 pub mod auth; // server-side SCRAM and md5, and the cache of derived keys
 pub mod backend; // server connections: connect, log in, settings
 pub mod breaker; // circuit breaker of one backend address: closed, open, half-open

@@ -30,7 +30,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = shared.shutdown.draining() => break,
+            _ = shared.shutdown.no_more_clients() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {

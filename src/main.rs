@@ -3,7 +3,7 @@ use pgmux::config::Config;
 use pgmux::frontend::Shared;
 use pgmux::shutdown::{Mode, Shutdown};
 use pgmux::tls::Tls;
-use pgmux::{listener, pool, reload};
+use pgmux::{listener, pool, reload, stats};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -107,9 +107,15 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
     }
     let shared = Arc::new(Shared::new(config, tls).with_config_path(path));
     tokio::spawn(pool::janitor::run(shared.pools.clone()));
+    tokio::spawn(stats::period::run(shared.clone()));
     let accepting = tokio::spawn(listener::run(listener, shared.clone()));
     let mode = loop {
-        match signals.next().await {
+        let signal = tokio::select! {
+            signal = signals.next() => signal,
+            // The console's SHUTDOWN started it.
+            _ = shared.shutdown.draining() => break if shared.shutdown.refusing() { Mode::Refuse } else { Mode::Graceful },
+        };
+        match signal {
             Signal::Hangup => {
                 let _ = reload::reload(&shared);
             }

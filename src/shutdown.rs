@@ -30,6 +30,8 @@ const TOKEN_SHARDS: usize = 64;
 #[derive(Default)]
 pub struct Shutdown {
     draining: CancellationToken,
+    /// SHUTDOWN WAIT_FOR_CLIENTS: the listener closes before draining starts.
+    accepting_ends: CancellationToken,
     closing: CancellationToken,
     refuse: AtomicBool,
     deadline: OnceLock<(Instant, Duration)>,
@@ -67,6 +69,19 @@ impl Shutdown {
     /// Resolves when draining starts.
     pub async fn draining(&self) {
         self.draining.cancelled().await
+    }
+
+    /// Closes the listener without draining (SHUTDOWN WAIT_FOR_CLIENTS).
+    pub fn stop_accepting(&self) {
+        self.accepting_ends.cancel();
+    }
+
+    /// Resolves when the listener should close.
+    pub async fn no_more_clients(&self) {
+        tokio::select! {
+            _ = self.draining.cancelled() => {}
+            _ = self.accepting_ends.cancelled() => {}
+        }
     }
 
     /// A token that is cancelled when draining starts, for a client to wait on. Clients share

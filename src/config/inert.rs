@@ -6,15 +6,12 @@ use super::{BreakerConfig, Config, DatabaseConfig, MetricsConfig};
 impl Config {
     /// Keys set to something other than their default that this build ignores.
     pub fn inert_settings(&self) -> Vec<String> {
-        let p = &self.pooler;
         let mut keys = Vec::new();
         let mut check = |changed: bool, key: &str| {
             if changed {
                 keys.push(key.to_owned());
             }
         };
-        check(!p.admin_users.is_empty(), "pooler.admin_users");
-        check(!p.stats_users.is_empty(), "pooler.stats_users");
         check(
             self.metrics != MetricsConfig::default() && !self.metrics.listen.is_empty(),
             "metrics.listen",
@@ -44,6 +41,6 @@ mod tests {
             "t",
         )
         .unwrap();
-        assert_eq!(config.inert_settings(), vec!["pooler.admin_users", "breaker"]);
+        assert_eq!(config.inert_settings(), vec!["breaker"]);
     }
 }

@@ -81,6 +81,13 @@ macro_rules! section {
 
         const $keys: &[&str] = &[$(stringify!($field)),+];
 
+        impl $name {
+            /// (key, value as the console shows it) of every key, in declaration order.
+            pub fn entries(&self) -> Vec<(&'static str, String)> {
+                vec![$((stringify!($field), show::Show::show(&self.$field))),+]
+            }
+        }
+
         /// Parses `key` into `c`; Ok(false) when the key is unknown.
         fn $set(c: &mut $name, key: &str, v: &Val) -> Result<bool, ConfigError> {
             match key {
@@ -277,5 +284,6 @@ pub struct ConfigError {
 mod inert;
 mod parse;
 mod secret;
+mod show;
 #[cfg(test)]
 mod tests;

@@ -37,6 +37,38 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The console's `SET key = value`: one `[pooler]` key, its value written as in the file
+    /// (a bare word is taken as a string), with the checks a file gets. Returns the new config.
+    pub fn with_pooler_key(&self, key: &str, value: &str) -> Result<Config, ConfigError> {
+        let quoted = format!("{key} = {}", toml::Value::String(value.to_owned()));
+        let text = match DeTable::parse(&format!("{key} = {value}")) {
+            Ok(_) => format!("{key} = {value}"),
+            Err(_) => quoted,
+        };
+        let cx = Cx {
+            text: &text,
+            origin: "SET",
+        };
+        let root = DeTable::parse(&text).map_err(|e| cx.err(None, key, e.message().trim().to_owned()))?;
+        let mut c = self.clone();
+        let p = Parser {
+            cx,
+            spans: BTreeMap::new(),
+        };
+        for (k, v) in in_file_order(root.get_ref()) {
+            let val = p.cx.val(join("pooler", k.get_ref()), v);
+            if !set_pooler(&mut c.pooler, k.get_ref(), &val)? {
+                return Err(p
+                    .cx
+                    .err(None, &val.path, unknown_key(k.get_ref(), "pooler", POOLER_KEYS)));
+            }
+        }
+        p.check(&c)?;
+        Ok(c)
+    }
+}
+
 const SECTIONS: &[&str] = &["pooler", "metrics", "breaker", "users", "databases"];
 
 struct Cx<'a> {

@@ -7,6 +7,7 @@ use super::conn::ClientConn;
 use super::session::{self, Session};
 use super::startup::{read_startup, Startup};
 use super::{ClientSlot, Shared};
+use crate::admin::{self, Console, Role};
 use crate::backend::{Credentials, Settings};
 use crate::config::{Config, Secret, TlsMode};
 use crate::pool::Pool;
@@ -26,16 +27,23 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> impl F
     // stay in the task's state for its whole life.)
     let admitting = Box::pin(admit(stream, peer, shared));
     async move {
-        let Some(session) = admitting.await else {
-            return;
-        };
-        session::run(session).await;
+        match admitting.await {
+            Some(Admitted::Session(session)) => session::run(session).await,
+            Some(Admitted::Console(console)) => Box::pin(admin::run(*console)).await,
+            None => {}
+        }
     }
+}
+
+/// A client that got in: to a pool, or to the console.
+enum Admitted {
+    Session(Session),
+    Console(Box<Console>),
 }
 
 /// Startup, TLS and authentication: the session of a client that got in, or None when it
 /// was refused (it got its error), left, or sent a cancel request.
-async fn admit(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Option<Session> {
+async fn admit(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Option<Admitted> {
     let (slot, connected) = ClientSlot::take(&shared);
     let config = shared.config.load_full();
     let _ = stream.set_nodelay(true);
@@ -67,12 +75,19 @@ async fn admit(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Opti
         Err(e) => Err(e),
     };
     match result {
-        Ok(Some(LoggedIn { settings, cancel })) => Some(Session {
+        Ok(Some(LoggedIn::Pool { settings, cancel })) => Some(Admitted::Session(Session {
             client,
             settings,
             cancel,
             shared: slot.into_session().unwrap_or(shared),
-        }),
+        })),
+        // A console connection does not count against max_client_conn, nor keep a drain waiting.
+        Ok(Some(LoggedIn::Console { role, user })) => Some(Admitted::Console(Box::new(Console {
+            client,
+            shared,
+            role,
+            user,
+        }))),
         Ok(None) => None,
         Err(error) => {
             tracing::info!(client = %peer, %error, "login refused");
@@ -114,9 +129,15 @@ fn tls_failed(e: std::io::Error) -> PgError {
     PgError::fatal("08006", format!("TLS handshake with the client failed: {e}"))
 }
 
-struct LoggedIn {
-    settings: Settings,
-    cancel: Arc<CancelHandle>,
+enum LoggedIn {
+    Pool {
+        settings: Settings,
+        cancel: Arc<CancelHandle>,
+    },
+    Console {
+        role: Role,
+        user: String,
+    },
 }
 
 async fn login(
@@ -160,6 +181,9 @@ async fn login(
     }
     let settings = Settings::from_startup(&params)?;
     let mut out = BytesMut::new();
+    if admin::is_console(database) && !config.databases.contains_key(database) {
+        return console_login(client, shared, config, user).await.map(Some);
+    }
     let unknown: Vec<&str> = params
         .iter()
         .map(|(k, _)| k.as_str())
@@ -175,6 +199,13 @@ async fn login(
         PgError::fatal("3D000", format!("database \"{database}\" does not exist in pgmux"))
             .with_hint("add a [databases.NAME] entry (or a \"*\" entry) to pooler.toml")
     })?;
+    if shared.pools.find_gate(database).is_some_and(|g| g.disabled()) {
+        return Err(PgError::fatal(
+            "57P03",
+            format!("database \"{database}\" does not allow connections: disabled from the pgmux console"),
+        )
+        .with_hint("ENABLE it on the console (psql -p PORT -U ADMIN pgbouncer)"));
+    }
     let password = authenticate(client, shared, config, user).await?;
     let pool = shared
         .pools
@@ -213,7 +244,28 @@ async fn login(
         return Err(gone());
     }
     let settings = pool.share_settings(settings);
-    Ok(Some(LoggedIn { settings, cancel }))
+    Ok(Some(LoggedIn::Pool { settings, cancel }))
+}
+
+/// The console: authenticated like any client, then its role decides (42501 for neither).
+async fn console_login(
+    client: &mut ClientConn,
+    shared: &Shared,
+    config: &Config,
+    user: &str,
+) -> Result<LoggedIn, PgError> {
+    if let Some(password) = authenticate(client, shared, config, user).await? {
+        admin::check_passthrough(config, user, &password)?;
+    }
+    let role = admin::role(config, user)?;
+    let mut out = BytesMut::new();
+    let process_id = (shared.next_client_id() % i32::MAX as u64) as i32 + 1;
+    admin::welcome(&mut out, process_id);
+    client.write(&out).await.map_err(|_| gone())?;
+    Ok(LoggedIn::Console {
+        role,
+        user: user.to_owned(),
+    })
 }
 
 /// Passthrough: the client's password is right if the server takes it. A password the server

@@ -222,6 +222,10 @@ async fn answer_alone(s: &mut Session) -> Option<Flow> {
     if !prepared::local::answer(frames, &mut client.prepared, &s.cancel.pool.known_statements, &mut out) {
         return None;
     }
+    let mut meter = Meter::default();
+    meter.requests(frames, false);
+    meter.from_client(frames.len());
+    meter.flush(&s.cancel.pool.stats);
     client.consume(client.ready);
     client.ready = 0;
     client.rewrite = false;

@@ -104,6 +104,11 @@ impl Pools {
         self.gates.entry(database.to_owned()).or_default().clone()
     }
 
+    /// The gate of a database if one was made (a login must not make one per name tried).
+    pub fn find_gate(&self, database: &str) -> Option<Arc<Gate>> {
+        self.gates.get(database).map(|g| g.clone())
+    }
+
     /// Databases with a gate, and their gates.
     pub fn gates(&self) -> Vec<(String, Arc<Gate>)> {
         self.gates

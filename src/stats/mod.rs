@@ -12,10 +12,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
+static START: OnceLock<(Instant, std::time::SystemTime)> = OnceLock::new();
+
+fn start() -> &'static (Instant, std::time::SystemTime) {
+    START.get_or_init(|| (Instant::now(), std::time::SystemTime::now()))
+}
+
 /// Microseconds since pgmux started: what the data path stores as a time.
 pub fn now_us() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_micros() as u64
+    start().0.elapsed().as_micros() as u64
+}
+
+/// Seconds since the Unix epoch of a `now_us` value.
+pub fn wall_clock_secs(us: u64) -> u64 {
+    let at = start().1 + std::time::Duration::from_micros(us);
+    at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Why pgmux closed a server connection (a label of the metrics).

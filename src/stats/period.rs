@@ -92,8 +92,49 @@ pub struct Report {
     /// The period's differences (averaged with `Totals::averages`).
     pub delta: Totals,
     pub secs: f64,
-    pub query: Latency,
-    pub xact: Latency,
+    /// The period's histogram counts and largest values, kept so that the pools of one
+    /// database can be merged before percentiles are taken.
+    query: Vec<u64>,
+    xact: Vec<u64>,
+    query_max: u64,
+    xact_max: u64,
+}
+
+impl Report {
+    /// Adds another pool's period (SHOW STATS is per database).
+    pub fn merge(&mut self, other: &Report) {
+        self.delta.add(&other.delta);
+        self.secs = self.secs.max(other.secs);
+        for (mine, theirs) in [(&mut self.query, &other.query), (&mut self.xact, &other.xact)] {
+            if mine.len() < theirs.len() {
+                mine.resize(theirs.len(), 0);
+            }
+            for (a, b) in mine.iter_mut().zip(theirs) {
+                *a += b;
+            }
+        }
+        self.query_max = self.query_max.max(other.query_max);
+        self.xact_max = self.xact_max.max(other.xact_max);
+    }
+
+    pub fn query(&self) -> Latency {
+        latency(&self.query, self.query_max)
+    }
+
+    pub fn xact(&self) -> Latency {
+        latency(&self.xact, self.xact_max)
+    }
+}
+
+fn latency(counts: &[u64], max: u64) -> Latency {
+    let [p50, p95, p99] = histogram::percentiles(counts, &[]).unwrap_or_default();
+    // A percentile is the middle of its bucket: never above the largest value seen.
+    Latency {
+        p50: p50.min(max),
+        p95: p95.min(max),
+        p99: p99.min(max),
+        max,
+    }
 }
 
 /// The state at the start of the current period.
@@ -109,19 +150,32 @@ pub fn roll(stats: &PoolStats, secs: f64) {
     let totals = Totals::of(stats);
     let (query, xact) = (stats.query_latency.snapshot(), stats.xact_latency.snapshot());
     let mut mark = stats.mark.lock().unwrap_or_else(|e| e.into_inner());
-    let latency = |now: &[u64], before: &[u64], max: u64| {
-        let [p50, p95, p99] = histogram::percentiles(now, before).unwrap_or_default();
-        Latency { p50, p95, p99, max }
+    let minus = |now: &[u64], before: &[u64]| -> Vec<u64> {
+        let before = before.iter().chain(std::iter::repeat(&0));
+        now.iter().zip(before).map(|(n, b)| n.saturating_sub(*b)).collect()
     };
     let report = Report {
         delta: totals.since(&mark.totals),
         secs,
-        query: latency(&query, &mark.query, stats.query_latency.take_max()),
-        xact: latency(&xact, &mark.xact, stats.xact_latency.take_max()),
+        query: minus(&query, &mark.query),
+        xact: minus(&xact, &mark.xact),
+        query_max: stats.query_latency.take_max(),
+        xact_max: stats.xact_latency.take_max(),
     };
     *mark = Mark { totals, query, xact };
     drop(mark);
     *stats.period.lock().unwrap_or_else(|e| e.into_inner()) = report;
+}
+
+/// Rolls every pool's period each stats_period (read again after each, so a reload applies).
+pub async fn run(shared: std::sync::Arc<crate::frontend::Shared>) {
+    loop {
+        let period = shared.config.load().pooler.stats_period;
+        tokio::time::sleep(period).await;
+        for pool in shared.pools.all() {
+            roll(&pool.stats, period.as_secs_f64());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -147,8 +201,12 @@ mod tests {
         let avg = r.delta.averages(r.secs);
         assert_eq!(avg.0[1], 10, "20 transactions in 2 s");
         assert_eq!(avg.0[5], 200, "4000 µs over 20 transactions");
-        assert!(r.query.p50.abs_diff(3000) < 100, "{:?}", r.query);
-        assert_eq!(r.query.max, 3000);
-        assert_eq!(r.xact, Latency::default());
+        assert!(r.query().p50.abs_diff(3000) < 100, "{:?}", r.query());
+        assert_eq!(r.query().max, 3000);
+        assert_eq!(r.xact(), Latency::default());
+        let mut merged = r.clone();
+        merged.merge(&r);
+        assert_eq!(merged.delta.0[1], 40);
+        assert_eq!(merged.query(), r.query());
     }
 }

@@ -1,0 +1,172 @@
+//! The admin console: the virtual database `pgbouncer` (or `pgmux`), with PgBouncer's SHOW
+//! and control commands over the simple query protocol.
+//!
+//! admin_users may run everything, stats_users the SHOW commands; anyone else is refused at
+//! login with 42501. Answers read the same state the pools use (`pool::Pool` counts, the
+//! client registry in `frontend::cancel`, `stats`).
+
+pub mod command;
+mod control;
+mod lists;
+pub mod result;
+mod show;
+
+use crate::auth::ct_eq;
+use crate::auth::md5::md5_inner;
+use crate::auth::scram::ScramKeys;
+use crate::config::{Config, Secret};
+use crate::frontend::conn::ClientConn;
+use crate::frontend::Shared;
+use crate::protocol::frame::HEADER_LEN;
+use crate::protocol::messages::{self as msg, PgError};
+use bytes::BytesMut;
+use command::Command;
+use std::sync::Arc;
+
+/// The database names that reach the console.
+pub fn is_console(database: &str) -> bool {
+    database == "pgbouncer" || database == "pgmux"
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Stats,
+}
+
+/// The role of `user`, or the refusal that names the settings.
+pub fn role(config: &Config, user: &str) -> Result<Role, PgError> {
+    let p = &config.pooler;
+    if p.admin_users.iter().any(|u| u == user) {
+        Ok(Role::Admin)
+    } else if p.stats_users.iter().any(|u| u == user) {
+        Ok(Role::Stats)
+    } else {
+        Err(PgError::fatal(
+            "42501",
+            format!("user \"{user}\" may not use the pgmux console: it is in neither admin_users nor stats_users"),
+        )
+        .with_hint(
+            "add the user to pooler.admin_users (every command) or pooler.stats_users (SHOW only) in pooler.toml",
+        ))
+    }
+}
+
+/// auth_type passthrough has no server to ask for the console: the password the client gave
+/// must match the user's own in [users].
+pub fn check_passthrough(config: &Config, user: &str, password: &str) -> Result<(), PgError> {
+    let refused = || PgError::fatal("28P01", format!("password authentication failed for user \"{user}\""));
+    let ok = match config.users.get(user).and_then(|u| u.password.as_ref()) {
+        Some(Secret::Plain(p)) => ct_eq(p.as_bytes(), password.as_bytes()),
+        Some(Secret::Md5(inner)) => ct_eq(inner, &md5_inner(password, user)),
+        Some(Secret::Scram(s)) => {
+            let keys = ScramKeys::derive(password, &s.salt, s.iterations);
+            ct_eq(&keys.stored_key, &s.stored_key)
+        }
+        None => {
+            return Err(refused().with_hint(
+                "with auth_type = \"passthrough\" the console checks the password in [users.NAME] password",
+            ))
+        }
+    };
+    ok.then_some(()).ok_or_else(refused)
+}
+
+/// The welcome after a console login (ParameterStatus as PgBouncer's console sends them).
+pub fn welcome(out: &mut BytesMut, process_id: i32) {
+    msg::authentication(out, msg::AUTH_OK, &[]);
+    for (name, value) in [
+        ("server_version", concat!(env!("CARGO_PKG_VERSION"), "/pgmux")),
+        ("client_encoding", "UTF8"),
+        ("server_encoding", "UTF8"),
+        ("DateStyle", "ISO"),
+        ("TimeZone", "GMT"),
+        ("standard_conforming_strings", "on"),
+        ("is_superuser", "on"),
+        ("integer_datetimes", "on"),
+    ] {
+        msg::parameter_status(out, name, value);
+    }
+    msg::backend_key_data(out, process_id, 0);
+    msg::ready_for_query(out, b'I');
+}
+
+/// A logged-in console user.
+pub struct Console {
+    pub client: ClientConn,
+    pub shared: Arc<Shared>,
+    pub role: Role,
+    pub user: String,
+}
+
+/// Serves console commands until the client leaves. Errors in a command are ERRORs (the
+/// connection stays); the extended protocol is refused and the connection closed, as
+/// PgBouncer does.
+pub async fn run(mut c: Console) {
+    tracing::info!(client = %c.client.peer(), user = %c.user, role = ?c.role, "console login");
+    loop {
+        let frame = match c.client.read_frame(c.client.max_message_size as usize).await {
+            Ok(frame) => frame,
+            Err(_) => return,
+        };
+        let Some(&tag) = frame.first() else { return };
+        let mut out = BytesMut::new();
+        match tag {
+            b'Q' => {
+                let body = frame.get(HEADER_LEN..).unwrap_or_default();
+                let sql = String::from_utf8_lossy(body.split(|&b| b == 0).next().unwrap_or_default()).into_owned();
+                if let Err(e) = answer(&mut c, &sql, &mut out).await {
+                    out.clear();
+                    e.encode(&mut out);
+                }
+                msg::ready_for_query(&mut out, b'I');
+            }
+            b'X' => return,
+            _ => {
+                let e = PgError::fatal("08P01", "the pgmux console speaks the simple query protocol only")
+                    .with_hint("use psql, or a driver's simple query mode (e.g. simple_query)");
+                e.encode(&mut out);
+                let _ = c.client.write(&out).await;
+                return;
+            }
+        }
+        if c.client.write(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn answer(c: &mut Console, sql: &str, out: &mut BytesMut) -> Result<(), PgError> {
+    if sql.trim().is_empty() {
+        msg::message(out, b'I', |_| {});
+        return Ok(());
+    }
+    let command = command::parse(sql)?;
+    if !command.read_only() && c.role != Role::Admin {
+        return Err(PgError::new(
+            "42501",
+            format!("user \"{}\" is in stats_users: only SHOW commands are allowed", c.user),
+        )
+        .with_hint("add the user to pooler.admin_users to run control commands"));
+    }
+    tracing::info!(user = %c.user, command = %sql.trim(), "console command");
+    match command {
+        Command::Show(item) => show::show(&c.shared, &item, out),
+        other => control::run(&c.shared, other, out).await,
+    }
+}
+
+/// The pools of one database, or all when `db` is None; an unknown name is an error.
+fn pools_of(shared: &Shared, db: Option<&str>) -> Result<Vec<Arc<crate::pool::Pool>>, PgError> {
+    let pools = shared.pools.all();
+    match db {
+        None => Ok(pools),
+        Some(db) if is_console(db) => Err(PgError::new("42601", format!("\"{db}\" is the console itself"))),
+        Some(db) => {
+            if shared.config.load().database(db).is_none() {
+                return Err(PgError::new("3D000", format!("no such database: {db}")));
+            }
+            Ok(pools.into_iter().filter(|p| p.database == db).collect())
+        }
+    }
+}

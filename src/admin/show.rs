@@ -1,0 +1,483 @@
+//! SHOW commands about pools, databases, users, settings and totals, with PgBouncer 1.25's
+//! columns in its order (pgmux's own columns at the end). SHOW CLIENTS and SERVERS: `lists`.
+
+use super::lists;
+use super::result::{num, text, time, Rows, Ty};
+use crate::frontend::Shared;
+use crate::pool::Pool;
+use crate::protocol::messages::{message, put_cstr, PgError};
+use crate::stats::period::{Report, Totals};
+use crate::stats::{now_us, PoolStats};
+use bytes::BytesMut;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub fn show(shared: &Shared, item: &str, out: &mut BytesMut) -> Result<(), PgError> {
+    let rows = match item {
+        "help" => {
+            help(out);
+            return Ok(());
+        }
+        "pools" => pools(shared),
+        "stats" => stats(shared, Shape::Both),
+        "stats_totals" => stats(shared, Shape::Totals),
+        "stats_averages" => stats(shared, Shape::Averages),
+        "totals" => totals(shared),
+        "databases" => databases(shared),
+        "users" => users(shared),
+        "config" => config(shared),
+        "lists" => lists_counts(shared),
+        "version" => {
+            let mut rows = Rows::of(&["version"], Ty::Text);
+            rows.push(vec![text(concat!("pgmux ", env!("CARGO_PKG_VERSION")))]);
+            rows
+        }
+        "state" => state(shared),
+        "slow_queries" => slow_queries(shared),
+        "clients" => lists::clients(shared),
+        "servers" => lists::servers(shared),
+        "mem" | "fds" | "sockets" | "active_sockets" | "dns_hosts" | "dns_zones" | "peers" | "peer_pools" => {
+            return Err(PgError::new(
+                "0A000",
+                format!(
+                    "SHOW {} describes PgBouncer internals that pgmux does not have",
+                    item.to_uppercase()
+                ),
+            )
+            .with_hint("SHOW POOLS, CLIENTS and SERVERS show pgmux's connections"))
+        }
+        _ => {
+            return Err(PgError::new("42601", format!("unknown SHOW item \"{item}\""))
+                .with_hint(format!("console commands: {}", super::command::USAGE)))
+        }
+    };
+    rows.encode(out, "SHOW");
+    Ok(())
+}
+
+fn help(out: &mut BytesMut) {
+    message(out, b'N', |b| {
+        for (field, value) in [
+            (b'S', "NOTICE"),
+            (b'V', "NOTICE"),
+            (b'C', "00000"),
+            (b'M', "Console usage"),
+        ] {
+            b.extend_from_slice(&[field]);
+            put_cstr(b, value);
+        }
+        b.extend_from_slice(b"D");
+        let detail = super::command::USAGE.replace("; ", "\n\t");
+        put_cstr(b, &format!("\n\t{detail}"));
+        b.extend_from_slice(&[0]);
+    });
+    super::result::complete(out, "SHOW");
+}
+
+/// The longest wait of a client now, per pool (µs).
+fn max_waits(shared: &Shared) -> HashMap<*const Pool, u64> {
+    let now = now_us();
+    let mut waits = HashMap::new();
+    for h in shared.cancels.all() {
+        let since = h.wait_since.load(Ordering::Relaxed);
+        if since != 0 {
+            let w = waits.entry(Arc::as_ptr(&h.pool)).or_insert(0u64);
+            *w = (*w).max(now.saturating_sub(since));
+        }
+    }
+    waits
+}
+
+const LATENCY_COLUMNS: [&str; 8] = [
+    "query_p50_us",
+    "query_p95_us",
+    "query_p99_us",
+    "query_max_us",
+    "xact_p50_us",
+    "xact_p95_us",
+    "xact_p99_us",
+    "xact_max_us",
+];
+
+fn latency_cells(report: &Report) -> Vec<Option<String>> {
+    let (q, x) = (report.query(), report.xact());
+    [q.p50, q.p95, q.p99, q.max, x.p50, x.p95, x.p99, x.max]
+        .into_iter()
+        .map(num)
+        .collect()
+}
+
+fn period(stats: &PoolStats) -> Report {
+    stats.period.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+fn pools(shared: &Shared) -> Rows {
+    let mut rows = Rows::new(&[("database", Ty::Text), ("user", Ty::Text)]);
+    for name in [
+        "cl_active",
+        "cl_waiting",
+        "cl_active_cancel_req",
+        "cl_waiting_cancel_req",
+        "sv_active",
+        "sv_active_cancel",
+        "sv_being_canceled",
+        "sv_idle",
+        "sv_used",
+        "sv_tested",
+        "sv_login",
+        "maxwait",
+        "maxwait_us",
+    ] {
+        rows.add_column(name, Ty::Int4);
+    }
+    rows.add_column("pool_mode", Ty::Text);
+    rows.add_column("load_balance_hosts", Ty::Text);
+    rows.add_column("pool_size", Ty::Int4);
+    rows.add_column("paused", Ty::Int4);
+    for name in LATENCY_COLUMNS {
+        rows.add_column(name, Ty::Int8);
+    }
+    let waits = max_waits(shared);
+    for pool in shared.pools.all() {
+        let c = &pool.counts;
+        let get = |n: &std::sync::atomic::AtomicU32| n.load(Ordering::Relaxed);
+        let (clients, waiting, cancels) = (get(&c.clients), get(&c.waiting), get(&c.cancels));
+        let idle = pool.idle_servers();
+        let used = idle.iter().filter(|s| s.used).count();
+        let wait = waits.get(&Arc::as_ptr(&pool)).copied().unwrap_or(0);
+        let settings = pool.settings();
+        let mut row = vec![
+            text(&pool.database),
+            text(&pool.user),
+            num(clients.saturating_sub(waiting)),
+            num(waiting),
+            num(cancels),
+            num(0),
+            num(get(&c.active)),
+            num(cancels),
+            num(cancels),
+            num(idle.len() - used),
+            num(used),
+            num(get(&c.testing)),
+            num(get(&c.opening)),
+            num(wait / 1_000_000),
+            num(wait % 1_000_000),
+            text(settings.mode.as_str()),
+            None,
+            num(settings.size),
+            num(u8::from(pool.paused())),
+        ];
+        row.extend(latency_cells(&period(&pool.stats)));
+        rows.push(row);
+    }
+    rows
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    Both,
+    Totals,
+    Averages,
+}
+
+/// Totals and the last period of every database (its pools merged), in name order.
+fn per_database(shared: &Shared) -> BTreeMap<String, (Totals, Report)> {
+    let mut dbs: BTreeMap<String, (Totals, Report)> = BTreeMap::new();
+    for pool in shared.pools.all().iter().chain(shared.pools.retired().iter()) {
+        let entry = dbs.entry(pool.database.clone()).or_default();
+        entry.0.add(&Totals::of(&pool.stats));
+        entry.1.merge(&period(&pool.stats));
+    }
+    dbs
+}
+
+fn stats(shared: &Shared, shape: Shape) -> Rows {
+    let mut rows = Rows::new(&[("database", Ty::Text)]);
+    let names = Totals::NAMES;
+    // STATS_TOTALS and STATS_AVERAGES rename the byte counters (and keep avg_ on three).
+    let short = |n: &str| match n {
+        "received" => "bytes_received".to_string(),
+        "sent" => "bytes_sent".to_string(),
+        n => n.to_string(),
+    };
+    match shape {
+        Shape::Both => {
+            for n in names {
+                rows.add_column(&format!("total_{n}"), Ty::Numeric);
+            }
+            for n in names {
+                let n = match n {
+                    "received" => "recv",
+                    n => n,
+                };
+                rows.add_column(&format!("avg_{n}"), Ty::Numeric);
+            }
+            for n in LATENCY_COLUMNS {
+                rows.add_column(n, Ty::Numeric);
+            }
+        }
+        Shape::Totals => names.iter().for_each(|n| rows.add_column(&short(n), Ty::Numeric)),
+        Shape::Averages => names.iter().enumerate().for_each(|(i, n)| {
+            let name = if i >= 8 { format!("avg_{n}") } else { short(n) };
+            rows.add_column(&name, Ty::Numeric);
+        }),
+    }
+    for (db, (totals, report)) in per_database(shared) {
+        let averages = report.delta.averages(report.secs);
+        let mut row = vec![text(db)];
+        if shape != Shape::Averages {
+            row.extend(totals.0.iter().map(num));
+        }
+        if shape != Shape::Totals {
+            row.extend(averages.0.iter().map(num));
+        }
+        if shape == Shape::Both {
+            row.extend(latency_cells(&report));
+        }
+        rows.push(row);
+    }
+    rows
+}
+
+fn totals(shared: &Shared) -> Rows {
+    let mut all = Totals::default();
+    let mut report = Report::default();
+    for (_, (t, r)) in per_database(shared) {
+        all.add(&t);
+        report.merge(&r);
+    }
+    let averages = report.delta.averages(report.secs);
+    let name = |n: &str| match n {
+        "received" => "client_bytes".to_string(),
+        "sent" => "server_bytes".to_string(),
+        n if n.ends_with("parse_count") || n == "bind_count" => format!("ps_{n}"),
+        n => n.to_string(),
+    };
+    let mut rows = Rows::new(&[("name", Ty::Text), ("value", Ty::Numeric)]);
+    for (prefix, values) in [("total", all), ("avg", averages)] {
+        for (n, v) in Totals::NAMES.iter().zip(values.0) {
+            rows.push(vec![text(format!("{prefix}_{}", name(n))), num(v)]);
+        }
+    }
+    rows
+}
+
+/// Database names: those configured (but "*") and those a "*" entry serves now.
+fn database_names(shared: &Shared) -> Vec<String> {
+    let config = shared.config.load();
+    let mut names: Vec<String> = config.databases.keys().filter(|n| *n != "*").cloned().collect();
+    for pool in shared.pools.all() {
+        if !names.contains(&pool.database) {
+            names.push(pool.database.clone());
+        }
+    }
+    names.sort();
+    names
+}
+
+fn databases(shared: &Shared) -> Rows {
+    let mut rows = Rows::new(&[
+        ("name", Ty::Text),
+        ("host", Ty::Text),
+        ("port", Ty::Int4),
+        ("database", Ty::Text),
+        ("force_user", Ty::Text),
+        ("pool_size", Ty::Int4),
+        ("min_pool_size", Ty::Int4),
+        ("reserve_pool_size", Ty::Int4),
+        ("server_lifetime", Ty::Int4),
+        ("pool_mode", Ty::Text),
+        ("load_balance_hosts", Ty::Text),
+        ("max_connections", Ty::Int4),
+        ("current_connections", Ty::Int4),
+        ("max_client_connections", Ty::Int4),
+        ("current_client_connections", Ty::Int4),
+        ("paused", Ty::Int4),
+        ("disabled", Ty::Int4),
+    ]);
+    let config = shared.config.load();
+    let pools = shared.pools.all();
+    for name in database_names(shared) {
+        let Some(db) = config.database(&name) else { continue };
+        let mine = pools.iter().filter(|p| p.database == name);
+        let (servers, clients) = mine.fold((0, 0), |(s, c), p| {
+            (
+                s + p.counts.servers.load(Ordering::Relaxed),
+                c + p.counts.clients.load(Ordering::Relaxed),
+            )
+        });
+        let gate = shared.pools.find_gate(&name);
+        let flag = |f: fn(&crate::pool::Gate) -> bool| num(u8::from(gate.as_deref().is_some_and(f)));
+        rows.push(vec![
+            text(&name),
+            text(&db.host),
+            num(db.port),
+            text(db.server_dbname(&name)),
+            db.user.clone(),
+            num(config.pool_size_for(&name)),
+            num(config.min_pool_size_for(&name)),
+            num(config.pooler.reserve_pool_size),
+            num(config.pooler.server_lifetime.as_secs()),
+            db.pool_mode.map(|m| m.to_string()),
+            None,
+            num(config.pooler.max_db_connections),
+            num(servers),
+            num(0),
+            num(clients),
+            flag(|g| g.paused()),
+            flag(|g| g.disabled()),
+        ]);
+    }
+    rows
+}
+
+fn users(shared: &Shared) -> Rows {
+    let mut rows = Rows::new(&[
+        ("name", Ty::Text),
+        ("pool_size", Ty::Text),
+        ("reserve_pool_size", Ty::Text),
+        ("pool_mode", Ty::Text),
+        ("max_user_connections", Ty::Int4),
+        ("current_connections", Ty::Int4),
+        ("max_user_client_connections", Ty::Int4),
+        ("current_client_connections", Ty::Int4),
+    ]);
+    let config = shared.config.load();
+    let pools = shared.pools.all();
+    let mut names: Vec<String> = config.users.keys().cloned().collect();
+    for pool in &pools {
+        if !names.contains(&pool.user) {
+            names.push(pool.user.clone());
+        }
+    }
+    names.sort();
+    for name in names {
+        let user = config.users.get(&name);
+        let (servers, clients) = pools.iter().filter(|p| p.user == name).fold((0, 0), |(s, c), p| {
+            (
+                s + p.counts.servers.load(Ordering::Relaxed),
+                c + p.counts.clients.load(Ordering::Relaxed),
+            )
+        });
+        let max = user
+            .and_then(|u| u.max_user_connections)
+            .unwrap_or(config.pooler.max_user_connections);
+        rows.push(vec![
+            text(&name),
+            text(""),
+            text(""),
+            user.and_then(|u| u.pool_mode).map(|m| m.to_string()),
+            num(max),
+            num(servers),
+            num(0),
+            num(clients),
+        ]);
+    }
+    rows
+}
+
+/// Keys read once at startup: SET cannot change them.
+pub(super) const FIXED: [&str; 7] = [
+    "listen_addr",
+    "listen_port",
+    "tls_mode",
+    "tls_cert_file",
+    "tls_key_file",
+    "server_tls_mode",
+    "server_tls_ca_file",
+];
+
+fn config(shared: &Shared) -> Rows {
+    let config = shared.config.load();
+    let defaults = crate::config::Config::default();
+    let mut rows = Rows::of(&["key", "value", "default", "changeable"], Ty::Text);
+    let sections = [
+        ("", config.pooler.entries(), defaults.pooler.entries()),
+        ("metrics.", config.metrics.entries(), defaults.metrics.entries()),
+        ("breaker.", config.breaker.entries(), defaults.breaker.entries()),
+    ];
+    for (prefix, values, defaults) in sections {
+        for ((key, value), (_, default)) in values.into_iter().zip(defaults) {
+            let changeable = prefix.is_empty() && !FIXED.contains(&key);
+            rows.push(vec![
+                text(format!("{prefix}{key}")),
+                text(value),
+                text(default),
+                text(if changeable { "yes" } else { "no" }),
+            ]);
+        }
+    }
+    rows
+}
+
+fn lists_counts(shared: &Shared) -> Rows {
+    let pools = shared.pools.all();
+    let logged_in: u32 = pools.iter().map(|p| p.counts.clients.load(Ordering::Relaxed)).sum();
+    let servers: u32 = pools.iter().map(|p| p.counts.servers.load(Ordering::Relaxed)).sum();
+    let connected = shared.clients.load(Ordering::Relaxed);
+    let users = {
+        let config = shared.config.load();
+        let mut names: Vec<&String> = config.users.keys().collect();
+        let pool_users: Vec<String> = pools.iter().map(|p| p.user.clone()).collect();
+        let extra = pool_users.iter().filter(|u| !names.contains(u)).count();
+        names.dedup();
+        names.len() + extra
+    };
+    let mut rows = Rows::new(&[("list", Ty::Text), ("items", Ty::Int4)]);
+    for (list, items) in [
+        ("databases", database_names(shared).len() as u64),
+        ("users", users as u64),
+        ("peers", 0),
+        ("pools", pools.len() as u64),
+        ("peer_pools", 0),
+        ("free_clients", 0),
+        ("used_clients", u64::from(connected)),
+        ("login_clients", u64::from(connected.saturating_sub(logged_in))),
+        ("free_servers", 0),
+        ("used_servers", u64::from(servers)),
+        ("dns_names", 0),
+        ("dns_zones", 0),
+        ("dns_queries", 0),
+        ("dns_pending", 0),
+    ] {
+        rows.push(vec![text(list), num(items)]);
+    }
+    rows
+}
+
+fn state(shared: &Shared) -> Rows {
+    let paused = shared.pools.all_gate.paused();
+    let mut rows = Rows::of(&["key", "value"], Ty::Text);
+    let yes = |b: bool| text(if b { "yes" } else { "no" });
+    rows.push(vec![text("active"), yes(!paused && !shared.shutdown.is_draining())]);
+    rows.push(vec![text("paused"), yes(paused)]);
+    rows.push(vec![text("suspended"), yes(false)]);
+    rows
+}
+
+fn slow_queries(shared: &Shared) -> Rows {
+    let mut rows = Rows::new(&[
+        ("database", Ty::Text),
+        ("user", Ty::Text),
+        ("query", Ty::Text),
+        ("count", Ty::Int8),
+        ("mean_us", Ty::Int8),
+        ("max_us", Ty::Int8),
+        ("last_seen", Ty::Text),
+    ]);
+    for pool in shared.pools.all() {
+        for q in pool.stats.slow.list() {
+            rows.push(vec![
+                text(&pool.database),
+                text(&pool.user),
+                text(q.query),
+                num(q.count),
+                num(q.total_us / q.count.max(1)),
+                num(q.max_us),
+                time(q.last_us),
+            ]);
+        }
+    }
+    rows
+}
