@@ -35,6 +35,7 @@ pub fn show(shared: &Shared, item: &str, out: &mut BytesMut) -> Result<(), PgErr
         }
         "state" => state(shared),
         "slow_queries" => slow_queries(shared),
+        "replicas" => replicas(shared),
         "clients" => lists::clients(shared),
         "servers" => lists::servers(shared),
         "mem" | "fds" | "sockets" | "active_sockets" | "dns_hosts" | "dns_zones" | "peers" | "peer_pools" => {
@@ -453,6 +454,51 @@ fn state(shared: &Shared) -> Rows {
     rows.push(vec![text("active"), yes(!paused && !shared.shutdown.is_draining())]);
     rows.push(vec![text("paused"), yes(paused)]);
     rows.push(vec![text("suspended"), yes(false)]);
+    rows
+}
+
+fn replicas(shared: &Shared) -> Rows {
+    let mut rows = Rows::new(&[
+        ("database", Ty::Text),
+        ("host", Ty::Text),
+        ("port", Ty::Int4),
+        ("role", Ty::Text),
+        ("state", Ty::Text),
+        ("replay_lsn", Ty::Text),
+        ("lag_bytes", Ty::Int8),
+        ("lag_seconds", Ty::Numeric),
+        ("last_check", Ty::Text),
+        ("reads_served", Ty::Int8),
+        ("excluded_reason", Ty::Text),
+    ]);
+    let mut sets = shared.pools.replica_sets();
+    sets.sort_by(|a, b| a.database.cmp(&b.database));
+    for set in sets {
+        for r in &set.list {
+            let report = r.report.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            rows.push(vec![
+                text(&set.database),
+                text(&r.host),
+                num(r.port),
+                text(report.role),
+                text(report.state),
+                text(format!(
+                    "{:X}/{:X}",
+                    report.replay_lsn >> 32,
+                    report.replay_lsn & 0xffff_ffff
+                )),
+                num(report.lag_bytes),
+                num(format!("{:.3}", report.lag_seconds)),
+                if report.last_check == 0 {
+                    None
+                } else {
+                    time(report.last_check)
+                },
+                num(r.reads_served.load(Ordering::Relaxed)),
+                text(report.excluded_reason),
+            ]);
+        }
+    }
     rows
 }
 

@@ -45,6 +45,8 @@ impl std::fmt::Debug for ServerConn {
 pub struct Outcome {
     pub error: Option<crate::protocol::messages::PgError>,
     pub status: u8,
+    /// The first row's values, as text (NULL as None); empty when no row came.
+    pub row: Vec<Option<String>>,
 }
 
 impl ServerConn {
@@ -69,6 +71,7 @@ impl ServerConn {
         self.stream.write_all(&out).await.map_err(|e| io(&self.addr, e))?;
         self.stream.flush().await.map_err(|e| io(&self.addr, e))?;
         let mut error = None;
+        let mut row = None;
         loop {
             let frame = peek_header(&self.buf, usize::MAX >> 1).map_err(|e| super::BackendError::Protocol {
                 addr: self.addr.clone(),
@@ -80,9 +83,11 @@ impl ServerConn {
                     match tag {
                         b'Z' => {
                             let status = frame.get(5).copied().unwrap_or(b'?');
-                            return Ok(Outcome { error, status });
+                            let row = row.unwrap_or_default();
+                            return Ok(Outcome { error, status, row });
                         }
                         b'E' if error.is_none() => error = Some(parse_error(&frame[5..])),
+                        b'D' if row.is_none() => row = Some(data_row(&frame[5..])),
                         _ => {}
                     }
                 }
@@ -100,6 +105,34 @@ impl ServerConn {
             }
         }
     }
+}
+
+/// The values of a DataRow body, as text; tolerant of anything malformed (it stops there).
+fn data_row(body: &[u8]) -> Vec<Option<String>> {
+    let mut values = Vec::new();
+    let Some(count) = body.get(..2).map(|b| i16::from_be_bytes([b[0], b[1]])) else {
+        return values;
+    };
+    let mut pos = 2;
+    for _ in 0..count.max(0) {
+        let Some(len) = body
+            .get(pos..pos + 4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        else {
+            break;
+        };
+        pos += 4;
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        let Some(value) = body.get(pos..pos + len as usize) else {
+            break;
+        };
+        values.push(Some(String::from_utf8_lossy(value).into_owned()));
+        pos += len as usize;
+    }
+    values
 }
 
 /// Fields of an ErrorResponse body (type byte, text, NUL), tolerant of anything malformed.

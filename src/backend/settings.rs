@@ -24,7 +24,8 @@ pub const REPORTED: &[&str] = &[
 const SQL_MARK: char = '\0';
 
 /// Startup parameters that are not settings.
-const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+/// Startup parameters that are not session settings (pgmux.route is pgmux's own: `route`).
+const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication", "pgmux.route"];
 
 /// Settings by lower-case name, sorted, so two clients with the same settings compare equal.
 /// Shared, copied on write: the clients of a pool mostly have the same few settings, and

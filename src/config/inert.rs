@@ -1,7 +1,7 @@
 //! Keys this build accepts but does not act on yet, so an operator who sets one hears so at
 //! startup instead of trusting a setting that does nothing.
 
-use super::{BreakerConfig, Config, DatabaseConfig, MetricsConfig};
+use super::{BreakerConfig, Config, MetricsConfig};
 
 impl Config {
     /// Keys set to something other than their default that this build ignores.
@@ -17,13 +17,6 @@ impl Config {
             "metrics.listen",
         );
         check(self.breaker != BreakerConfig::default(), "breaker");
-        let dd = DatabaseConfig::default();
-        for (name, db) in &self.databases {
-            check(
-                !db.replicas.is_empty() || db.read_write_split != dd.read_write_split,
-                &format!("databases.{name}.replicas"),
-            );
-        }
         keys
     }
 }

@@ -11,6 +11,7 @@
 use crate::backend::cancel::{cancel, InFlight};
 use crate::backend::ServerConn;
 use crate::pool::Pool;
+use crate::route::choose::Preference;
 use crate::stats::now_us;
 use dashmap::DashMap;
 use std::net::SocketAddr;
@@ -31,6 +32,8 @@ pub struct Held {
     pub server_id: u64,
     pub created: Instant,
     pub tls: bool,
+    /// The server's pool: the client's own, or a replica's (read_write_split).
+    pub pool: Arc<Pool>,
 }
 
 /// One client's cancel key, the server it holds now, and what the console shows of it.
@@ -49,12 +52,17 @@ pub struct CancelHandle {
     pub wait_since: AtomicU64,
     /// KILL_CLIENT or KILL: the session ends at its next step and says why.
     pub killed: AtomicBool,
+    /// read_write_split: when the client's last write on the primary ended (µs; 0: never), and
+    /// its `pgmux.route` startup parameter.
+    pub wrote_at: AtomicU64,
+    pub route: Preference,
     /// The client's socket, while its session owns it (see `kill`).
     socket: Mutex<Option<RawFd>>,
 }
 
 /// What `CancelRegistry::register` records of a new client.
 pub struct ClientFacts {
+    pub route: Preference,
     pub peer: Option<SocketAddr>,
     pub tls: bool,
     pub application_name: Box<str>,
@@ -67,7 +75,7 @@ impl CancelHandle {
     }
 
     /// The client took this server.
-    pub fn attach(&self, server: &ServerConn) {
+    pub fn attach(&self, server: &ServerConn, pool: &Arc<Pool>) {
         let held = Held {
             process_id: server.process_id,
             secret_key: server.secret_key,
@@ -75,6 +83,7 @@ impl CancelHandle {
             server_id: server.id,
             created: server.created,
             tls: server.stream.is_tls(),
+            pool: pool.clone(),
         };
         *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(held);
     }
@@ -115,15 +124,16 @@ impl CancelHandle {
         let Some(held) = self.held.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
             return false;
         };
-        self.pool.counts.cancels.fetch_add(1, Ordering::Relaxed);
+        let pool = &held.pool;
+        pool.counts.cancels.fetch_add(1, Ordering::Relaxed);
         held.in_flight.begin();
-        let target = &self.pool.target;
+        let target = &pool.target;
         let sent = tokio::time::timeout(CANCEL_TIMEOUT, cancel(target, held.process_id, held.secret_key)).await;
         if !matches!(sent, Ok(Ok(()))) {
             tracing::warn!(pool = %self.pool, backend_pid = held.process_id, "cancel request to the server failed");
         }
         held.in_flight.end();
-        self.pool.counts.cancels.fetch_sub(1, Ordering::Relaxed);
+        pool.counts.cancels.fetch_sub(1, Ordering::Relaxed);
         true
     }
 }
@@ -150,6 +160,8 @@ impl CancelRegistry {
             request_at: AtomicU64::new(now),
             wait_since: AtomicU64::new(0),
             killed: AtomicBool::new(false),
+            wrote_at: AtomicU64::new(0),
+            route: facts.route,
             socket: Mutex::new(Some(facts.socket)),
         });
         self.clients.insert(process_id, handle.clone());

@@ -12,6 +12,7 @@ use crate::backend::{Credentials, Settings};
 use crate::config::{Config, Secret, TlsMode};
 use crate::pool::Pool;
 use crate::protocol::messages::{self as msg, PgError};
+use crate::route::choose::Preference;
 use bytes::BytesMut;
 use sha2::{Digest, Sha256};
 use std::future::Future;
@@ -228,7 +229,15 @@ async fn login(
     }
     // Process ids stay positive, as PostgreSQL's do; they wrap after 2^31 logins.
     let process_id = (shared.next_client_id() % i32::MAX as u64) as i32 + 1;
+    let route = match param("pgmux.route") {
+        None => Preference::Auto,
+        Some(v) => Preference::parse(v).ok_or_else(|| {
+            PgError::fatal("22023", format!("invalid value for pgmux.route: \"{v}\""))
+                .with_hint("use primary, replica or auto")
+        })?,
+    };
     let facts = ClientFacts {
+        route,
         peer: client.stream.peer_addr().ok(),
         tls: client.stream.is_tls(),
         application_name: settings.get("application_name").unwrap_or_default().into(),

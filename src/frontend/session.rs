@@ -13,6 +13,8 @@ use crate::pool::{Lease, Pool};
 use crate::prepared;
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::PgError;
+use crate::route::choose::{first_request, Preference, Route};
+use crate::route::Target;
 use crate::stats::{meter::Meter, now_us};
 use bytes::{Buf, BytesMut};
 use std::future::Future;
@@ -111,15 +113,30 @@ async fn transaction(s: &mut Session) -> Flow {
         }
     }
     let watch = &Watch::new(&s.shared.shutdown, s.cancel.process_id as u32);
+    let mut pick = pick(&s.cancel, &s.client, mode);
     let asked = now_us();
     s.cancel.request_at.store(asked, Ordering::Relaxed);
     s.cancel.wait_since.store(asked, Ordering::Relaxed);
-    let waited = {
-        let work = pin!(s.client.wait_with(checkout(&s.cancel.pool, &s.settings)));
-        drain::until_deadline(watch, work).await
+    let (waited, pool) = loop {
+        let pool = pick.pool(&s.cancel.pool);
+        let waited = {
+            let work = pin!(s.client.wait_with(checkout(pool, &s.settings)));
+            drain::until_deadline(watch, work).await
+        };
+        // A replica that cannot lend a connection: the primary takes the read.
+        if let (Pick::Replica(route, i), Some(Waited::Done(Err(e)))) = (&pick, &waited) {
+            if let Some(replica) = route.set.list.get(*i) {
+                replica.ok.store(false, Ordering::Release);
+                tracing::warn!(pool = %pool, replica = %pool.target.addr(), error = %e.message,
+                    "replica unavailable: the read goes to the primary");
+            }
+            pick = Pick::Primary { wrote: false };
+            continue;
+        }
+        break (waited, pool);
     };
     s.cancel.wait_since.store(0, Ordering::Relaxed);
-    let stats = &s.cancel.pool.stats;
+    let stats = &pool.stats;
     stats
         .wait_time
         .fetch_add(now_us().saturating_sub(asked), Ordering::Relaxed);
@@ -132,42 +149,40 @@ async fn transaction(s: &mut Session) -> Flow {
         }
         Some(Waited::Gone) => return Flow::Stop,
         None => {
-            drain::cut(&mut s.client, None, &s.cancel.pool, watch).await;
+            drain::cut(&mut s.client, None, pool, watch).await;
             return Flow::Stop;
         }
     };
-    s.cancel.attach(lease.conn());
+    let _outstanding = pick.begin();
+    s.cancel.attach(lease.conn(), pool);
     let mut state = RelayState::new(mode != PoolMode::Session, mode == PoolMode::Statement, timeouts);
     state.meter = Meter::new(slow_threshold(&s.shared));
     // Session mode never sees Release: the relay runs until the client leaves.
     let end = loop {
         let relayed = {
-            let work = pin!(relay(
-                &mut s.client,
-                lease.conn(),
-                &mut s.settings,
-                &mut state,
-                &s.cancel.pool
-            ));
+            let work = pin!(relay(&mut s.client, lease.conn(), &mut s.settings, &mut state, pool));
             drain::until_deadline(watch, work).await
         };
         let Some(end) = relayed else {
             s.cancel.detach();
-            drain::cut(&mut s.client, Some(lease), &s.cancel.pool, watch).await;
+            drain::cut(&mut s.client, Some(lease), pool, watch).await;
             return Flow::Stop;
         };
         match end {
             RelayEnd::Timeout(Phase::Busy) => {
                 let secs = timeouts.query.as_secs_f64();
-                tracing::warn!(pool = %s.cancel.pool, "query running longer than query_timeout ({secs} s): cancelling it");
+                tracing::warn!(pool = %pool, "query running longer than query_timeout ({secs} s): cancelling it");
                 s.cancel.cancel_held().await;
             }
             end => break end,
         }
     };
     s.cancel.detach();
-    let (client, pool) = (&mut s.client, &s.cancel.pool);
+    let client = &mut s.client;
     state.meter.flush(&pool.stats);
+    if let Pick::Primary { wrote: true } = pick {
+        s.cancel.wrote_at.store(now_us(), Ordering::Release);
+    }
     match end {
         RelayEnd::Release => {
             give_back(lease).await;
@@ -208,6 +223,73 @@ async fn transaction(s: &mut Session) -> Flow {
         }
     }
     Flow::Stop
+}
+
+/// Where a transaction goes (read_write_split).
+enum Pick<'a> {
+    /// `wrote`: the request may write, so read-your-writes holds the client's next reads.
+    Primary {
+        wrote: bool,
+    },
+    Replica(&'a Route, usize),
+}
+
+impl<'a> Pick<'a> {
+    fn pool(&self, primary: &'a Arc<Pool>) -> &'a Arc<Pool> {
+        match self {
+            Pick::Replica(route, i) => route.pools.get(*i).unwrap_or(primary),
+            Pick::Primary { .. } => primary,
+        }
+    }
+
+    /// Counts the transaction on its replica (least_outstanding) until the guard drops.
+    fn begin(&self) -> Option<Outstanding> {
+        let Pick::Replica(route, i) = self else { return None };
+        let replica = route.set.list.get(*i)?.clone();
+        replica.outstanding.fetch_add(1, Ordering::Relaxed);
+        replica.reads_served.fetch_add(1, Ordering::Relaxed);
+        Some(Outstanding(replica))
+    }
+}
+
+struct Outstanding(Arc<crate::route::replicas::Replica>);
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Transaction and statement modes with read_write_split: a transaction that starts with a
+/// read may go to a replica that passes the lag check (and has replayed the client's writes).
+fn pick<'a>(cancel: &'a CancelHandle, client: &ClientConn, mode: PoolMode) -> Pick<'a> {
+    let primary = &cancel.pool;
+    let Some(route) = primary.route.as_ref() else {
+        return Pick::Primary { wrote: false };
+    };
+    if mode == PoolMode::Session || client.tracker.status != b'I' {
+        return Pick::Primary { wrote: true };
+    }
+    route
+        .set
+        .monitor(|| (primary.target.clone(), (*primary.credentials()).clone()));
+    let frames = client.buf.get(..client.ready).unwrap_or_default();
+    let target = match cancel.route {
+        Preference::Primary => Target::Primary,
+        Preference::Replica => Target::Replica,
+        Preference::Auto => first_request(frames, &client.prepared, &route.deny),
+    };
+    if target == Target::Primary {
+        return Pick::Primary { wrote: true };
+    }
+    let wrote_at = match route.read_your_writes {
+        true => cancel.wrote_at.load(Ordering::Acquire),
+        false => 0,
+    };
+    match route.set.choose(wrote_at) {
+        Some(i) => Pick::Replica(route, i),
+        None => Pick::Primary { wrote: false },
+    }
 }
 
 /// A lone Parse and Sync of statements the pool knows, answered without a server (see

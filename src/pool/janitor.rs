@@ -16,6 +16,9 @@ pub async fn run(pools: Arc<Pools>) {
         for pool in pools.all() {
             pool.prune_idle();
             pool.spawn_fill_min();
+            for replica in pool.route.iter().flat_map(|r| r.pools.iter()) {
+                replica.prune_idle();
+            }
         }
     }
 }

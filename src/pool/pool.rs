@@ -136,6 +136,8 @@ pub struct Pool {
     pub gates: [Arc<Gate>; 2],
     /// Bumped by RECONNECT: connections opened before are closed when they come back.
     generation: AtomicU32,
+    /// read_write_split: the replicas' pools for the same user (None for a replica's pool).
+    pub route: Option<crate::route::choose::Route>,
 }
 
 /// What a pool shares with others: the connection limits of its database and server login
@@ -184,6 +186,7 @@ impl Pool {
             stats: PoolStats::default(),
             gates,
             generation: AtomicU32::new(0),
+            route: None,
         }
     }
 
@@ -225,6 +228,9 @@ impl Pool {
 
     /// Passthrough: a password that just logged in replaces the one the pool knew.
     pub fn set_credentials(&self, credentials: Credentials) {
+        for replica in self.route.iter().flat_map(|r| r.pools.iter()) {
+            replica.set_credentials(credentials.clone());
+        }
         self.credentials.store(Arc::new(credentials));
     }
 
@@ -544,6 +550,11 @@ impl Lease {
         self.conn
             .as_mut()
             .unwrap_or_else(|| unreachable!("lease without a connection"))
+    }
+
+    /// The pool the connection belongs to (a replica's, with read_write_split).
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
     }
 
     /// Returns the connection to the pool: the caller vouches that it is idle and clean.

@@ -6,6 +6,9 @@ use super::limits::{Limit, LimitKind};
 use super::pool::{Links, Pool, PoolSettings};
 use crate::backend::{Credentials, Target};
 use crate::config::{Config, DatabaseConfig, Secret};
+use crate::route::choose::Route;
+use crate::route::replicas::Replicas;
+use crate::route::DenyList;
 use crate::tls::ServerTls;
 use dashmap::DashMap;
 use std::sync::atomic::Ordering;
@@ -31,6 +34,8 @@ pub struct Pools {
     /// The console's PAUSE/KILL/DISABLE state per database, and for all of them.
     gates: DashMap<String, Arc<Gate>>,
     pub all_gate: Arc<Gate>,
+    /// read_write_split: each database's replicas and their lag monitor.
+    replica_sets: DashMap<String, Arc<Replicas>>,
 }
 
 /// What a reload changed in the pools, for its log line.
@@ -109,6 +114,11 @@ impl Pools {
         self.gates.get(database).map(|g| g.clone())
     }
 
+    /// Every database's replicas (SHOW REPLICAS).
+    pub fn replica_sets(&self) -> Vec<Arc<Replicas>> {
+        self.replica_sets.iter().map(|e| e.value().clone()).collect()
+    }
+
     /// Databases with a gate, and their gates.
     pub fn gates(&self) -> Vec<(String, Arc<Gate>)> {
         self.gates
@@ -142,7 +152,24 @@ impl Pools {
             let same_server = target.host == pool.target.host
                 && target.port == pool.target.port
                 && target.database == pool.target.database;
-            if !same_server || credentials.user != pool.credentials().user {
+            let split = db.read_write_split && !db.replicas.is_empty();
+            let same_replicas = match &pool.route {
+                Some(route) => {
+                    split
+                        && route.set.list.len() == db.replicas.len()
+                        && route
+                            .set
+                            .list
+                            .iter()
+                            .zip(&db.replicas)
+                            .all(|(r, (h, p))| r.host == *h && r.port == *p)
+                }
+                None => !split,
+            };
+            if !same_server || !same_replicas || credentials.user != pool.credentials().user {
+                if !same_replicas {
+                    self.replica_sets.remove(&key.database);
+                }
                 retire.push(key.clone());
                 continue;
             }
@@ -151,8 +178,14 @@ impl Pools {
             }
             let settings = settings(config, db, &key.database, &key.user);
             if settings != *pool.settings() {
+                for replica in pool.route.iter().flat_map(|r| r.pools.iter()) {
+                    replica.reconfigure(settings.clone());
+                }
                 pool.reconfigure(settings);
                 done.updated += 1;
+            }
+            if let Some(route) = &pool.route {
+                route.set.reconfigure(db);
             }
         }
         for key in retire {
@@ -200,6 +233,7 @@ impl Pools {
         password: Option<&str>,
     ) -> Pool {
         let credentials = server_credentials(config, db, user, password);
+        let route = self.route(config, db, database, user, &credentials);
         let db_limit = self
             .db_limits
             .entry(database.to_owned())
@@ -223,7 +257,7 @@ impl Pools {
                 ))
             })
             .clone();
-        Pool::new(
+        let mut pool = Pool::new(
             database.to_owned(),
             user.to_owned(),
             target(config, db, database, &self.server_tls),
@@ -234,7 +268,57 @@ impl Pools {
                 user_limit,
                 gates: [self.gate(database), self.all_gate.clone()],
             },
-        )
+        );
+        pool.route = route;
+        pool
+    }
+
+    /// read_write_split: a pool per replica for this user, sharing the database's monitor.
+    /// Replica pools have their own connection limits (max_db_connections per replica).
+    fn route(
+        &self,
+        config: &Config,
+        db: &DatabaseConfig,
+        database: &str,
+        user: &str,
+        credentials: &Credentials,
+    ) -> Option<Route> {
+        if !db.read_write_split || db.replicas.is_empty() {
+            return None;
+        }
+        let set = self
+            .replica_sets
+            .entry(database.to_owned())
+            .or_insert_with(|| Arc::new(Replicas::new(database, db)))
+            .clone();
+        let pools = set
+            .list
+            .iter()
+            .map(|replica| {
+                let addr = format!("{database}@{}:{}", replica.host, replica.port);
+                let mut target = target(config, db, database, &self.server_tls);
+                target.host = replica.host.clone();
+                target.port = replica.port;
+                Arc::new(Pool::new(
+                    database.to_owned(),
+                    user.to_owned(),
+                    target,
+                    credentials.clone(),
+                    settings(config, db, database, user),
+                    Links {
+                        db_limit: Arc::new(Limit::new(LimitKind::Database, &addr, config.pooler.max_db_connections)),
+                        user_limit: Arc::new(Limit::new(LimitKind::User, user, 0)),
+                        gates: [self.gate(database), self.all_gate.clone()],
+                    },
+                ))
+            })
+            .collect();
+        Some(Route {
+            set,
+            pools,
+            deny: DenyList::new(&db.write_functions),
+            read_your_writes: db.read_your_writes,
+        })
     }
 }
 
