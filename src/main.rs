@@ -107,6 +107,7 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
     }
     let shared = Arc::new(Shared::new(config, tls).with_config_path(path));
     tokio::spawn(pool::janitor::run(shared.pools.clone()));
+    tokio::spawn(pgmux::stats::metrics::serve(shared.clone()));
     let accepting = tokio::spawn(listener::run(listener, shared.clone()));
     let mode = loop {
         match signals.next().await {
