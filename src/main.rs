@@ -108,6 +108,7 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
     let shared = Arc::new(Shared::new(config, tls).with_config_path(path));
     tokio::spawn(pool::janitor::run(shared.pools.clone()));
     tokio::spawn(stats::period::run(shared.clone()));
+    tokio::spawn(stats::metrics::serve(shared.clone()));
     let accepting = tokio::spawn(listener::run(listener, shared.clone()));
     let mode = loop {
         let signal = tokio::select! {

@@ -6,7 +6,44 @@
 use crate::config::{Config, ConfigError};
 use crate::frontend::Shared;
 use crate::pool::Reconfigured;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Reload outcomes for the metrics. The start counts as a successful load, so an alert on
+/// `last_ok == 0` fires only after a reload failed.
+#[derive(Debug)]
+pub struct ReloadStats {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    pub last_ok: AtomicBool,
+    /// Unix seconds of the last reload attempt, or of the start.
+    pub last_at: AtomicU64,
+}
+
+impl Default for ReloadStats {
+    fn default() -> Self {
+        ReloadStats {
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_ok: AtomicBool::new(true),
+            last_at: AtomicU64::new(unix_now()),
+        }
+    }
+}
+
+impl ReloadStats {
+    fn record(&self, ok: bool) {
+        let n = if ok { &self.ok } else { &self.failed };
+        n.fetch_add(1, Relaxed);
+        self.last_ok.store(ok, Relaxed);
+        self.last_at.store(unix_now(), Relaxed);
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
 
 /// Why a reload did nothing.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +58,7 @@ pub enum ReloadError {
 /// Reloads `shared.config_path`, logging one line with the result either way.
 pub fn reload(shared: &Shared) -> Result<Reconfigured, ReloadError> {
     let result = try_reload(shared);
+    shared.reloads.record(result.is_ok());
     match &result {
         Ok(done) => tracing::info!(
             pools_updated = done.updated,
@@ -40,6 +78,9 @@ fn try_reload(shared: &Shared) -> Result<Reconfigured, ReloadError> {
         != (old.pooler.listen_addr.as_str(), old.pooler.listen_port)
     {
         tracing::warn!("listen_addr and listen_port take effect at the next start, not on reload");
+    }
+    if config.metrics.listen != old.metrics.listen {
+        tracing::warn!("metrics.listen takes effect at the next start, not on reload");
     }
     let inert = config.inert_settings();
     if !inert.is_empty() {

@@ -1,7 +1,7 @@
 //! Keys this build accepts but does not act on yet, so an operator who sets one hears so at
 //! startup instead of trusting a setting that does nothing.
 
-use super::{BreakerConfig, Config, MetricsConfig};
+use super::{BreakerConfig, Config};
 
 impl Config {
     /// Keys set to something other than their default that this build ignores.
@@ -12,11 +12,10 @@ impl Config {
                 keys.push(key.to_owned());
             }
         };
-        check(
-            self.metrics != MetricsConfig::default() && !self.metrics.listen.is_empty(),
-            "metrics.listen",
-        );
         check(self.breaker != BreakerConfig::default(), "breaker");
+        for (name, db) in &self.databases {
+            check(db.primary_reads, &format!("databases.{name}.primary_reads"));
+        }
         keys
     }
 }
@@ -30,7 +29,7 @@ mod tests {
         assert!(Config::default().inert_settings().is_empty());
         assert!(Config::embedded_default().inert_settings().is_empty());
         let config = Config::parse(
-            "[pooler]\nadmin_users = [\"a\"]\ntls_mode = \"disable\"\n[breaker]\nfailure_threshold = 3\n",
+            "[pooler]\nadmin_users = [\"a\"]\ntls_mode = \"disable\"\n[metrics]\nlisten = \"0.0.0.0:9999\"\n[breaker]\nfailure_threshold = 3\n",
             "t",
         )
         .unwrap();

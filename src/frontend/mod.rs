@@ -40,6 +40,8 @@ pub struct Shared {
     /// The certificate and key shown to clients that ask for TLS; None when tls_mode = disable.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub cancels: cancel::CancelRegistry,
+    /// Reload outcomes, for the metrics.
+    pub reloads: crate::reload::ReloadStats,
 }
 
 impl Shared {
@@ -50,6 +52,7 @@ impl Shared {
             pools: Arc::new(Pools::new(tls.to_servers)),
             tls: tls.to_clients,
             cancels: cancel::CancelRegistry::default(),
+            reloads: crate::reload::ReloadStats::default(),
             keys: KeyCache::default(),
             clients: AtomicU32::new(0),
             next_client: AtomicU64::new(1),

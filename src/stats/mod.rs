@@ -2,8 +2,10 @@
 //! that the data path updates with relaxed atomics (no lock), the averages and percentiles of
 //! the last stats period, and the slowest recent queries.
 
+pub mod exposition;
 pub mod histogram;
 pub mod meter;
+pub mod metrics;
 pub mod period;
 pub mod slow;
 

@@ -32,6 +32,7 @@ impl Pgmux {
 
     /// Start pgmux with the config
     /// `[pooler]\nlisten_addr = "127.0.0.1"\nlisten_port = <free port>\n<pooler_extra>\n[metrics]\nlisten = ""\n<rest>`
+    /// (without the `[metrics]` lines when `rest` has a `[metrics]` section of its own)
     /// where `{pg_port}` becomes `cluster.port`, `{pg_socket_dir}` `cluster.dir` (its unix
     /// socket directory) and `{replica_port}` the given replica port. Waits until the port
     /// accepts TCP (10 s); panics with the log tail if pgmux exits or never listens.
@@ -169,8 +170,14 @@ impl Pgmux {
 
 fn config_text(port: u16, vars: &[(&str, String)], pooler_extra: &str, rest: &str) -> String {
     let subst = |s: &str| vars.iter().fold(s.to_owned(), |s, (k, v)| s.replace(k, v));
+    // Metrics are off unless `rest` has its own [metrics] section (tests/metrics.rs).
+    let metrics = if rest.contains("[metrics]") {
+        ""
+    } else {
+        "[metrics]\nlisten = \"\"\n"
+    };
     format!(
-        "[pooler]\nlisten_addr = \"127.0.0.1\"\nlisten_port = {port}\n{}\n[metrics]\nlisten = \"\"\n{}\n",
+        "[pooler]\nlisten_addr = \"127.0.0.1\"\nlisten_port = {port}\n{}\n{metrics}{}\n",
         subst(pooler_extra),
         subst(rest)
     )
