@@ -65,8 +65,15 @@ pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
                 Request::Invalid(e) => break Some(e),
             }
             // Boxed, once per transaction, for the same reason.
-            if let Flow::Stop = Box::pin(transaction(&mut s)).await {
-                break None;
+            match Box::pin(transaction(&mut s, false)).await {
+                Flow::Next => {}
+                Flow::Stop => break None,
+                // A read whose replica died before answering: once more, elsewhere.
+                Flow::Retry => {
+                    if let Flow::Stop = Box::pin(transaction(&mut s, true)).await {
+                        break None;
+                    }
+                }
             }
         };
         let invalid = match s.cancel.killed.load(Ordering::Acquire) {
@@ -100,11 +107,45 @@ fn client_idle(shared: &Shared) -> Duration {
 enum Flow {
     Next,
     Stop,
+    /// The request is back in the client's buffer, to be sent again (see `Replay`).
+    Retry,
+}
+
+/// A read sent to a replica, kept until the replica answers, so that a replica dying before
+/// any byte of its answer reached the client costs the client nothing: the request goes again,
+/// to another target. Not for requests that name prepared statements (their translation
+/// changed the client's view of them) nor for large ones.
+struct Replay {
+    frames: BytesMut,
+    tracker: super::track::Tracker,
+}
+
+const REPLAY_MAX: usize = 64 * 1024;
+
+impl Replay {
+    fn take(pick: &Pick, retried: bool, client: &ClientConn) -> Option<Replay> {
+        if retried || !matches!(pick, Pick::Replica(..)) || client.rewrite || client.ready > REPLAY_MAX {
+            return None;
+        }
+        Some(Replay {
+            frames: BytesMut::from(client.buf.get(..client.ready)?),
+            tracker: client.tracker,
+        })
+    }
+
+    /// Puts the request back in front of whatever the client sent after it.
+    fn restore(self, client: &mut ClientConn) {
+        let mut buf = self.frames;
+        client.ready = buf.len();
+        buf.extend_from_slice(&client.buf);
+        client.buf = buf;
+        client.tracker = self.tracker;
+    }
 }
 
 /// Takes a server, relays the client's transaction (in session mode: the rest of the session)
 /// and gives the server back clean.
-async fn transaction(s: &mut Session) -> Flow {
+async fn transaction(s: &mut Session, retried: bool) -> Flow {
     let timeouts = timeouts(&s.shared);
     let mode = s.cancel.pool.settings().mode;
     if s.client.rewrite && mode != PoolMode::Session {
@@ -154,6 +195,7 @@ async fn transaction(s: &mut Session) -> Flow {
         }
     };
     let _outstanding = pick.begin();
+    let replay = Replay::take(&pick, retried, &s.client);
     s.cancel.attach(lease.conn(), pool);
     let mut state = RelayState::new(mode != PoolMode::Session, mode == PoolMode::Statement, timeouts);
     state.meter = Meter::new(slow_threshold(&s.shared));
@@ -179,6 +221,16 @@ async fn transaction(s: &mut Session) -> Flow {
     };
     s.cancel.detach();
     let client = &mut s.client;
+    if let (RelayEnd::ServerGone(e), Some(replay), Pick::Replica(route, i)) = (&end, replay, &pick) {
+        if state.meter.untouched(replay.frames.len()) {
+            if let Some(replica) = route.set.list.get(*i) {
+                replica.ok.store(false, Ordering::Release);
+            }
+            tracing::warn!(pool = %pool, error = %e, "replica connection lost before it answered: the read goes elsewhere");
+            replay.restore(client);
+            return Flow::Retry;
+        }
+    }
     state.meter.flush(&pool.stats);
     if let Pick::Primary { wrote: true } = pick {
         s.cancel.wrote_at.store(now_us(), Ordering::Release);

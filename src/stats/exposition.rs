@@ -73,10 +73,24 @@ pub struct PoolSample {
     pub xact: Hist,
 }
 
+/// One replica of a database with read_write_split, as SHOW REPLICAS shows it.
+#[derive(Debug, Default, Clone)]
+pub struct ReplicaSample {
+    pub database: String,
+    pub host: String,
+    pub port: u16,
+    pub ok: bool,
+    pub in_recovery: bool,
+    pub lag_bytes: u64,
+    pub lag_seconds: f64,
+    pub reads: u64,
+}
+
 /// Everything one scrape reports.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     pub pools: Vec<PoolSample>,
+    pub replicas: Vec<ReplicaSample>,
     pub clients: u64,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
@@ -131,9 +145,26 @@ impl Snapshot {
                 xact: Hist::read(&s.xact_latency, PoolStats::get(&s.xact_time)),
             }
         });
+        let mut replicas = Vec::new();
+        for set in shared.pools.replica_sets() {
+            for r in &set.list {
+                let report = r.report.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                replicas.push(ReplicaSample {
+                    database: set.database.clone(),
+                    host: r.host.clone(),
+                    port: r.port,
+                    ok: r.ok.load(Relaxed),
+                    in_recovery: report.role == "replica",
+                    lag_bytes: report.lag_bytes,
+                    lag_seconds: report.lag_seconds,
+                    reads: r.reads_served.load(Relaxed),
+                });
+            }
+        }
         let r = &shared.reloads;
         Snapshot {
             pools: pools.collect(),
+            replicas,
             clients: shared.clients.load(Relaxed).into(),
             reloads_ok: r.ok.load(Relaxed),
             reloads_failed: r.failed.load(Relaxed),
@@ -292,6 +323,42 @@ const SPLIT_COUNTERS: &[Split] = &[
     ),
 ];
 
+type PerReplica = (&'static str, &'static str, fn(&ReplicaSample) -> Value<'_>);
+
+const REPLICA_METRICS: &[PerReplica] = &[
+    (
+        "pgmux_replica_up",
+        "1 while the replica passes the lag check and takes reads",
+        |r| Value::Gauge(r.ok.into()),
+    ),
+    (
+        "pgmux_replica_in_recovery",
+        "1 while the replica is in recovery (0: promoted)",
+        |r| Value::Gauge(r.in_recovery.into()),
+    ),
+    (
+        "pgmux_replica_lag_bytes",
+        "WAL bytes the replica's replay is behind the primary",
+        |r| Value::Gauge(r.lag_bytes as i64),
+    ),
+    (
+        "pgmux_replica_lag_seconds",
+        "Age of the replica's last replayed transaction while behind",
+        |r| Value::GaugeF(r.lag_seconds),
+    ),
+    ("pgmux_replica_reads", "Transactions routed to the replica", |r| {
+        Value::Counter(r.reads)
+    }),
+];
+
+fn replica_labels(r: &ReplicaSample) -> Labels {
+    vec![
+        ("database", r.database.clone()),
+        ("host", r.host.clone()),
+        ("port", r.port.to_string()),
+    ]
+}
+
 fn states<'a>(pairs: &[(&str, u64)]) -> Vec<(String, Value<'a>)> {
     pairs
         .iter()
@@ -352,6 +419,10 @@ impl Collector for Snapshot {
             .chain(PER_POOL.iter().map(per_pool))
             .chain(SPLIT_COUNTERS.iter().map(split));
         for (name, help, rows) in families {
+            family(enc, name, help, rows)?;
+        }
+        for (name, help, f) in REPLICA_METRICS {
+            let rows = self.replicas.iter().map(|r| (replica_labels(r), f(r))).collect();
             family(enc, name, help, rows)?;
         }
         Ok(())

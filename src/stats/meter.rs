@@ -26,6 +26,8 @@ pub struct Meter {
     /// request the server is busy with.
     slow_threshold: u64,
     capture: Vec<u8>,
+    /// A transaction ended (and was added to the totals) during this checkout.
+    flushed: bool,
 }
 
 /// What a query's text is, for the slow-query list.
@@ -110,6 +112,11 @@ impl Meter {
         }
     }
 
+    /// Nothing came back from the server and nothing but the first `request` bytes went to it.
+    pub fn untouched(&self, request: usize) -> bool {
+        !self.flushed && self.sent == 0 && self.received == request as u64
+    }
+
     /// The server sent `parses` ParseCompletes.
     pub fn server_parsed(&mut self, parses: u32) {
         self.server_parses += u64::from(parses);
@@ -149,6 +156,7 @@ impl Meter {
 
     /// Adds what was counted to the pool's totals (also when a transaction ends otherwise).
     pub fn flush(&mut self, stats: &PoolStats) {
+        self.flushed = true;
         add(&stats.received, std::mem::take(&mut self.received));
         add(&stats.sent, std::mem::take(&mut self.sent));
         add(&stats.queries, std::mem::take(&mut self.queries));
