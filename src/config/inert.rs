@@ -13,9 +13,6 @@ impl Config {
             }
         };
         check(self.breaker != BreakerConfig::default(), "breaker");
-        for (name, db) in &self.databases {
-            check(db.primary_reads, &format!("databases.{name}.primary_reads"));
-        }
         keys
     }
 }

@@ -338,7 +338,10 @@ fn pick<'a>(cancel: &'a CancelHandle, client: &ClientConn, mode: PoolMode) -> Pi
         true => cancel.wrote_at.load(Ordering::Acquire),
         false => 0,
     };
-    match route.set.choose(wrote_at) {
+    match route
+        .set
+        .choose(wrote_at, primary.counts.active.load(Ordering::Relaxed))
+    {
         Some(i) => Pick::Replica(route, i),
         None => Pick::Primary { wrote: false },
     }

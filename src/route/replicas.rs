@@ -65,6 +65,7 @@ struct Settings {
     max_lag_seconds: f64,
     interval: Duration,
     policy: LoadBalancing,
+    primary_reads: bool,
 }
 
 impl Settings {
@@ -74,6 +75,7 @@ impl Settings {
             max_lag_seconds: db.max_replica_lag_seconds.as_secs_f64(),
             interval: db.lag_check_interval.max(Duration::from_millis(10)),
             policy: db.load_balancing,
+            primary_reads: db.primary_reads,
         }
     }
 }
@@ -121,8 +123,9 @@ impl Replicas {
     }
 
     /// The index of a replica for a read, or None for the primary. `wrote_at` (now_us, 0 for
-    /// never) is when the client's last write ended (read-your-writes).
-    pub fn choose(&self, wrote_at: u64) -> Option<usize> {
+    /// never) is when the client's last write ended (read-your-writes). With primary_reads the
+    /// primary is one more candidate, with `primary_load` transactions in flight.
+    pub fn choose(&self, wrote_at: u64, primary_load: u32) -> Option<usize> {
         let need = if wrote_at == 0 {
             0
         } else if self.primary_lsn_at.load(Ordering::Acquire) > wrote_at {
@@ -130,31 +133,28 @@ impl Replicas {
         } else {
             return None; // the primary's position after that write is not known yet
         };
-        let fit = |r: &Replica| r.ok.load(Ordering::Acquire) && r.replay_lsn.load(Ordering::Acquire) >= need;
-        let n = self.list.len();
-        match self.settings().policy {
-            LoadBalancing::LeastOutstanding => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..n)
-                    .map(|k| (start + k) % n)
-                    .filter(|&i| self.list.get(i).is_some_and(|r| fit(r)))
-                    .min_by_key(|&i| {
-                        self.list
-                            .get(i)
-                            .map_or(u32::MAX, |r| r.outstanding.load(Ordering::Relaxed))
-                    })
-            }
-            LoadBalancing::RoundRobin => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..n)
-                    .map(|k| (start + k) % n)
-                    .find(|&i| self.list.get(i).is_some_and(|r| fit(r)))
-            }
+        let settings = self.settings();
+        // Index `len` stands for the primary, a candidate with primary_reads.
+        let n = self.list.len() + usize::from(settings.primary_reads);
+        let fit = |i: usize| match self.list.get(i) {
+            Some(r) => r.ok.load(Ordering::Acquire) && r.replay_lsn.load(Ordering::Acquire) >= need,
+            None => true,
+        };
+        let load = |i: usize| match self.list.get(i) {
+            Some(r) => r.outstanding.load(Ordering::Relaxed),
+            None => primary_load,
+        };
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut order = (0..n).map(|k| (start + k) % n.max(1));
+        let chosen = match settings.policy {
+            LoadBalancing::LeastOutstanding => order.filter(|&i| fit(i)).min_by_key(|&i| load(i)),
+            LoadBalancing::RoundRobin => order.find(|&i| fit(i)),
             LoadBalancing::Random => {
-                let fitting: Vec<usize> = (0..n).filter(|&i| self.list.get(i).is_some_and(|r| fit(r))).collect();
+                let fitting: Vec<usize> = (0..n).filter(|&i| fit(i)).collect();
                 fitting.get(rand::random_range(0..fitting.len().max(1))).copied()
             }
-        }
+        };
+        chosen.filter(|&i| i < self.list.len())
     }
 
     /// Starts the monitor once, with the primary and the credentials `how` gives (the first
@@ -387,26 +387,36 @@ mod tests {
     #[test]
     fn choice_and_read_your_writes() {
         let s = set(2, LoadBalancing::LeastOutstanding);
-        assert_eq!(s.choose(0), None, "none checked yet");
+        assert_eq!(s.choose(0, 0), None, "none checked yet");
         for r in &s.list {
             r.ok.store(true, Ordering::Relaxed);
             r.replay_lsn.store(100, Ordering::Relaxed);
         }
         s.list[0].outstanding.store(3, Ordering::Relaxed);
-        assert_eq!(s.choose(0), Some(1));
+        assert_eq!(s.choose(0, 0), Some(1));
         // A write at t=50; the primary's position read at t=40 does not cover it.
         s.primary_lsn.store(150, Ordering::Relaxed);
         s.primary_lsn_at.store(40, Ordering::Relaxed);
-        assert_eq!(s.choose(50), None);
+        assert_eq!(s.choose(50, 0), None);
         s.primary_lsn_at.store(60, Ordering::Relaxed);
-        assert_eq!(s.choose(50), None, "replicas at 100 < 150");
+        assert_eq!(s.choose(50, 0), None, "replicas at 100 < 150");
         s.list[0].replay_lsn.store(150, Ordering::Relaxed);
-        assert_eq!(s.choose(50), Some(0));
+        assert_eq!(s.choose(50, 0), Some(0));
         let rr = set(3, LoadBalancing::RoundRobin);
         for r in &rr.list {
             r.ok.store(true, Ordering::Relaxed);
         }
-        let picks: Vec<_> = (0..3).map(|_| rr.choose(0).unwrap()).collect();
+        let picks: Vec<_> = (0..3).map(|_| rr.choose(0, 0).unwrap()).collect();
         assert_eq!(picks, vec![0, 1, 2]);
+        let db = DatabaseConfig {
+            replicas: vec![("127.0.0.1".to_string(), 5000)],
+            primary_reads: true,
+            ..DatabaseConfig::default()
+        };
+        let with_primary = Replicas::new("db", &db);
+        with_primary.list[0].ok.store(true, Ordering::Relaxed);
+        with_primary.list[0].outstanding.store(5, Ordering::Relaxed);
+        assert_eq!(with_primary.choose(0, 1), None, "the primary is less busy");
+        assert_eq!(with_primary.choose(0, 9), Some(0));
     }
 }
