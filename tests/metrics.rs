@@ -8,12 +8,12 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 use support::*;
 
-const APP: &str = "[users.app]\npassword = \"app\"\n";
+const APP: &str = "[users.app]\npassword = \"app\"\n[users.admin]\npassword = \"admin\"\n";
 
 fn pgmux(db: &str, metrics_port: u16) -> Pgmux {
     ensure_database(db);
     Pgmux::start(
-        "auth_type = \"scram-sha-256\"\ndefault_pool_size = 1",
+        "auth_type = \"scram-sha-256\"\ndefault_pool_size = 1\nadmin_users = [\"admin\"]",
         &format!("{APP}[databases.{db}]\nport = {{pg_port}}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
     )
 }
@@ -107,6 +107,19 @@ fn scrape_until(port: u16, what: &str, ok: impl Fn(&Samples) -> bool) -> Samples
     }
 }
 
+/// The row of `database` in a console SHOW, as a column-name lookup.
+async fn console_row(console: &tokio_postgres::Client, show: &str, database: &str) -> impl Fn(&str) -> String {
+    let messages = console.simple_query(show).await.unwrap();
+    let row = messages
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get("database") == Some(database) => Some(r),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{show}: no row for {database}"));
+    move |column: &str| row.get(column).unwrap_or_default().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_a_busy_pool() {
     let port = free_port();
@@ -135,6 +148,15 @@ async fn metrics_follow_a_busy_pool() {
     assert!(one(&s, "pgmux_client_max_wait_seconds", &pool) > 0.0);
     assert_eq!(one(&s, "pgmux_up", &[]), 1.0);
     assert_eq!(one(&s, "pgmux_clients_connected", &[]), 3.0);
+    // The console reads the same state.
+    let console = connect(&px.url("admin", "admin", "pgbouncer")).await;
+    let row = console_row(&console, "SHOW POOLS", "metrics1").await;
+    assert_eq!(row("cl_waiting"), "2");
+    assert_eq!(
+        row("sv_active"),
+        one(&s, "pgmux_servers", &[pool[0], pool[1], ("state", "active")]).to_string()
+    );
+    assert_eq!(row("pool_size"), "1");
 
     holder.batch_execute("COMMIT").await.unwrap();
     for t in tasks {
@@ -164,6 +186,16 @@ async fn metrics_follow_a_busy_pool() {
     assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
     assert_eq!(*buckets.last().unwrap(), count);
     assert!(one(&s, "pgmux_transaction_duration_seconds_count", &pool) >= 3.0);
+    let totals = console_row(&console, "SHOW STATS_TOTALS", "metrics1").await;
+    assert_eq!(
+        totals("xact_count"),
+        one(&s, "pgmux_transactions_total", &pool).to_string()
+    );
+    assert_eq!(totals("query_count"), one(&s, "pgmux_queries_total", &pool).to_string());
+    assert_eq!(
+        totals("bytes_sent"),
+        one(&s, "pgmux_sent_bytes_total", &pool).to_string()
+    );
 
     let (status, body) = get(port, "/health").unwrap();
     assert_eq!((status, body.as_str()), (200, "ok\n"));
