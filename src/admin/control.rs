@@ -46,6 +46,12 @@ pub async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> 
         Command::Reconnect(db) => {
             for pool in pools_of(shared, db.as_deref())? {
                 pool.reconnect();
+                // Also its breakers: the operator says the servers are worth trying again.
+                pool.breaker.reset();
+                for replica in pool.route.iter().flat_map(|r| r.pools.iter()) {
+                    replica.reconnect();
+                    replica.breaker.reset();
+                }
             }
             "RECONNECT"
         }

@@ -112,15 +112,19 @@ pub fn num(v: impl std::fmt::Display) -> Cell {
 
 /// A wall-clock time from `stats::now_us` µs, as PgBouncer prints it (UTC here).
 pub fn time(us_since_start: u64) -> Cell {
-    let secs = crate::stats::wall_clock_secs(us_since_start);
+    Some(utc(crate::stats::wall_clock_secs(us_since_start)))
+}
+
+/// Seconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn utc(secs: u64) -> String {
     let (days, rest) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil(days as i64);
-    Some(format!(
+    format!(
         "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
         rest / 3600,
         rest % 3600 / 60,
         rest % 60
-    ))
+    )
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).

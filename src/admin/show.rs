@@ -36,6 +36,7 @@ pub fn show(shared: &Shared, item: &str, out: &mut BytesMut) -> Result<(), PgErr
         "state" => state(shared),
         "slow_queries" => slow_queries(shared),
         "replicas" => replicas(shared),
+        "breakers" => breakers(shared),
         "clients" => lists::clients(shared),
         "servers" => lists::servers(shared),
         "mem" | "fds" | "sockets" | "active_sockets" | "dns_hosts" | "dns_zones" | "peers" | "peer_pools" => {
@@ -454,6 +455,37 @@ fn state(shared: &Shared) -> Rows {
     rows.push(vec![text("active"), yes(!paused && !shared.shutdown.is_draining())]);
     rows.push(vec![text("paused"), yes(paused)]);
     rows.push(vec![text("suspended"), yes(false)]);
+    rows
+}
+
+fn breakers(shared: &Shared) -> Rows {
+    let mut rows = Rows::new(&[
+        ("host", Ty::Text),
+        ("port", Ty::Int4),
+        ("role", Ty::Text),
+        ("state", Ty::Text),
+        ("consecutive_failures", Ty::Int4),
+        ("opened_at", Ty::Text),
+        ("next_probe_at", Ty::Text),
+        ("last_error", Ty::Text),
+    ]);
+    let wall = |at: Option<std::time::SystemTime>| {
+        at.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| super::result::utc(d.as_secs()))
+    };
+    for b in shared.pools.breakers() {
+        let s = b.snapshot();
+        rows.push(vec![
+            text(s.host),
+            num(s.port),
+            text(s.role.as_str()),
+            text(s.state.as_str()),
+            num(s.consecutive_failures),
+            wall(s.opened_at),
+            wall(s.next_probe_at),
+            s.last_error,
+        ]);
+    }
     rows
 }
 

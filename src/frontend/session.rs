@@ -268,6 +268,7 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
         RelayEnd::ServerGone(e) => {
             let addr = lease.conn().addr.clone();
             tracing::warn!(pool = %pool, server = %addr, error = %e, "server connection lost");
+            pool.server_failed(crate::breaker::FailureCause::UnexpectedClose, e.to_string());
             let error = PgError::fatal("08006", format!("server connection lost ({addr}): {e}"))
                 .with_hint("the server closed the connection or crashed; reconnect to get a new one");
             pool.stats.error(b"08006");

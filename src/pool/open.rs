@@ -5,6 +5,7 @@
 use super::limits::Limit;
 use super::pool::{Pool, PoolError, PoolSettings};
 use crate::backend::{connect, BackendError, Credentials, ServerConn};
+use crate::breaker::{Admission, BreakerState, ProbeGuard};
 use crate::stats::CloseReason;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -105,22 +106,57 @@ impl Pool {
             Ok(Err(e)) => format!("server_check_query failed: {e}"),
             Err(_) => format!("server_check_query took longer than {} s", limit.as_secs_f64()),
         };
+        self.breaker
+            .record_failure(crate::breaker::FailureCause::CheckFailed, why.clone());
         self.discard(conn, &why, CloseReason::Broken);
+        self.after_failure();
         None
+    }
+
+    /// Whether the breaker lets this pool open a connection now: Ok(Some) when this caller is
+    /// the half-open probe; the breaker's refusal otherwise.
+    fn admit(&self) -> Result<Option<ProbeGuard>, PoolError> {
+        match self.breaker.try_acquire() {
+            Admission::Allowed => Ok(None),
+            Admission::Probe(guard) => Ok(Some(guard)),
+            Admission::Rejected(info) => Err(PoolError::Breaker(info, self.database.clone())),
+        }
+    }
+
+    /// A counted failure may have opened the breaker: then the idle connections to the address
+    /// are closed (they would fail their clients one by one).
+    fn after_failure(&self) {
+        if self.breaker.state() != BreakerState::Closed {
+            while self.close_one_idle("the circuit breaker opened", CloseReason::Broken) {}
+        }
+    }
+
+    /// A server connection of this pool failed while in use (closed, or said it is shutting
+    /// down): it counts against the address.
+    pub fn server_failed(&self, cause: crate::breaker::FailureCause, detail: String) {
+        self.breaker.record_failure(cause, detail);
+        self.after_failure();
     }
 
     /// Opens a connection once both limits have room, or takes an idle one that came back
     /// while waiting for that room.
     async fn open_new(&self, deadline: Deadline) -> Result<ServerConn, PoolError> {
-        if let Some(e) = self.login_blocked() {
-            return Err(e);
+        // An open breaker answers at once; its probe ignores server_login_retry.
+        let probe = self.admit()?;
+        if probe.is_none() {
+            if let Some(e) = self.login_blocked() {
+                return Err(e);
+            }
         }
         if self.take_slots().is_err() {
             if let Some(conn) = self.wait_for_slot(deadline).await? {
+                if let Some(probe) = probe {
+                    probe.success();
+                }
                 return Ok(conn);
             }
         }
-        self.open_with_slots().await
+        self.open_with_slots(probe).await
     }
 
     /// Takes a slot under both limits, or names the one that is full.
@@ -191,7 +227,7 @@ impl Pool {
 
     /// Logs in with the pool's own credentials, the limits' slots already taken (given back on
     /// failure). A failure starts the server_login_retry window.
-    pub(super) async fn open_with_slots(&self) -> Result<ServerConn, PoolError> {
+    pub(super) async fn open_with_slots(&self, probe: Option<ProbeGuard>) -> Result<ServerConn, PoolError> {
         let settings = self.settings();
         let mut target = self.target.clone();
         target.connect_timeout = settings.server_connect_timeout;
@@ -200,10 +236,21 @@ impl Pool {
         self.counts.opening.fetch_sub(1, Ordering::Relaxed);
         match connected {
             Ok((conn, reported)) => {
+                match probe {
+                    Some(probe) => probe.success(),
+                    None => self.breaker.record_success(),
+                }
                 self.login_failure.lock().unwrap_or_else(|e| e.into_inner()).take();
                 Ok(self.opened(conn, reported))
             }
             Err(e) => {
+                match probe {
+                    Some(probe) => probe.backend_error(&e),
+                    None => {
+                        self.breaker.record_backend_error(&e);
+                    }
+                }
+                self.after_failure();
                 self.db_limit.put_back(1);
                 self.user_limit.put_back(1);
                 let retry = settings.server_login_retry.as_secs_f64();
@@ -276,10 +323,14 @@ impl Pool {
                 return;
             }
             let Some(permit) = self.try_permit() else { return };
-            if self.login_blocked().is_some() || self.take_slots().is_err() {
+            // The janitor may be the breaker's probe: recovery needs no client.
+            let Ok(probe) = self.admit() else {
+                return self.return_permit(permit, false);
+            };
+            if (probe.is_none() && self.login_blocked().is_some()) || self.take_slots().is_err() {
                 return self.return_permit(permit, false);
             }
-            let opened = self.open_with_slots().await;
+            let opened = self.open_with_slots(probe).await;
             match opened {
                 Ok(conn) => {
                     self.add_idle(conn);

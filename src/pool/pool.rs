@@ -43,6 +43,8 @@ pub enum PoolError {
         retry: f64,
         last: Box<PgError>,
     },
+    #[error("circuit breaker open for {}:{}", .0.host, .0.port)]
+    Breaker(Box<crate::breaker::OpenInfo>, String),
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
@@ -61,6 +63,7 @@ impl PoolError {
             PoolError::LoginRetry { .. } => PgError::fatal("08006", self.to_string()).with_hint(
                 "fix the server or the pool's credentials; pgmux tries again once server_login_retry has passed",
             ),
+            PoolError::Breaker(info, database) => info.to_pg(database),
             PoolError::Backend(e) => e.to_pg(),
         }
     }
@@ -138,6 +141,7 @@ pub struct Pool {
     generation: AtomicU32,
     /// read_write_split: the replicas' pools for the same user (None for a replica's pool).
     pub route: Option<crate::route::choose::Route>,
+    pub breaker: crate::breaker::Breaker,
 }
 
 /// What a pool shares with others: the connection limits of its database and server login
@@ -146,6 +150,8 @@ pub struct Links {
     pub db_limit: Arc<Limit>,
     pub user_limit: Arc<Limit>,
     pub gates: [Arc<Gate>; 2],
+    /// The breaker of the pool's server address, shared by every pool that uses it.
+    pub breaker: crate::breaker::Breaker,
 }
 
 /// How many distinct startup settings a pool shares; clients past that keep their own copy.
@@ -164,6 +170,7 @@ impl Pool {
             db_limit,
             user_limit,
             gates,
+            breaker,
         } = links;
         Pool {
             database,
@@ -187,6 +194,7 @@ impl Pool {
             gates,
             generation: AtomicU32::new(0),
             route: None,
+            breaker,
         }
     }
 

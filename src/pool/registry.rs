@@ -5,6 +5,7 @@ use super::gate::Gate;
 use super::limits::{Limit, LimitKind};
 use super::pool::{Links, Pool, PoolSettings};
 use crate::backend::{Credentials, Target};
+use crate::breaker::{Breaker, Role};
 use crate::config::{Config, DatabaseConfig, Secret};
 use crate::route::choose::Route;
 use crate::route::replicas::Replicas;
@@ -36,6 +37,8 @@ pub struct Pools {
     pub all_gate: Arc<Gate>,
     /// read_write_split: each database's replicas and their lag monitor.
     replica_sets: DashMap<String, Arc<Replicas>>,
+    /// The circuit breaker of each server address.
+    breakers: DashMap<(String, u16), Breaker>,
 }
 
 /// What a reload changed in the pools, for its log line.
@@ -112,6 +115,21 @@ impl Pools {
     /// The gate of a database if one was made (a login must not make one per name tried).
     pub fn find_gate(&self, database: &str) -> Option<Arc<Gate>> {
         self.gates.get(database).map(|g| g.clone())
+    }
+
+    /// The breaker of an address, made on first use.
+    pub fn breaker(&self, host: &str, port: u16, role: Role, config: &Config) -> Breaker {
+        self.breakers
+            .entry((host.to_owned(), port))
+            .or_insert_with(|| Breaker::new(host, port, role, &config.breaker))
+            .clone()
+    }
+
+    /// Every breaker (SHOW BREAKERS), by address.
+    pub fn breakers(&self) -> Vec<Breaker> {
+        let mut all: Vec<Breaker> = self.breakers.iter().map(|e| e.value().clone()).collect();
+        all.sort_by(|a, b| (a.host(), a.port()).cmp(&(b.host(), b.port())));
+        all
     }
 
     /// Every database's replicas (SHOW REPLICAS).
@@ -201,6 +219,9 @@ impl Pools {
         for limit in self.db_limits.iter() {
             limit.set_max(config.pooler.max_db_connections);
         }
+        for breaker in self.breakers.iter() {
+            breaker.set_config(&config.breaker);
+        }
         for limit in self.user_limits.iter() {
             limit.set_max(max_user_connections(config, limit.key()));
         }
@@ -267,6 +288,7 @@ impl Pools {
                 db_limit,
                 user_limit,
                 gates: [self.gate(database), self.all_gate.clone()],
+                breaker: self.breaker(&db.host, db.port, Role::Primary, config),
             },
         );
         pool.route = route;
@@ -309,6 +331,7 @@ impl Pools {
                         db_limit: Arc::new(Limit::new(LimitKind::Database, &addr, config.pooler.max_db_connections)),
                         user_limit: Arc::new(Limit::new(LimitKind::User, user, 0)),
                         gates: [self.gate(database), self.all_gate.clone()],
+                        breaker: self.breaker(&replica.host, replica.port, Role::Replica, config),
                     },
                 ))
             })

@@ -86,11 +86,23 @@ pub struct ReplicaSample {
     pub reads: u64,
 }
 
+/// One backend address's circuit breaker.
+#[derive(Debug, Default, Clone)]
+pub struct BreakerSample {
+    pub host: String,
+    pub port: u16,
+    pub role: &'static str,
+    /// 0 closed, 1 open, 2 half-open.
+    pub state: i64,
+    pub failures: u32,
+}
+
 /// Everything one scrape reports.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     pub pools: Vec<PoolSample>,
     pub replicas: Vec<ReplicaSample>,
+    pub breakers: Vec<BreakerSample>,
     pub clients: u64,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
@@ -161,10 +173,30 @@ impl Snapshot {
                 });
             }
         }
+        let breakers = shared
+            .pools
+            .breakers()
+            .iter()
+            .map(|b| {
+                let s = b.snapshot();
+                BreakerSample {
+                    host: s.host,
+                    port: s.port,
+                    role: s.role.as_str(),
+                    state: match s.state {
+                        crate::breaker::BreakerState::Closed => 0,
+                        crate::breaker::BreakerState::Open => 1,
+                        crate::breaker::BreakerState::HalfOpen => 2,
+                    },
+                    failures: s.consecutive_failures,
+                }
+            })
+            .collect();
         let r = &shared.reloads;
         Snapshot {
             pools: pools.collect(),
             replicas,
+            breakers,
             clients: shared.clients.load(Relaxed).into(),
             reloads_ok: r.ok.load(Relaxed),
             reloads_failed: r.failed.load(Relaxed),
@@ -425,6 +457,35 @@ impl Collector for Snapshot {
             let rows = self.replicas.iter().map(|r| (replica_labels(r), f(r))).collect();
             family(enc, name, help, rows)?;
         }
+        let labels = |b: &BreakerSample| -> Labels {
+            vec![
+                ("host", b.host.clone()),
+                ("port", b.port.to_string()),
+                ("role", b.role.to_owned()),
+            ]
+        };
+        let state = self
+            .breakers
+            .iter()
+            .map(|b| (labels(b), Value::Gauge(b.state)))
+            .collect();
+        family(
+            enc,
+            "pgmux_breaker_state",
+            "Circuit breaker: 0 closed, 1 open, 2 half-open",
+            state,
+        )?;
+        let failures = self
+            .breakers
+            .iter()
+            .map(|b| (labels(b), Value::Gauge(b.failures.into())))
+            .collect();
+        family(
+            enc,
+            "pgmux_breaker_consecutive_failures",
+            "Consecutive counted failures of the address",
+            failures,
+        )?;
         Ok(())
     }
 }
