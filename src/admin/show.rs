@@ -278,6 +278,16 @@ fn database_names(shared: &Shared) -> Vec<String> {
     names
 }
 
+/// Server connections and clients of these pools.
+fn usage<'a>(pools: impl Iterator<Item = &'a Arc<Pool>>) -> (u32, u32) {
+    pools.fold((0, 0), |(s, c), p| {
+        (
+            s + p.counts.servers.load(Ordering::Relaxed),
+            c + p.counts.clients.load(Ordering::Relaxed),
+        )
+    })
+}
+
 fn databases(shared: &Shared) -> Rows {
     let mut rows = Rows::new(&[
         ("name", Ty::Text),
@@ -302,13 +312,7 @@ fn databases(shared: &Shared) -> Rows {
     let pools = shared.pools.all();
     for name in database_names(shared) {
         let Some(db) = config.database(&name) else { continue };
-        let mine = pools.iter().filter(|p| p.database == name);
-        let (servers, clients) = mine.fold((0, 0), |(s, c), p| {
-            (
-                s + p.counts.servers.load(Ordering::Relaxed),
-                c + p.counts.clients.load(Ordering::Relaxed),
-            )
-        });
+        let (servers, clients) = usage(pools.iter().filter(|p| p.database == name));
         let gate = shared.pools.find_gate(&name);
         let flag = |f: fn(&crate::pool::Gate) -> bool| num(u8::from(gate.as_deref().is_some_and(f)));
         rows.push(vec![
@@ -356,12 +360,7 @@ fn users(shared: &Shared) -> Rows {
     names.sort();
     for name in names {
         let user = config.users.get(&name);
-        let (servers, clients) = pools.iter().filter(|p| p.user == name).fold((0, 0), |(s, c), p| {
-            (
-                s + p.counts.servers.load(Ordering::Relaxed),
-                c + p.counts.clients.load(Ordering::Relaxed),
-            )
-        });
+        let (servers, clients) = usage(pools.iter().filter(|p| p.user == name));
         let max = user
             .and_then(|u| u.max_user_connections)
             .unwrap_or(config.pooler.max_user_connections);

@@ -308,12 +308,7 @@ impl ServerScan {
 mod tests {
     use super::*;
 
-    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut f = vec![tag];
-        f.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        f.extend_from_slice(body);
-        f
-    }
+    use crate::protocol::frame::test_frame as frame;
 
     #[test]
     fn client_counts_syncs_and_queries() {

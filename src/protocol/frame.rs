@@ -72,6 +72,15 @@ pub fn read_i32(body: &[u8], pos: &mut usize) -> Option<i32> {
     Some(i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
 }
 
+/// A frame with this tag and body, for tests.
+#[cfg(test)]
+pub(crate) fn test_frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = vec![tag];
+    f.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,12 +69,7 @@ pub fn first_request(frames: &[u8], prepared: &ClientStatements, deny: &DenyList
 mod tests {
     use super::*;
 
-    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut f = vec![tag];
-        f.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        f.extend_from_slice(body);
-        f
-    }
+    use crate::protocol::frame::test_frame as frame;
 
     #[test]
     fn first_requests() {
