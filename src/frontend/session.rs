@@ -291,7 +291,8 @@ impl<'a> Pick<'a> {
     fn pool(&self, primary: &'a Arc<Pool>) -> &'a Arc<Pool> {
         match self {
             Pick::Replica(route, i) => route.pools.get(*i).unwrap_or(primary),
-            Pick::Primary { .. } => primary,
+            // After a followed failover, the promoted replica's pool.
+            Pick::Primary { .. } => primary.route.as_ref().and_then(|r| r.write_pool()).unwrap_or(primary),
         }
     }
 
@@ -315,17 +316,19 @@ impl Drop for Outstanding {
 
 /// Transaction and statement modes with read_write_split: a transaction that starts with a
 /// read may go to a replica that passes the lag check (and has replayed the client's writes).
+/// Writes go to the primary, or to the replica that replaced it (`route::failover`).
 fn pick<'a>(cancel: &'a CancelHandle, client: &ClientConn, mode: PoolMode) -> Pick<'a> {
     let primary = &cancel.pool;
     let Some(route) = primary.route.as_ref() else {
         return Pick::Primary { wrote: false };
     };
-    if mode == PoolMode::Session || client.tracker.status != b'I' {
-        return Pick::Primary { wrote: true };
-    }
+    // Also without read_write_split: the monitor follows a failover.
     route
         .set
         .monitor(|| (primary.target.clone(), (*primary.credentials()).clone()));
+    if !route.split || mode == PoolMode::Session || client.tracker.status != b'I' {
+        return Pick::Primary { wrote: route.split };
+    }
     let frames = client.buf.get(..client.ready).unwrap_or_default();
     let target = match cancel.route {
         Preference::Primary => Target::Primary,

@@ -170,10 +170,9 @@ impl Pools {
             let same_server = target.host == pool.target.host
                 && target.port == pool.target.port
                 && target.database == pool.target.database;
-            let split = db.read_write_split && !db.replicas.is_empty();
             let same_replicas = match &pool.route {
                 Some(route) => {
-                    split
+                    route.split == db.read_write_split
                         && route.set.list.len() == db.replicas.len()
                         && route
                             .set
@@ -182,7 +181,7 @@ impl Pools {
                             .zip(&db.replicas)
                             .all(|(r, (h, p))| r.host == *h && r.port == *p)
                 }
-                None => !split,
+                None => db.replicas.is_empty(),
             };
             if !same_server || !same_replicas || credentials.user != pool.credentials().user {
                 if !same_replicas {
@@ -305,7 +304,7 @@ impl Pools {
         user: &str,
         credentials: &Credentials,
     ) -> Option<Route> {
-        if !db.read_write_split || db.replicas.is_empty() {
+        if db.replicas.is_empty() {
             return None;
         }
         let set = self
@@ -341,6 +340,7 @@ impl Pools {
             pools,
             deny: DenyList::new(&db.write_functions),
             read_your_writes: db.read_your_writes,
+            split: db.read_write_split,
         })
     }
 }

@@ -16,6 +16,17 @@ pub struct Route {
     pub pools: Vec<Arc<Pool>>,
     pub deny: DenyList,
     pub read_your_writes: bool,
+    /// read_write_split: reads may go to replicas (without it the replicas are only watched,
+    /// for following a failover).
+    pub split: bool,
+}
+
+impl Route {
+    /// The pool that takes the writes after a failover was followed, if one was.
+    pub fn write_pool(&self) -> Option<&Arc<Pool>> {
+        self.pools
+            .get(self.set.write_target.load(std::sync::atomic::Ordering::Acquire))
+    }
 }
 
 /// A client's standing order, from the startup parameter `pgmux.route`.

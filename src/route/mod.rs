@@ -2,6 +2,7 @@
 
 pub mod choose;
 pub mod classify;
+pub mod failover;
 pub(crate) mod lexer;
 pub mod replicas;
 

@@ -44,6 +44,8 @@ pub struct Replica {
     pub outstanding: AtomicU32,
     pub reads_served: AtomicU64,
     pub report: Mutex<Report>,
+    /// Its timeline while it claims to be a primary (promoted); 0 otherwise.
+    pub timeline: AtomicU32,
 }
 
 /// The replicas of one database and what the monitor last read of the primary.
@@ -57,7 +59,14 @@ pub struct Replicas {
     settings: Mutex<Settings>,
     /// The monitor task runs (started by the first pool of the database).
     monitoring: AtomicBool,
+    /// Failover: the replica that takes the writes (`NO_FAILOVER`: the configured primary).
+    pub write_target: AtomicUsize,
+    /// Two listed servers claim to be primary (logged once when it starts).
+    pub split_brain: AtomicBool,
 }
+
+/// `write_target` when the configured primary takes the writes.
+pub const NO_FAILOVER: usize = usize::MAX;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -93,6 +102,7 @@ impl Replicas {
                     replay_lsn: AtomicU64::new(0),
                     outstanding: AtomicU32::new(0),
                     reads_served: AtomicU64::new(0),
+                    timeline: AtomicU32::new(0),
                     report: Mutex::new(Report {
                         role: "replica",
                         state: "down",
@@ -110,6 +120,8 @@ impl Replicas {
             next: AtomicUsize::new(0),
             settings: Mutex::new(Settings::of(db)),
             monitoring: AtomicBool::new(false),
+            write_target: AtomicUsize::new(NO_FAILOVER),
+            split_brain: AtomicBool::new(false),
         }
     }
 
@@ -177,8 +189,14 @@ struct Probe {
 
 impl Probe {
     /// The first row of `sql`, or why not.
-    async fn row(&mut self, credentials: &Credentials, sql: &str) -> Result<Vec<Option<String>>, String> {
-        let limit = self.target.connect_timeout.max(Duration::from_secs(1));
+    /// One check may take `limit` (connect included): a server that does not answer within it
+    /// is as good as down, and must not hold up the checks of the others.
+    async fn row(
+        &mut self,
+        credentials: &Credentials,
+        sql: &str,
+        limit: Duration,
+    ) -> Result<Vec<Option<String>>, String> {
         let work = async {
             if self.conn.is_none() {
                 let (conn, _) = connect(&self.target, credentials).await.map_err(|e| e.to_string())?;
@@ -202,9 +220,12 @@ impl Probe {
     }
 }
 
-const PRIMARY_SQL: &str = "SELECT pg_current_wal_lsn()::text";
+/// The primary's position and timeline (a standby fails it: pg_current_wal_lsn refuses).
+const PRIMARY_SQL: &str = "SELECT pg_current_wal_lsn()::text, substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)";
+/// A replica's state; the timeline only once it left recovery (promoted).
 const REPLICA_SQL: &str = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, \
-     COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)::float8::text";
+     COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)::float8::text, \
+     CASE WHEN pg_is_in_recovery() THEN NULL ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END";
 
 async fn run(weak: Weak<Replicas>, primary: Target, credentials: Credentials) {
     let mut primary = Probe {
@@ -233,12 +254,16 @@ async fn run(weak: Weak<Replicas>, primary: Target, credentials: Credentials) {
         };
         tokio::time::sleep(settings.interval).await;
         let Some(set) = weak.upgrade() else { return };
+        let limit = settings.interval.max(Duration::from_secs(1));
         let sent = now_us();
-        let primary_lsn = match primary.row(&credentials, PRIMARY_SQL).await {
-            Ok(row) => row.first().cloned().flatten().as_deref().and_then(parse_lsn),
+        let (primary_lsn, primary_timeline) = match primary.row(&credentials, PRIMARY_SQL, limit).await {
+            Ok(row) => {
+                let text = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+                (parse_lsn(&text(0)), u32::from_str_radix(&text(1), 16).ok())
+            }
             Err(e) => {
                 tracing::debug!(database = %set.database, error = %e, "lag monitor: primary not readable");
-                None
+                (None, None)
             }
         };
         let writing = match primary_lsn {
@@ -253,9 +278,10 @@ async fn run(weak: Weak<Replicas>, primary: Target, credentials: Credentials) {
         };
         let known_primary = set.primary_lsn.load(Ordering::Acquire);
         for (replica, probe) in set.list.iter().zip(probes.iter_mut()) {
-            let result = probe.row(&credentials, REPLICA_SQL).await;
+            let result = probe.row(&credentials, REPLICA_SQL, limit).await;
             judge(replica, result, known_primary, writing, &settings, &set.database);
         }
+        super::failover::decide(&set, &primary.target, primary_timeline);
     }
 }
 
@@ -274,6 +300,7 @@ fn judge(
     let verdict = match result {
         Err(e) => {
             report.state = "down";
+            replica.timeline.store(0, Ordering::Release);
             Err(format!("unreachable: {e}"))
         }
         Ok(row) => {
@@ -282,6 +309,8 @@ fn judge(
             let replay = parse_lsn(&text(1)).unwrap_or(0);
             let seconds: f64 = text(2).parse().unwrap_or(0.0);
             replica.replay_lsn.store(replay, Ordering::Release);
+            let timeline = u32::from_str_radix(&text(3), 16).unwrap_or(0);
+            replica.timeline.store(timeline, Ordering::Release);
             report.replay_lsn = replay;
             report.lag_bytes = primary_lsn.saturating_sub(replay);
             report.lag_seconds = if replay >= primary_lsn { 0.0 } else { seconds };
@@ -358,7 +387,10 @@ mod tests {
         let s = set(1, LoadBalancing::RoundRobin);
         let r = &s.list[0];
         let settings = s.settings();
-        let row = |rec: &str, lsn: &str, secs: &str| Ok(vec![Some(rec.into()), Some(lsn.into()), Some(secs.into())]);
+        let row = |rec: &str, lsn: &str, secs: &str| {
+            let timeline = (rec == "f").then(|| "00000002".to_string());
+            Ok(vec![Some(rec.into()), Some(lsn.into()), Some(secs.into()), timeline])
+        };
         judge(r, row("t", "0/100", "0"), 0x100, false, &settings, "db");
         assert!(r.ok.load(Ordering::Relaxed));
         judge(
@@ -379,6 +411,7 @@ mod tests {
         assert!(r.ok.load(Ordering::Relaxed), "an idle primary: the age says nothing");
         judge(r, row("f", "0/300", "0"), 0x200, false, &settings, "db");
         assert!(!r.ok.load(Ordering::Relaxed));
+        assert_eq!(r.timeline.load(Ordering::Relaxed), 2);
         assert_eq!(r.report.lock().unwrap().role, "primary");
         judge(r, Err("refused".into()), 0x200, false, &settings, "db");
         assert_eq!(r.report.lock().unwrap().state, "down");
