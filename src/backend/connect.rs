@@ -167,6 +167,7 @@ async fn login(
         process_id,
         secret_key,
         created: now,
+        created_us: crate::stats::now_us(),
         idle_since: now,
         settings: Settings::default(),
         in_flight: Default::default(),

@@ -14,6 +14,8 @@ pub struct ServerConn {
     pub process_id: i32,
     pub secret_key: i32,
     pub created: Instant,
+    /// The same moment as `stats::now_us`, for the console.
+    pub created_us: u64,
     /// When it was last checked in; the janitor closes connections idle past server_idle_timeout.
     pub idle_since: Instant,
     /// Client settings applied to this session, as far as pgmux knows.

@@ -10,15 +10,16 @@
 
 use crate::backend::cancel::{cancel, InFlight};
 use crate::backend::ServerConn;
+use crate::backend::Settings;
 use crate::pool::Pool;
 use crate::route::choose::Preference;
 use crate::stats::now_us;
 use dashmap::DashMap;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long pgmux waits for PostgreSQL to act on a cancel before it gives up on it.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,7 +31,8 @@ pub struct Held {
     secret_key: i32,
     in_flight: Arc<InFlight>,
     pub server_id: u64,
-    pub created: Instant,
+    /// When the server connection was opened, seconds since start.
+    pub created_s: u32,
     pub tls: bool,
     /// The server's pool: the client's own, or a replica's (read_write_split).
     pub pool: Arc<Pool>,
@@ -42,13 +44,14 @@ pub struct CancelHandle {
     secret_key: i32,
     /// The client's pool, whose server address a cancel goes to.
     pub pool: Arc<Pool>,
-    held: Mutex<Option<Held>>,
-    pub peer: Option<SocketAddr>,
+    attached: Mutex<Attached>,
     pub tls: bool,
-    pub application_name: Box<str>,
-    /// µs since start (`stats::now_us`): login, last request, waiting for a server since (0: not).
-    pub connected_at: u64,
-    pub request_at: AtomicU64,
+    /// Its startup settings (shared with the pool's copy), for application_name.
+    pub settings: Settings,
+    /// Seconds since start: login and last request (SHOW CLIENTS shows no finer).
+    pub connected_s: u32,
+    pub request_s: AtomicU32,
+    /// µs since start (`stats::now_us`) it has been waiting for a server (0: not waiting).
     pub wait_since: AtomicU64,
     /// KILL_CLIENT or KILL: the session ends at its next step and says why.
     pub killed: AtomicBool,
@@ -56,16 +59,20 @@ pub struct CancelHandle {
     /// its `pgmux.route` startup parameter.
     pub wrote_at: AtomicU64,
     pub route: Preference,
-    /// The client's socket, while its session owns it (see `kill`).
-    socket: Mutex<Option<RawFd>>,
+}
+
+/// What the client's session holds, behind one lock: the server it uses now, and its socket
+/// while the session owns it (see `kill`; -1 once the session let go of it).
+struct Attached {
+    held: Option<Held>,
+    socket: RawFd,
 }
 
 /// What `CancelRegistry::register` records of a new client.
 pub struct ClientFacts {
     pub route: Preference,
-    pub peer: Option<SocketAddr>,
     pub tls: bool,
-    pub application_name: Box<str>,
+    pub settings: Settings,
     pub socket: RawFd,
 }
 
@@ -81,26 +88,42 @@ impl CancelHandle {
             secret_key: server.secret_key,
             in_flight: server.in_flight.clone(),
             server_id: server.id,
-            created: server.created,
+            created_s: (server.created_us / 1_000_000) as u32,
             tls: server.stream.is_tls(),
             pool: pool.clone(),
         };
-        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(held);
+        self.attached().held = Some(held);
     }
 
     /// The client gave its server back: cancels from now on are dropped.
     pub fn detach(&self) {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.attached().held.take();
     }
 
     /// The server it holds now, if any.
     pub fn held(&self) -> Option<Held> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.attached().held.clone()
+    }
+
+    fn attached(&self) -> std::sync::MutexGuard<'_, Attached> {
+        self.attached.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The client's address, asked of its socket (not stored: every idle client would carry it).
+    pub fn peer(&self) -> Option<SocketAddr> {
+        let attached = self.attached();
+        let fd = attached.socket;
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: as in `kill`: the descriptor is the session's open socket while the lock is held.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()
     }
 
     /// The session is about to close the socket: `kill` must not touch it from now on.
     pub fn forget_socket(&self) {
-        self.socket.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.attached().socket = -1;
     }
 
     /// KILL_CLIENT: marks the client killed and shuts its socket for reading, so the session,
@@ -109,8 +132,9 @@ impl CancelHandle {
     /// `forget_socket`) before it closes the socket, so it is never someone else's.
     pub fn kill(&self) {
         self.killed.store(true, Ordering::Release);
-        let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(fd) = *socket {
+        let attached = self.attached();
+        let fd = attached.socket;
+        if fd >= 0 {
             // SAFETY: the session keeps the socket open while `socket` holds its descriptor,
             // and it clears `socket` under this lock before closing it.
             let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
@@ -121,7 +145,7 @@ impl CancelHandle {
     /// Cancels whatever the held server runs (a cancel request, or query_timeout). Returns
     /// false when the client holds no server.
     pub async fn cancel_held(&self) -> bool {
-        let Some(held) = self.held.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+        let Some(held) = self.held() else {
             return false;
         };
         let pool = &held.pool;
@@ -152,17 +176,18 @@ impl CancelRegistry {
             process_id,
             secret_key,
             pool,
-            held: Mutex::new(None),
-            peer: facts.peer,
+            attached: Mutex::new(Attached {
+                held: None,
+                socket: facts.socket,
+            }),
             tls: facts.tls,
-            application_name: facts.application_name,
-            connected_at: now,
-            request_at: AtomicU64::new(now),
+            settings: facts.settings,
+            connected_s: (now / 1_000_000) as u32,
+            request_s: AtomicU32::new((now / 1_000_000) as u32),
             wait_since: AtomicU64::new(0),
             killed: AtomicBool::new(false),
             wrote_at: AtomicU64::new(0),
             route: facts.route,
-            socket: Mutex::new(Some(facts.socket)),
         });
         self.clients.insert(process_id, handle.clone());
         handle
@@ -175,7 +200,7 @@ impl CancelRegistry {
     /// Every logged-in client, in login order.
     pub fn all(&self) -> Vec<Arc<CancelHandle>> {
         let mut all: Vec<_> = self.clients.iter().map(|e| e.value().clone()).collect();
-        all.sort_by_key(|h| h.connected_at);
+        all.sort_by_key(|h| (h.connected_s, h.process_id));
         all
     }
 

@@ -28,23 +28,17 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> impl F
     // stay in the task's state for its whole life.)
     let admitting = Box::pin(admit(stream, peer, shared));
     async move {
-        match admitting.await {
-            Some(Admitted::Session(session)) => session::run(session).await,
-            Some(Admitted::Console(console)) => Box::pin(admin::run(*console)).await,
-            None => {}
-        }
+        let Some(session) = admitting.await else {
+            return;
+        };
+        session::run(session).await;
     }
 }
 
-/// A client that got in: to a pool, or to the console.
-enum Admitted {
-    Session(Session),
-    Console(Box<Console>),
-}
-
 /// Startup, TLS and authentication: the session of a client that got in, or None when it
-/// was refused (it got its error), left, or sent a cancel request.
-async fn admit(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Option<Admitted> {
+/// was refused (it got its error), left, sent a cancel request, or was a console user (served
+/// to the end in here, so the task of an idle pool client does not make room for it).
+async fn admit(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Option<Session> {
     let (slot, connected) = ClientSlot::take(&shared);
     let config = shared.config.load_full();
     let _ = stream.set_nodelay(true);
@@ -76,19 +70,24 @@ async fn admit(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Opti
         Err(e) => Err(e),
     };
     match result {
-        Ok(Some(LoggedIn::Pool { settings, cancel })) => Some(Admitted::Session(Session {
+        Ok(Some(LoggedIn::Pool { settings, cancel })) => Some(Session {
             client,
             settings,
             cancel,
             shared: slot.into_session().unwrap_or(shared),
-        })),
-        // A console connection does not count against max_client_conn, nor keep a drain waiting.
-        Ok(Some(LoggedIn::Console { role, user })) => Some(Admitted::Console(Box::new(Console {
-            client,
-            shared,
-            role,
-            user,
-        }))),
+        }),
+        Ok(Some(LoggedIn::Console { role, user })) => {
+            // A console connection does not count against max_client_conn, nor keep a drain waiting.
+            drop(slot);
+            let console = Console {
+                client,
+                shared,
+                role,
+                user,
+            };
+            Box::pin(admin::run(console)).await;
+            None
+        }
         Ok(None) => None,
         Err(error) => {
             tracing::info!(client = %peer, %error, "login refused");
@@ -236,23 +235,21 @@ async fn login(
                 .with_hint("use primary, replica or auto")
         })?,
     };
+    let settings = pool.share_settings(settings);
     let facts = ClientFacts {
         route,
-        peer: client.stream.peer_addr().ok(),
         tls: client.stream.is_tls(),
-        application_name: settings.get("application_name").unwrap_or_default().into(),
+        settings: settings.clone(),
         socket: client.stream.raw_fd(),
     };
     let cancel = shared.cancels.register(process_id, pool.clone(), facts);
     msg::backend_key_data(&mut out, process_id, cancel.secret_key());
     msg::ready_for_query(&mut out, b'I');
-    let settings = pool.share_settings(settings);
     if client.write(&out).await.is_err() {
         cancel.forget_socket();
         shared.cancels.unregister(process_id);
         return Err(gone());
     }
-    let settings = pool.share_settings(settings);
     Ok(Some(LoggedIn::Pool { settings, cancel }))
 }
 

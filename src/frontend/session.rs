@@ -156,7 +156,7 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
     let watch = &Watch::new(&s.shared.shutdown, s.cancel.process_id as u32);
     let mut pick = pick(&s.cancel, &s.client, mode);
     let asked = now_us();
-    s.cancel.request_at.store(asked, Ordering::Relaxed);
+    s.cancel.request_s.store((asked / 1_000_000) as u32, Ordering::Relaxed);
     s.cancel.wait_since.store(asked, Ordering::Relaxed);
     let (waited, pool) = loop {
         let pool = pick.pool(&s.cancel.pool);
