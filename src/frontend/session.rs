@@ -269,8 +269,13 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
             let addr = lease.conn().addr.clone();
             tracing::warn!(pool = %pool, server = %addr, error = %e, "server connection lost");
             pool.server_failed(crate::breaker::FailureCause::UnexpectedClose, e.to_string());
-            let error = PgError::fatal("08006", format!("server connection lost ({addr}): {e}"))
+            let mut error = PgError::fatal("08006", format!("server connection lost ({addr}): {e}"))
                 .with_hint("the server closed the connection or crashed; reconnect to get a new one");
+            if client.tracker.status != b'I' || !client.tracker.quiet() {
+                error = error.with_detail(
+                    "the transaction in progress is lost: PostgreSQL rolled back whatever it had not committed",
+                );
+            }
             pool.stats.error(b"08006");
             client.send_error(&error).await;
         }
