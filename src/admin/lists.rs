@@ -116,6 +116,7 @@ pub fn servers(shared: &Shared) -> Rows {
     };
     for h in shared.cancels.all() {
         if let Some(held) = h.held() {
+            let pool = held.other_pool.clone().unwrap_or_else(|| h.pool.clone());
             let facts = ServerFacts {
                 id: held.server_id,
                 process_id: held.process_id,
@@ -124,7 +125,7 @@ pub fn servers(shared: &Shared) -> Rows {
                 link: format!("c{}", h.process_id),
                 tls: held.tls,
             };
-            row(&h.pool, "active", facts);
+            row(&pool, "active", facts);
         }
     }
     for pool in shared.pools.all() {

@@ -34,8 +34,9 @@ pub struct Held {
     /// When the server connection was opened, seconds since start.
     pub created_s: u32,
     pub tls: bool,
-    /// The server's pool: the client's own, or a replica's (read_write_split).
-    pub pool: Arc<Pool>,
+    /// A replica's pool (read_write_split, failover); None for the client's own, which spares
+    /// every transaction two atomic operations on the pool's shared reference count.
+    pub other_pool: Option<Arc<Pool>>,
 }
 
 /// One client's cancel key, the server it holds now, and what the console shows of it.
@@ -90,7 +91,7 @@ impl CancelHandle {
             server_id: server.id,
             created_s: (server.created_us / 1_000_000) as u32,
             tls: server.stream.is_tls(),
-            pool: pool.clone(),
+            other_pool: (!Arc::ptr_eq(pool, &self.pool)).then(|| pool.clone()),
         };
         self.attached().held = Some(held);
     }
@@ -148,7 +149,7 @@ impl CancelHandle {
         let Some(held) = self.held() else {
             return false;
         };
-        let pool = &held.pool;
+        let pool = held.other_pool.as_ref().unwrap_or(&self.pool);
         pool.counts.cancels.fetch_add(1, Ordering::Relaxed);
         held.in_flight.begin();
         let target = &pool.target;

@@ -3,7 +3,9 @@
 //! which turns the difference of two snapshots into an HDR histogram for percentiles, and by
 //! the metrics, which sum them into Prometheus' fixed buckets.
 
+use super::counter::{shard, SHARDS};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 /// Values below 2^LINEAR_BITS µs get a bucket each.
 const LINEAR_BITS: u32 = 6;
@@ -19,8 +21,10 @@ pub const PROMETHEUS_BOUNDS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// The buckets are kept per group of threads (see `counter`), each made on its first value,
+/// so the workers of one pool do not fight over the lines of its busiest buckets.
 pub struct Histogram {
-    buckets: Box<[AtomicU64]>,
+    shards: [OnceLock<Box<[AtomicU64]>>; SHARDS],
     /// Largest value since the period task last took it.
     max: AtomicU64,
 }
@@ -28,7 +32,7 @@ pub struct Histogram {
 impl Default for Histogram {
     fn default() -> Self {
         Histogram {
-            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            shards: std::array::from_fn(|_| OnceLock::new()),
             max: AtomicU64::new(0),
         }
     }
@@ -60,8 +64,11 @@ pub fn lower_bound(index: usize) -> u64 {
 impl Histogram {
     #[inline]
     pub fn record(&self, us: u64) {
-        if let Some(bucket) = self.buckets.get(index(us)) {
-            bucket.fetch_add(1, Ordering::Relaxed);
+        if let Some(shard) = self.shards.get(shard()) {
+            let buckets = shard.get_or_init(|| (0..BUCKETS).map(|_| AtomicU64::new(0)).collect());
+            if let Some(bucket) = buckets.get(index(us)) {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
         }
         if us > self.max.load(Ordering::Relaxed) {
             self.max.fetch_max(us, Ordering::Relaxed);
@@ -70,7 +77,13 @@ impl Histogram {
 
     /// Counts per bucket now.
     pub fn snapshot(&self) -> Vec<u64> {
-        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect()
+        let mut out = vec![0; BUCKETS];
+        for buckets in self.shards.iter().filter_map(OnceLock::get) {
+            for (sum, b) in out.iter_mut().zip(buckets.iter()) {
+                *sum += b.load(Ordering::Relaxed);
+            }
+        }
+        out
     }
 
     /// The largest value recorded since the last call, which starts a new window.

@@ -4,7 +4,7 @@
 
 use super::{now_us, PoolStats};
 use crate::protocol::frame::{peek_header, read_cstr, HEADER_LEN};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 /// At most this much of a query's text is kept for the slow-query list.
 const CAPTURE: usize = 1024;
@@ -168,7 +168,7 @@ impl Meter {
 }
 
 #[inline]
-fn add(counter: &AtomicU64, n: u64) {
+fn add(counter: &super::Counter, n: u64) {
     if n > 0 {
         counter.fetch_add(n, Ordering::Relaxed);
     }

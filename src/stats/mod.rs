@@ -2,6 +2,7 @@
 //! that the data path updates with relaxed atomics (no lock), the averages and percentiles of
 //! the last stats period, and the slowest recent queries.
 
+pub mod counter;
 pub mod exposition;
 pub mod histogram;
 pub mod meter;
@@ -9,6 +10,7 @@ pub mod metrics;
 pub mod period;
 pub mod slow;
 
+pub use counter::Counter;
 use histogram::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -66,22 +68,22 @@ impl CloseReason {
 #[derive(Default)]
 pub struct PoolStats {
     /// Times a client was given a server connection.
-    pub server_assignments: AtomicU64,
-    pub xacts: AtomicU64,
-    pub queries: AtomicU64,
+    pub server_assignments: Counter,
+    pub xacts: Counter,
+    pub queries: Counter,
     /// Bytes from clients, and to clients.
-    pub received: AtomicU64,
-    pub sent: AtomicU64,
+    pub received: Counter,
+    pub sent: Counter,
     /// µs spent in transactions, in queries, and waiting for a server.
-    pub xact_time: AtomicU64,
-    pub query_time: AtomicU64,
-    pub wait_time: AtomicU64,
-    pub client_parses: AtomicU64,
-    pub server_parses: AtomicU64,
-    pub binds: AtomicU64,
+    pub xact_time: Counter,
+    pub query_time: Counter,
+    pub wait_time: Counter,
+    pub client_parses: Counter,
+    pub server_parses: Counter,
+    pub binds: Counter,
     pub query_latency: Histogram,
     pub xact_latency: Histogram,
-    pub server_opens: AtomicU64,
+    pub server_opens: Counter,
     server_closes: [AtomicU64; 4],
     /// ErrorResponses clients received, by SQLSTATE class (rare: a lock is fine).
     errors: Mutex<Vec<([u8; 2], u64)>>,
@@ -127,7 +129,7 @@ impl PoolStats {
             .collect()
     }
 
-    pub fn get(counter: &AtomicU64) -> u64 {
+    pub fn get(counter: &Counter) -> u64 {
         counter.load(Ordering::Relaxed)
     }
 }

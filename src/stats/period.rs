@@ -2,7 +2,6 @@
 //! the start of the period, giving SHOW STATS' averages and the latency percentiles.
 
 use super::{histogram, PoolStats};
-use std::sync::atomic::AtomicU64;
 
 /// Totals in SHOW STATS order (after the database): see `Totals::NAMES`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +24,7 @@ impl Totals {
     ];
 
     pub fn of(s: &PoolStats) -> Totals {
-        let counters: [&AtomicU64; 11] = [
+        let counters: [&super::Counter; 11] = [
             &s.server_assignments,
             &s.xacts,
             &s.queries,
