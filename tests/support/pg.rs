@@ -209,6 +209,11 @@ impl Cluster {
         self.pg_ctl("stop -m fast").unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// `pg_ctl stop -m immediate`: no shutdown checkpoint, backends die at once (a crash).
+    pub fn stop_immediate(&self) {
+        self.pg_ctl("stop -m immediate").unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// Start again after `stop()`, on the same port.
     pub fn start(&self) {
         self.pg_ctl("start").unwrap_or_else(|e| panic!("{e}"));
