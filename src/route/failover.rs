@@ -8,7 +8,8 @@ use crate::backend::Target;
 use std::sync::atomic::Ordering;
 
 /// The monitor's verdict after a round: which server takes the writes. `primary_timeline` is
-/// None when the configured primary could not be read as a primary (down, or in recovery).
+/// None when the configured primary could not be read as a primary (down, or in recovery). A
+/// replica promoted while the primary is fine changes nothing but its exclusion from reads.
 pub fn decide(set: &Replicas, primary: &Target, primary_timeline: Option<u32>) {
     // The promoted replica on the highest timeline.
     let promoted = set
@@ -21,11 +22,18 @@ pub fn decide(set: &Replicas, primary: &Target, primary_timeline: Option<u32>) {
         })
         .max_by_key(|&(_, timeline)| timeline);
     let current = set.write_target.load(Ordering::Acquire);
-    let target = match (primary_timeline, promoted) {
-        (_, None) => NO_FAILOVER,
-        (None, Some((i, _))) => i,
-        (Some(tp), Some((i, tr))) if tr > tp => i,
-        (Some(_), Some(_)) => NO_FAILOVER,
+    let timeline_of = |i: usize| set.list.get(i).map_or(0, |r| r.timeline.load(Ordering::Acquire));
+    let target = match (current, primary_timeline, promoted) {
+        // The primary is fine: a promoted replica is only excluded from reads.
+        (NO_FAILOVER, Some(_), _) | (NO_FAILOVER, None, None) => NO_FAILOVER,
+        // The primary cannot be read as one and a replica was promoted: follow it.
+        (NO_FAILOVER, None, Some((i, _))) => i,
+        // Followed already: the old primary back on a higher timeline (rebuilt) takes over
+        // again; a server promoted since on a higher timeline takes over; otherwise stay (a
+        // stale old primary is fenced even if the followed server is down for a while).
+        (i, Some(tp), _) if tp > timeline_of(i) && timeline_of(i) > 0 => NO_FAILOVER,
+        (i, _, Some((j, tj))) if j != i && tj > timeline_of(i) => j,
+        (i, _, _) => i,
     };
     let primary_addr = format!("{}:{}", primary.host, primary.port);
     let split_brain = primary_timeline.is_some() && promoted.is_some();
@@ -85,15 +93,22 @@ mod tests {
         // The primary is down and nobody was promoted: nothing to follow.
         decide(&set, &primary, None);
         assert_eq!(target(), NO_FAILOVER);
+        // A replica promoted while the primary is fine: no failover (it is only excluded).
         set.list[1].timeline.store(2, Ordering::Relaxed);
+        decide(&set, &primary, Some(1));
+        assert_eq!(target(), NO_FAILOVER);
+        // The primary goes away: the promoted replica takes the writes.
         decide(&set, &primary, None);
         assert_eq!(target(), 1, "the promoted replica takes the writes");
         // The old primary is back, still a primary, on the lower timeline: fenced.
         decide(&set, &primary, Some(1));
         assert_eq!(target(), 1);
-        // A replica promoted on a lower timeline than the primary is the odd one out.
+        // The followed server is down for a while: the stale old primary stays fenced.
         set.list[1].timeline.store(0, Ordering::Relaxed);
-        set.list[0].timeline.store(1, Ordering::Relaxed);
+        decide(&set, &primary, Some(1));
+        assert_eq!(target(), 1);
+        // The old primary rebuilt on a higher timeline takes over again.
+        set.list[1].timeline.store(2, Ordering::Relaxed);
         decide(&set, &primary, Some(3));
         assert_eq!(target(), NO_FAILOVER);
     }

@@ -4,6 +4,8 @@
 //!   optional streaming replica (`cluster_with_replica()`); a watchdog process tears both
 //!   down when the test process exits, however it exits.
 //! - `pgmux.rs`: `Pgmux`, a spawned pgmux process with a generated config, killed on drop.
+//! - `routing.rs`: read/write split helpers (a database on the replica too, SHOW REPLICAS,
+//!   replay pause guard).
 //! - here: client helpers (`connect`, `try_connect`, `sqlstate`, `run_cmd`) and `free_port`.
 //!
 //! Use from a test file with `mod support;` and `use support::*;`.
@@ -11,9 +13,11 @@
 
 mod pg;
 mod pgmux;
+mod routing;
 
 pub use pg::{cluster, cluster_with_replica, Cluster, Replica};
 pub use pgmux::Pgmux;
+pub use routing::*;
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;

@@ -155,6 +155,11 @@ impl Cluster {
     /// Run `sql` (one or more statements, via stdin) with psql as superuser postgres over the
     /// unix socket, -qAtX, stopping at the first error. Returns trimmed stdout; panics on error.
     pub fn psql(&self, db: &str, sql: &str) -> String {
+        self.try_psql(db, sql).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like `psql`, but returns the failure (for clean-up paths, e.g. in a `Drop`).
+    pub fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {
         let args = format!(
             "-h {} -p {} -U postgres -d {db} -qAtX -v ON_ERROR_STOP=1 -f -",
             self.dir.display(),
@@ -166,18 +171,17 @@ impl Cluster {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn psql");
+            .map_err(|e| format!("spawn psql: {e}"))?;
         let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(sql.as_bytes()).expect("write psql stdin");
+        let written = stdin.write_all(sql.as_bytes());
         drop(stdin);
-        let out = child.wait_with_output().expect("psql");
+        let out = child.wait_with_output().map_err(|e| format!("psql: {e}"))?;
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "psql -d {db} failed ({}): {stderr}\nSQL: {sql}",
-            out.status
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        if !out.status.success() {
+            return Err(format!("psql -d {db} failed ({}): {stderr}\nSQL: {sql}", out.status));
+        }
+        written.map_err(|e| format!("write psql stdin: {e}"))?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
     /// Direct connection as superuser postgres over TCP (trust).
@@ -212,6 +216,11 @@ impl Cluster {
     /// `pg_ctl stop -m immediate`: no shutdown checkpoint, backends die at once (a crash).
     pub fn stop_immediate(&self) {
         self.pg_ctl("stop -m immediate").unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// `pg_ctl promote -w` (a replica leaves recovery and becomes a primary of its own).
+    pub fn promote(&self) {
+        self.pg_ctl("promote").unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Start again after `stop()`, on the same port.
