@@ -2,7 +2,7 @@
 //! the choice of one for a read.
 //!
 //! The monitor runs every `lag_check_interval` over connections of its own (pgmux's backend
-//! code, no second client library): the primary's `pg_current_wal_lsn()`, then each replica's
+//! code, no second client library): the primary's `pg_current_wal_insert_lsn()`, then each replica's
 //! `pg_is_in_recovery()`, `pg_last_wal_replay_lsn()` and the age of its last replayed
 //! transaction. A replica takes reads while it is reachable, in recovery, within
 //! `max_replica_lag_bytes` of the primary and, while the primary is writing, within
@@ -220,8 +220,11 @@ impl Probe {
     }
 }
 
-/// The primary's position and timeline (a standby fails it: pg_current_wal_lsn refuses).
-const PRIMARY_SQL: &str = "SELECT pg_current_wal_lsn()::text, substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)";
+/// The primary's position and timeline (a standby fails it: pg_current_wal_lsn refuses). The
+/// insert position, not the write position: with synchronous_commit off a client has its commit
+/// acknowledged before the WAL writer writes it, and read-your-writes must cover that commit.
+const PRIMARY_SQL: &str =
+    "SELECT pg_current_wal_insert_lsn()::text, substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)";
 /// A replica's state; the timeline only once it left recovery (promoted).
 const REPLICA_SQL: &str = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, \
      COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)::float8::text, \
