@@ -141,7 +141,7 @@ impl Shutdown {
             tracing::warn!(left = this.tracker.len(), "client tasks still running at exit");
         }
         for pool in shared.pools.all().into_iter().chain(shared.pools.retired()) {
-            let replicas = pool.route.iter().flat_map(|r| r.pools.iter());
+            let replicas = pool.replica_pools();
             for pool in std::iter::once(&pool).chain(replicas) {
                 while pool.close_one_idle("pgmux is shutting down", crate::stats::CloseReason::Admin) {}
             }

@@ -48,7 +48,7 @@ pub async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> 
                 pool.reconnect();
                 // Also its breakers: the operator says the servers are worth trying again.
                 pool.breaker.reset();
-                for replica in pool.route.iter().flat_map(|r| r.pools.iter()) {
+                for replica in pool.replica_pools() {
                     replica.reconnect();
                     replica.breaker.reset();
                 }

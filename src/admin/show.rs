@@ -7,9 +7,9 @@ use crate::frontend::Shared;
 use crate::pool::Pool;
 use crate::protocol::messages::{message, put_cstr, PgError};
 use crate::stats::period::{Report, Totals};
-use crate::stats::{now_us, PoolStats};
+use crate::stats::PoolStats;
 use bytes::BytesMut;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -77,20 +77,6 @@ fn help(out: &mut BytesMut) {
     super::result::complete(out, "SHOW");
 }
 
-/// The longest wait of a client now, per pool (µs).
-fn max_waits(shared: &Shared) -> HashMap<*const Pool, u64> {
-    let now = now_us();
-    let mut waits = HashMap::new();
-    for h in shared.cancels.all() {
-        let since = h.wait_since.load(Ordering::Relaxed);
-        if since != 0 {
-            let w = waits.entry(Arc::as_ptr(&h.pool)).or_insert(0u64);
-            *w = (*w).max(now.saturating_sub(since));
-        }
-    }
-    waits
-}
-
 const LATENCY_COLUMNS: [&str; 8] = [
     "query_p50_us",
     "query_p95_us",
@@ -140,7 +126,7 @@ fn pools(shared: &Shared) -> Rows {
     for name in LATENCY_COLUMNS {
         rows.add_column(name, Ty::Int8);
     }
-    let waits = max_waits(shared);
+    let waits = shared.cancels.max_waits();
     for pool in shared.pools.all() {
         let c = &pool.counts;
         let get = |n: &std::sync::atomic::AtomicU32| n.load(Ordering::Relaxed);

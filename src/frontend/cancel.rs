@@ -205,6 +205,21 @@ impl CancelRegistry {
         all
     }
 
+    /// How long the longest-waiting client of each pool has been waiting for a server (µs),
+    /// by pool address; pools with no client waiting are absent.
+    pub fn max_waits(&self) -> std::collections::HashMap<*const Pool, u64> {
+        let now = now_us();
+        let mut waits = std::collections::HashMap::new();
+        for entry in self.clients.iter() {
+            let since = entry.wait_since.load(Ordering::Relaxed);
+            if since != 0 {
+                let w = waits.entry(Arc::as_ptr(&entry.pool)).or_insert(0u64);
+                *w = (*w).max(now.saturating_sub(since));
+            }
+        }
+        waits
+    }
+
     pub fn get(&self, process_id: i32) -> Option<Arc<CancelHandle>> {
         self.clients.get(&process_id).map(|e| e.value().clone())
     }

@@ -180,6 +180,14 @@ async fn login(
         );
     }
     let settings = Settings::from_startup(&params)?;
+    // Checked before authentication: a bad startup packet costs no password exchange.
+    let route = match param("pgmux.route") {
+        None => Preference::Auto,
+        Some(v) => Preference::parse(v).ok_or_else(|| {
+            PgError::fatal("22023", format!("invalid value for pgmux.route: \"{v}\""))
+                .with_hint("use primary, replica or auto")
+        })?,
+    };
     let mut out = BytesMut::new();
     if admin::is_console(database) && !config.databases.contains_key(database) {
         return console_login(client, shared, config, user).await.map(Some);
@@ -228,13 +236,6 @@ async fn login(
     }
     // Process ids stay positive, as PostgreSQL's do; they wrap after 2^31 logins.
     let process_id = (shared.next_client_id() % i32::MAX as u64) as i32 + 1;
-    let route = match param("pgmux.route") {
-        None => Preference::Auto,
-        Some(v) => Preference::parse(v).ok_or_else(|| {
-            PgError::fatal("22023", format!("invalid value for pgmux.route: \"{v}\""))
-                .with_hint("use primary, replica or auto")
-        })?,
-    };
     let settings = pool.share_settings(settings);
     let facts = ClientFacts {
         route,

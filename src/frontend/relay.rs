@@ -249,9 +249,7 @@ pub async fn relay(
                     }
                     meter.server_parsed(std::mem::take(&mut scan.parses));
                     for (class, n) in scan.errors.take() {
-                        for _ in 0..n {
-                            pool.stats.error(&class);
-                        }
+                        pool.stats.errors_of(&class, n.into());
                     }
                     let answered = scan.answered.wrapping_sub(answered_before);
                     let t = &client.tracker;

@@ -16,7 +16,7 @@ pub async fn run(pools: Arc<Pools>) {
         for pool in pools.all() {
             pool.prune_idle();
             pool.spawn_fill_min();
-            for replica in pool.route.iter().flat_map(|r| r.pools.iter()) {
+            for replica in pool.replica_pools() {
                 replica.prune_idle();
             }
         }

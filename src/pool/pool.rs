@@ -198,6 +198,11 @@ impl Pool {
         }
     }
 
+    /// read_write_split: the pools of its replicas for the same user (none otherwise).
+    pub fn replica_pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.route.iter().flat_map(|r| r.pools.iter())
+    }
+
     /// PAUSE or KILL holds this pool's new transactions.
     #[inline]
     pub fn paused(&self) -> bool {
@@ -236,7 +241,7 @@ impl Pool {
 
     /// Passthrough: a password that just logged in replaces the one the pool knew.
     pub fn set_credentials(&self, credentials: Credentials) {
-        for replica in self.route.iter().flat_map(|r| r.pools.iter()) {
+        for replica in self.replica_pools() {
             replica.set_credentials(credentials.clone());
         }
         self.credentials.store(Arc::new(credentials));

@@ -195,7 +195,7 @@ impl Pools {
             }
             let settings = settings(config, db, &key.database, &key.user);
             if settings != *pool.settings() {
-                for replica in pool.route.iter().flat_map(|r| r.pools.iter()) {
+                for replica in pool.replica_pools() {
                     replica.reconfigure(settings.clone());
                 }
                 pool.reconfigure(settings);

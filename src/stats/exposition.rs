@@ -1,13 +1,12 @@
 //! The Prometheus text of `/metrics`: a `Snapshot` of plain numbers read from the pools'
 //! atomics at scrape time (the data path does no extra work), encoded by prometheus-client.
 
-use super::{histogram, now_us, CloseReason, PoolStats};
+use super::{histogram, CloseReason, PoolStats};
 use crate::frontend::Shared;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 
 /// A latency histogram in Prometheus' terms: counts at or below each of
@@ -112,16 +111,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn read(shared: &Shared) -> Snapshot {
-        // Oldest wait per pool, in one pass over the clients.
-        let now = now_us();
-        let mut waits: HashMap<*const crate::pool::Pool, u64> = HashMap::new();
-        for h in shared.cancels.all() {
-            let since = h.wait_since.load(Relaxed);
-            if since != 0 {
-                let w = waits.entry(std::sync::Arc::as_ptr(&h.pool)).or_default();
-                *w = (*w).max(now.saturating_sub(since));
-            }
-        }
+        let waits = shared.cancels.max_waits();
         let all = shared.pools.all();
         let pools = all.iter().map(|pool| {
             let (c, s) = (&pool.counts, &pool.stats);

@@ -109,14 +109,19 @@ impl PoolStats {
 
     /// An ErrorResponse with this SQLSTATE reached a client.
     pub fn error(&self, sqlstate: &[u8]) {
+        self.errors_of(sqlstate, 1);
+    }
+
+    /// `n` ErrorResponses of this SQLSTATE (or class) reached clients.
+    pub fn errors_of(&self, sqlstate: &[u8], n: u64) {
         let class = match sqlstate {
             [a, b, ..] if a.is_ascii_alphanumeric() && b.is_ascii_alphanumeric() => [*a, *b],
             _ => *b"XX",
         };
         let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
         match errors.iter_mut().find(|(c, _)| *c == class) {
-            Some((_, n)) => *n += 1,
-            None => errors.push((class, 1)),
+            Some((_, count)) => *count += n,
+            None => errors.push((class, n)),
         }
     }
 
