@@ -392,3 +392,43 @@ async fn a_client_that_leaves_while_waiting_is_dropped_from_the_queue() {
         "an abandoned request ran"
     );
 }
+
+/// A database whose host is a directory is reached through PostgreSQL's socket file there
+/// (libpq's rule), for queries, prepared statements and cancels alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_directory_host_uses_the_unix_socket() {
+    ensure_database("unixsock");
+    let px = Pgmux::start(
+        "auth_type = \"scram-sha-256\"\ndefault_pool_size = 2",
+        &format!(
+            "{APP}[databases.unixsock]\nhost = \"{{pg_socket_dir}}\"\nport = {{pg_port}}\n\
+             [databases.nosock]\nhost = \"/nonexistent-pgmux-dir\"\nport = {{pg_port}}\ndbname = \"unixsock\"\n"
+        ),
+    );
+    let client = connect(&px.url("app", "app", "unixsock")).await;
+    // A Unix-socket backend has no client address.
+    assert_eq!(value(&client, "SELECT inet_client_addr() IS NULL").await, "t");
+    let statement = client.prepare("SELECT $1::int4 * 2").await.unwrap();
+    for i in 0..20i32 {
+        let row = client.query_one(&statement, &[&i]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), i * 2);
+    }
+    // The cancel travels the same socket file.
+    let token = client.cancel_token();
+    let running = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.expect("cancel request");
+    let err = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the cancel did not land")
+        .unwrap()
+        .expect_err("the cancelled query must fail");
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err:?}");
+    // A missing socket file is a connection error that names it.
+    let err = try_connect(&px.url("app", "app", "nosock"))
+        .await
+        .expect_err("no server behind a missing socket file");
+    let text = format!("{err:?}");
+    assert_eq!(sqlstate(&err).as_deref(), Some("08006"), "{text}");
+    assert!(text.contains("/nonexistent-pgmux-dir"), "{text}");
+}

@@ -1,12 +1,11 @@
 //! CancelRequest to a server: a new connection that carries the backend's key and nothing else.
 
-use super::connect::{start_tls, Target};
+use super::connect::{start_tls, Socket, Target};
 use crate::config::ServerTlsMode;
 use crate::stream::Stream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 const CANCEL_REQUEST_CODE: i32 = 80_877_102;
@@ -26,12 +25,14 @@ pub async fn cancel(target: &Target, process_id: i32, secret_key: i32) -> std::i
 }
 
 async fn send_cancel(target: &Target, process_id: i32, secret_key: i32) -> std::io::Result<()> {
-    let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
-    let mut stream = match &target.tls {
-        Some(tls) if tls.mode != ServerTlsMode::Prefer => start_tls(tcp, tls, &target.host, &target.addr())
-            .await
-            .map_err(std::io::Error::other)?,
-        _ => Stream::Plain(tcp),
+    let mut stream = match (target.open().await?, &target.tls) {
+        (Socket::Tcp(tcp), Some(tls)) if tls.mode != ServerTlsMode::Prefer => {
+            start_tls(tcp, tls, &target.host, &target.addr())
+                .await
+                .map_err(std::io::Error::other)?
+        }
+        (Socket::Tcp(tcp), _) => Stream::Plain(tcp),
+        (Socket::Unix(unix), _) => Stream::Unix(unix),
     };
     let mut packet = Vec::with_capacity(16);
     packet.extend_from_slice(&16i32.to_be_bytes());

@@ -1,4 +1,4 @@
-//! Opening a server connection: TCP, StartupMessage, authentication as a client, parameters.
+//! Opening a server connection: TCP or a Unix socket, StartupMessage, authentication as a client, parameters.
 
 use super::error::BackendError;
 use super::server::{parse_error, ServerConn};
@@ -14,7 +14,7 @@ use postgres_protocol::message::{backend::Message, frontend};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 /// Login-phase messages are small; a larger one means the peer is not a PostgreSQL server.
 const MAX_LOGIN_MESSAGE: usize = 1 << 20;
@@ -24,6 +24,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// Where to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// A name or address, or (starting with '/') the directory of the server's socket file.
     pub host: String,
     pub port: u16,
     pub database: String,
@@ -36,6 +37,32 @@ impl Target {
     pub fn addr(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
+
+    /// libpq's rule: a host that starts with '/' is the directory holding the server's socket
+    /// file, named after the port.
+    pub fn socket_path(&self) -> Option<String> {
+        self.host
+            .starts_with('/')
+            .then(|| format!("{}/.s.PGSQL.{}", self.host.trim_end_matches('/'), self.port))
+    }
+
+    /// A connected socket, before any byte is sent: the socket file, or TCP (no delay, with
+    /// keepalives). TLS is for the caller, and never over a Unix socket (as libpq).
+    pub async fn open(&self) -> std::io::Result<Socket> {
+        if let Some(path) = self.socket_path() {
+            return Ok(Socket::Unix(UnixStream::connect(path).await?));
+        }
+        let stream = TcpStream::connect((self.host.as_str(), self.port)).await?;
+        let _ = stream.set_nodelay(true);
+        let sock = socket2::SockRef::from(&stream);
+        let _ = sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
+        Ok(Socket::Tcp(stream))
+    }
+}
+
+pub enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
 }
 
 /// Who to log in as.
@@ -68,18 +95,14 @@ async fn login(
     creds: &Credentials,
     addr: &str,
 ) -> Result<(ServerConn, Vec<(String, String)>), BackendError> {
-    let stream = TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|source| BackendError::Connect {
-            addr: addr.to_owned(),
-            source,
-        })?;
-    let _ = stream.set_nodelay(true);
-    let sock = socket2::SockRef::from(&stream);
-    let _ = sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
-    let stream = match &target.tls {
-        Some(tls) => start_tls(stream, tls, &target.host, addr).await?,
-        None => Stream::Plain(stream),
+    let socket = target.open().await.map_err(|source| BackendError::Connect {
+        addr: addr.to_owned(),
+        source,
+    })?;
+    let stream = match (socket, &target.tls) {
+        (Socket::Tcp(tcp), Some(tls)) => start_tls(tcp, tls, &target.host, addr).await?,
+        (Socket::Tcp(tcp), None) => Stream::Plain(tcp),
+        (Socket::Unix(unix), _) => Stream::Unix(unix),
     };
     let mut conn = Login {
         stream,
