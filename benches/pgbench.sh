@@ -26,14 +26,16 @@
 #   SCENARIOS ["c50"]  scenarios when none are given as arguments
 #   PGBENCH_ARGS       one custom scenario instead, e.g. "-S -M prepared -c 50 -j 2 -T 10"
 #   TARGETS ["direct pgbouncer pgmux"]  run order; the first is the ratio's base.
+#                      pgmux-unix: a second pgmux (on PGMUX_UNIX_PORT) that reaches
+#                      PostgreSQL through its Unix socket instead of loopback TCP.
 #                      Also NAME=PORT[:PID] for any other server already running.
 #   ROUNDS [3]  DURATION [10] seconds  WARMUP [2] seconds per target (0: none)
 #   POOL_SIZE [20]  SCALE [10]  BENCH_DIR [/tmp/pgmux-pgbench]
-#   PG_PORT [25432]  PGMUX_PORT [26432]  PGBOUNCER_PORT [26433]
+#   PG_PORT [25432]  PGMUX_PORT [26432]  PGBOUNCER_PORT [26433]  PGMUX_UNIX_PORT [26434]
 #   PGBIN [/usr/lib/postgresql/15/bin]
 #   PGMUX_BIN          a pgmux binary to use as is (default: cargo build --release)
 #   PGMUX_CONFIG       a pooler.toml to use instead of the generated one
-#                      (it must listen on 127.0.0.1:PGMUX_PORT)
+#                      (it must listen on 127.0.0.1:PGMUX_PORT; not for pgmux-unix)
 #   PGMUX_LOG [warn]   RUST_LOG for pgmux
 #
 # PostgreSQL (fsync off: it measures poolers, not disks) and PgBouncer stay up
@@ -46,6 +48,7 @@ PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 PG_PORT=${PG_PORT:-25432}
 PGMUX_PORT=${PGMUX_PORT:-26432}
 PGBOUNCER_PORT=${PGBOUNCER_PORT:-26433}
+PGMUX_UNIX_PORT=${PGMUX_UNIX_PORT:-26434}
 POOL_SIZE=${POOL_SIZE:-20}
 SCALE=${SCALE:-10}
 ROUNDS=${ROUNDS:-3}
@@ -56,6 +59,7 @@ BENCH_USER=app BENCH_PASSWORD=app BENCH_DB=bench
 PGDATA_DIR="$BENCH_DIR/pg"
 BOUNCER_DIR="$BENCH_DIR/pgbouncer"
 PGMUX_PID=""
+PGMUX_UNIX_PID=""
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'pgbench.sh: %s\n' "$*" >&2; exit 1; }
@@ -113,11 +117,17 @@ password_encryption = 'scram-sha-256'
 CONF
       cat > "$PGDATA_DIR/pg_hba.conf" <<CONF
 local all postgres trust
+local all all scram-sha-256
 host  all all 127.0.0.1/32 scram-sha-256
 CONF
     fi
     as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$BENCH_DIR/postgresql.log" -w start >/dev/null \
       || die "PostgreSQL did not start; see $BENCH_DIR/postgresql.log"
+  fi
+  # pgmux-unix logs in through the socket file: clusters made before it lack the line.
+  if ! grep -q '^local all all' "$PGDATA_DIR/pg_hba.conf"; then
+    echo 'local all all scram-sha-256' >> "$PGDATA_DIR/pg_hba.conf"
+    as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" reload >/dev/null
   fi
   if [ "$(psql_su -c "select count(*) from pg_roles where rolname = '$BENCH_USER'")" = 0 ]; then
     psql_su -c "create role $BENCH_USER login password '$BENCH_PASSWORD'"
@@ -189,47 +199,57 @@ CONF
 }
 
 # --- pgmux ----------------------------------------------------------------------
-# Stops the pgmux this run started, or the one an interrupted run left behind
-# (pgmux.pid holds its pid and binary; a recycled pid is left alone).
+# Two pgmux instances may run: "pgmux" (to PostgreSQL over loopback TCP) and "pgmux-unix"
+# (through PostgreSQL's socket file in $BENCH_DIR). $BENCH_DIR/NAME.pid holds a pid and its
+# binary, so one an interrupted run left behind is stopped (a recycled pid is left alone).
 stop_pgmux() {
-  local pid=$PGMUX_PID
-  if [ -z "$pid" ] && [ -f "$BENCH_DIR/pgmux.pid" ]; then
-    pid=$(sed -n 1p "$BENCH_DIR/pgmux.pid")
-    [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(sed -n 2p "$BENCH_DIR/pgmux.pid")" ] || pid=""
-  fi
-  if alive "$pid"; then
-    kill -TERM "$pid" 2>/dev/null || true
-    local _
-    for _ in $(seq 50); do alive "$pid" || break; sleep 0.1; done
-    alive "$pid" && kill -KILL "$pid" 2>/dev/null
-    say "stopped pgmux (pid $pid)"
-  fi
-  rm -f "$BENCH_DIR/pgmux.pid"
-  PGMUX_PID=""
+  local name pid
+  for name in pgmux pgmux-unix; do
+    pid=$PGMUX_PID; [ "$name" = pgmux-unix ] && pid=$PGMUX_UNIX_PID
+    if [ -z "$pid" ] && [ -f "$BENCH_DIR/$name.pid" ]; then
+      pid=$(sed -n 1p "$BENCH_DIR/$name.pid")
+      [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(sed -n 2p "$BENCH_DIR/$name.pid")" ] || pid=""
+    fi
+    if alive "$pid"; then
+      kill -TERM "$pid" 2>/dev/null || true
+      local _
+      for _ in $(seq 50); do alive "$pid" || break; sleep 0.1; done
+      alive "$pid" && kill -KILL "$pid" 2>/dev/null
+      say "stopped $name (pid $pid)"
+    fi
+    rm -f "$BENCH_DIR/$name.pid"
+  done
+  PGMUX_PID=""; PGMUX_UNIX_PID=""
 }
 
-pgmux_up() {
-  local bin cfg
+pgmux_bin() {
   if [ -n "${PGMUX_BIN:-}" ]; then
-    bin=$PGMUX_BIN
-  else
-    command -v cargo >/dev/null || die "cargo not found (or set PGMUX_BIN to a pgmux binary)"
-    say "cargo build --release --bin pgmux"
-    (cd "$ROOT" && cargo build --release --bin pgmux) || die "cargo build failed"
-    bin="${CARGO_TARGET_DIR:-$ROOT/target}/release/pgmux"
+    echo "$PGMUX_BIN"
+    return
   fi
+  command -v cargo >/dev/null || die "cargo not found (or set PGMUX_BIN to a pgmux binary)"
+  say "cargo build --release --bin pgmux" >&2
+  (cd "$ROOT" && cargo build --release --bin pgmux) >&2 || die "cargo build failed"
+  echo "${CARGO_TARGET_DIR:-$ROOT/target}/release/pgmux"
+}
+
+# pgmux_up [pgmux|pgmux-unix]
+pgmux_up() {
+  local name=${1:-pgmux} bin cfg port host pid
+  bin=$(pgmux_bin)
   [ -x "$bin" ] || die "no pgmux binary at $bin"
-  stop_pgmux   # a leftover from an interrupted run
-  listening "$PGMUX_PORT" && die "port $PGMUX_PORT is taken by another server; set PGMUX_PORT"
-  if [ -n "${PGMUX_CONFIG:-}" ]; then
+  port=$PGMUX_PORT host=127.0.0.1
+  [ "$name" = pgmux-unix ] && port=$PGMUX_UNIX_PORT host=$BENCH_DIR
+  listening "$port" && die "port $port is taken by another server; set PGMUX_PORT or PGMUX_UNIX_PORT"
+  if [ -n "${PGMUX_CONFIG:-}" ] && [ "$name" = pgmux ]; then
     cfg=$PGMUX_CONFIG
   else
-    cfg="$BENCH_DIR/pooler.toml"
+    cfg="$BENCH_DIR/$name.toml"
     cat > "$cfg" <<CONF
 # benches/pgbench.sh: the same pool as PgBouncer's
 [pooler]
 listen_addr = "127.0.0.1"
-listen_port = $PGMUX_PORT
+listen_port = $port
 pool_mode = "transaction"
 default_pool_size = $POOL_SIZE
 max_client_conn = 5000
@@ -242,23 +262,24 @@ listen = ""
 password = "$BENCH_PASSWORD"
 
 [databases.$BENCH_DB]
-host = "127.0.0.1"
+host = "$host"
 port = $PG_PORT
 CONF
   fi
-  "$bin" check --config "$cfg" >"$BENCH_DIR/pgmux-check.log" 2>&1 \
-    || die "pgmux check --config $cfg failed: $(head -3 "$BENCH_DIR/pgmux-check.log")"
-  RUST_LOG=${PGMUX_LOG:-warn} "$bin" --config "$cfg" >"$BENCH_DIR/pgmux.log" 2>&1 &
-  PGMUX_PID=$!
-  printf '%s\n%s\n' "$PGMUX_PID" "$(readlink -f "$bin")" > "$BENCH_DIR/pgmux.pid"
+  "$bin" check --config "$cfg" >"$BENCH_DIR/$name-check.log" 2>&1 \
+    || die "pgmux check --config $cfg failed: $(head -3 "$BENCH_DIR/$name-check.log")"
+  RUST_LOG=${PGMUX_LOG:-warn} "$bin" --config "$cfg" >"$BENCH_DIR/$name.log" 2>&1 &
+  pid=$!
+  if [ "$name" = pgmux-unix ]; then PGMUX_UNIX_PID=$pid; else PGMUX_PID=$pid; fi
+  printf '%s\n%s\n' "$pid" "$(readlink -f "$bin")" > "$BENCH_DIR/$name.pid"
   local _
   for _ in $(seq 100); do
-    listening "$PGMUX_PORT" && break
-    alive "$PGMUX_PID" || die "pgmux exited at start: $(tail -3 "$BENCH_DIR/pgmux.log")"
+    listening "$port" && break
+    alive "$pid" || die "$name exited at start: $(tail -3 "$BENCH_DIR/$name.log")"
     sleep 0.1
   done
-  listening "$PGMUX_PORT" || die "pgmux does not listen on $PGMUX_PORT after 10 s; see $BENCH_DIR/pgmux.log"
-  say "pgmux $bin on 127.0.0.1:$PGMUX_PORT, pid $PGMUX_PID, config $cfg"
+  listening "$port" || die "$name does not listen on $port after 10 s; see $BENCH_DIR/$name.log"
+  say "$name $bin on 127.0.0.1:$port, pid $pid, config $cfg"
 }
 
 down() {
@@ -291,6 +312,7 @@ target_port() {
     direct) echo "$PG_PORT" ;;
     pgbouncer) echo "$PGBOUNCER_PORT" ;;
     pgmux) echo "$PGMUX_PORT" ;;
+    pgmux-unix) echo "$PGMUX_UNIX_PORT" ;;
     *=*) local spec=${1#*=}; echo "${spec%%:*}" ;;
   esac
 }
@@ -299,6 +321,7 @@ target_pid() {
     direct) echo "" ;;
     pgbouncer) pid_of "$BOUNCER_DIR/pgbouncer.pid" ;;
     pgmux) echo "$PGMUX_PID" ;;
+    pgmux-unix) echo "$PGMUX_UNIX_PID" ;;
     *=*:*) echo "${1##*:}" ;;
     *) echo "" ;;
   esac
@@ -335,8 +358,8 @@ run_scenario() {
     for t in "${RUN_TARGETS[@]}"; do
       name=$(target_name "$t"); port=$(target_port "$t"); pid=$(target_pid "$t")
       log="$dir/$label.$name.$r.log"
-      if [ "$name" = pgmux ] && ! alive "$PGMUX_PID"; then
-        echo "pgmux is not running: $(tail -1 "$BENCH_DIR/pgmux.log" 2>/dev/null)" > "$log"
+      if [[ "$name" = pgmux* ]] && ! alive "$pid"; then
+        echo "$name is not running: $(tail -1 "$BENCH_DIR/$name.log" 2>/dev/null)" > "$log"
         rc=1
       else
         c0=$(cpu_ticks "$pid")
@@ -420,6 +443,7 @@ idle_measure() {  # name port pid n
 idle_run() {
   local n pid
   trap 'stop_pgmux' EXIT
+  stop_pgmux >/dev/null   # leftovers of an interrupted run
   for n in "${@:-2000 5000}"; do
     for n in $n; do
       pid=$(pid_of "$BOUNCER_DIR/pgbouncer.pid")
@@ -465,15 +489,16 @@ else
 fi
 
 RUN_TARGETS=()
+stop_pgmux   # leftovers of an interrupted run
 trap 'stop_pgmux' EXIT
 trap 'exit 130' INT TERM
 for t in $TARGETS; do
   case "$t" in
     direct) RUN_TARGETS+=("$t") ;;
     pgbouncer) if bouncer_up; then RUN_TARGETS+=("$t"); fi ;;
-    pgmux) pgmux_up; RUN_TARGETS+=("$t") ;;
+    pgmux | pgmux-unix) pgmux_up "$t"; RUN_TARGETS+=("$t") ;;
     *=*) listening "$(target_port "$t")" || die "target $t: nothing listens on that port"; RUN_TARGETS+=("$t") ;;
-    *) die "unknown target '$t' (direct pgbouncer pgmux, or NAME=PORT[:PID])" ;;
+    *) die "unknown target '$t' (direct pgbouncer pgmux pgmux-unix, or NAME=PORT[:PID])" ;;
   esac
 done
 [ ${#RUN_TARGETS[@]} -gt 0 ] || die "no targets to run"
