@@ -147,7 +147,7 @@ impl Replay {
 /// and gives the server back clean.
 async fn transaction(s: &mut Session, retried: bool) -> Flow {
     let timeouts = timeouts(&s.shared);
-    let mode = s.cancel.pool.settings().mode;
+    let mode = s.cancel.pool.mode();
     if s.client.rewrite && mode != PoolMode::Session {
         if let Some(flow) = answer_alone(s).await {
             return flow;
@@ -360,7 +360,7 @@ fn pick<'a>(cancel: &'a CancelHandle, client: &ClientConn, mode: PoolMode) -> Pi
 /// `prepared::local`); None when the request needs one.
 async fn answer_alone(s: &mut Session) -> Option<Flow> {
     let client = &mut s.client;
-    if client.tracker.status != b'I' || s.cancel.pool.settings().max_prepared_statements == 0 {
+    if client.tracker.status != b'I' || s.cancel.pool.max_prepared_statements() == 0 {
         return None;
     }
     let mut out = BytesMut::new();
@@ -488,7 +488,7 @@ fn clean_up<'a>(
 }
 
 async fn roll_back(mut lease: Lease, client: &ClientConn, pool: &Pool, reset_query: &str) {
-    let mode = pool.settings().mode;
+    let mode = pool.mode();
     let tracker = client.tracker;
     let server = lease.conn();
     if !tracker.quiet() || !server.buf.is_empty() {

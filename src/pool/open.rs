@@ -22,20 +22,23 @@ impl Pool {
     /// may take a reserve permit instead. Returns the permit, whether it is a reserve one, and
     /// the query_wait_timeout deadline the rest of the checkout keeps to.
     pub(super) async fn wait_for_permit(&self) -> Result<(OwnedSemaphorePermit, bool, Deadline), PoolError> {
-        let settings = self.settings();
+        // Copied out: no reference to the shared settings is held while waiting.
+        let (wait, reserve_timeout, has_reserve) = {
+            let s = self.settings.load();
+            (s.query_wait_timeout, s.reserve_timeout, s.reserve_size > 0)
+        };
         let started = Instant::now();
-        let deadline = (!settings.query_wait_timeout.is_zero()).then(|| started + settings.query_wait_timeout);
+        let deadline = (!wait.is_zero()).then(|| started + wait);
         self.counts.waiting.fetch_add(1, Ordering::Relaxed);
         let waiting = scopeguard(|| {
             self.counts.waiting.fetch_sub(1, Ordering::Relaxed);
         });
         let main = self.permits.acquire();
         let reserve = async {
-            tokio::time::sleep(settings.reserve_timeout).await;
+            tokio::time::sleep(reserve_timeout).await;
             self.reserve.acquire().await
         };
         // Without a reserve pool no reserve timer is armed: one timer less per wait.
-        let has_reserve = settings.reserve_size > 0;
         let either = async {
             tokio::select! {
                 biased;
@@ -56,7 +59,7 @@ impl Pool {
                 }
                 Ok((permit, reserve, deadline))
             }
-            None => Err(self.wait_timeout(&settings, None)),
+            None => Err(self.wait_timeout(&self.settings(), None)),
         }
     }
 
@@ -69,16 +72,18 @@ impl Pool {
     }
 
     /// With a permit in hand: an idle connection that passes its check, or a new one.
+    /// The check and the login are boxed: rare, and their futures would otherwise make every
+    /// waiting checkout's future kilobytes large.
     pub(super) async fn find_server(&self, deadline: Deadline) -> Result<ServerConn, PoolError> {
         while let Some((conn, needs_check)) = self.take_idle() {
             if !needs_check {
                 return Ok(conn);
             }
-            if let Some(conn) = self.check(conn).await {
+            if let Some(conn) = Box::pin(self.check(conn)).await {
                 return Ok(conn);
             }
         }
-        self.open_new(deadline).await
+        Box::pin(self.open_new(deadline)).await
     }
 
     /// Runs server_check_query ("" sends an empty query) on a connection that sat idle longer

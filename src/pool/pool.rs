@@ -227,6 +227,17 @@ impl Pool {
         self.settings.load_full()
     }
 
+    /// The pool mode now, read without taking a reference to the shared settings (which
+    /// would bounce one reference count between the worker threads on every transaction).
+    pub fn mode(&self) -> PoolMode {
+        self.settings.load().mode
+    }
+
+    /// max_prepared_statements now; read as `mode`.
+    pub fn max_prepared_statements(&self) -> u32 {
+        self.settings.load().max_prepared_statements
+    }
+
     /// Applies reloaded settings: the size takes effect at once for growth, and as connections
     /// come back for a shrink (the janitor closes the surplus idle ones).
     pub fn reconfigure(&self, settings: PoolSettings) {
