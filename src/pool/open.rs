@@ -3,6 +3,7 @@
 //! new connection with server_login_retry between failed attempts.
 
 use super::limits::Limit;
+use super::permits::Permit;
 use super::pool::{Pool, PoolError, PoolSettings};
 use crate::backend::{connect, BackendError, Credentials, ServerConn};
 use crate::breaker::{Admission, BreakerState, ProbeGuard};
@@ -10,7 +11,6 @@ use crate::stats::CloseReason;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::OwnedSemaphorePermit;
 
 /// How long server_check_query may take when server_connect_timeout is 0.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,7 +21,7 @@ impl Pool {
     /// Waits in FIFO order for a permit. A client that waited longer than reserve_pool_timeout
     /// may take a reserve permit instead. Returns the permit, whether it is a reserve one, and
     /// the query_wait_timeout deadline the rest of the checkout keeps to.
-    pub(super) async fn wait_for_permit(&self) -> Result<(OwnedSemaphorePermit, bool, Deadline), PoolError> {
+    pub(super) async fn wait_for_permit(&self) -> Result<(Permit<'_>, bool, Deadline), PoolError> {
         // Copied out: no reference to the shared settings is held while waiting.
         let (wait, reserve_timeout, has_reserve) = {
             let s = self.settings.load();
@@ -330,18 +330,18 @@ impl Pool {
             let Some(permit) = self.try_permit() else { return };
             // The janitor may be the breaker's probe: recovery needs no client.
             let Ok(probe) = self.admit() else {
-                return self.return_permit(permit, false);
+                return drop(permit);
             };
             if (probe.is_none() && self.login_blocked().is_some()) || self.take_slots().is_err() {
-                return self.return_permit(permit, false);
+                return drop(permit);
             }
             let opened = self.open_with_slots(probe).await;
             match opened {
                 Ok(conn) => {
                     self.add_idle(conn);
-                    self.return_permit(permit, false);
+                    drop(permit);
                 }
-                Err(_) => return self.return_permit(permit, false),
+                Err(_) => return drop(permit),
             }
         }
     }

@@ -6,11 +6,13 @@
 //! disturbed meanwhile.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use std::sync::Mutex;
+use tokio::sync::Semaphore;
 
 pub struct Permits {
-    sem: Arc<Semaphore>,
+    /// Not behind an Arc: a permit borrows its `Permits` (owned permits would bump a reference
+    /// count shared by every worker thread on each checkout and check-in).
+    sem: Semaphore,
     /// Permits still to take out of circulation as they come back.
     debt: AtomicU32,
     /// The size last asked for; resizes are serialised by this lock.
@@ -20,37 +22,39 @@ pub struct Permits {
 impl Permits {
     pub fn new(size: u32) -> Permits {
         Permits {
-            sem: Arc::new(Semaphore::new(size as usize)),
+            sem: Semaphore::new(size as usize),
             debt: AtomicU32::new(0),
             size: Mutex::new(size),
         }
     }
 
-    pub fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
-        self.sem.clone().try_acquire_owned().ok()
+    pub fn try_acquire(&self) -> Option<Permit<'_>> {
+        let permit = self.sem.try_acquire().ok()?;
+        permit.forget();
+        Some(Permit { permits: self })
     }
 
     /// Waits in FIFO order for a permit.
-    pub async fn acquire(&self) -> OwnedSemaphorePermit {
-        match self.sem.clone().acquire_owned().await {
-            Ok(permit) => permit,
+    pub async fn acquire(&self) -> Permit<'_> {
+        match self.sem.acquire().await {
+            Ok(permit) => permit.forget(),
             // The semaphore is never closed.
             Err(_) => std::future::pending().await,
         }
+        Permit { permits: self }
     }
 
     /// Returns a permit, or takes it out of circulation while a shrink is still owed.
-    pub fn give_back(&self, permit: OwnedSemaphorePermit) {
-        if self.debt.load(Ordering::Relaxed) == 0 {
-            return drop(permit);
+    pub fn give_back(&self) {
+        if self.debt.load(Ordering::Relaxed) > 0
+            && self
+                .debt
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |d| d.checked_sub(1))
+                .is_ok()
+        {
+            return;
         }
-        let paid = self
-            .debt
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |d| d.checked_sub(1));
-        match paid {
-            Ok(_) => permit.forget(),
-            Err(_) => drop(permit),
-        }
+        self.sem.add_permits(1);
     }
 
     pub fn resize(&self, new: u32) {
@@ -82,7 +86,7 @@ impl Permits {
         }
     }
 
-    /// Pays what is owed from permits that came back free meanwhile (dropped, not given back).
+    /// Pays what is owed from permits that are free now.
     pub fn collect_debt(&self) {
         let _size = self.size.lock().unwrap_or_else(|e| e.into_inner());
         let debt = self.debt.load(Ordering::Acquire);
@@ -103,6 +107,24 @@ impl Permits {
     }
 }
 
+/// The right to own one server connection, given back when dropped. A lease keeps it
+/// (`keep`) and gives it back itself (`Permits::give_back`) when it ends.
+pub struct Permit<'a> {
+    permits: &'a Permits,
+}
+
+impl Permit<'_> {
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.permits.give_back();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,16 +140,16 @@ mod tests {
         assert!(p.try_acquire().is_none());
         // Shrink to 1 with three out: two must be taken back as they return.
         p.resize(1);
-        p.give_back(a);
-        p.give_back(b);
+        drop(a);
+        drop(b);
         assert!(p.try_acquire().is_none());
-        p.give_back(c);
+        drop(c);
         let d = p.try_acquire().unwrap();
         assert!(p.try_acquire().is_none());
         // Shrink then grow before anything came back: the debt is cancelled first.
         p.resize(0);
         p.resize(2);
-        p.give_back(d);
+        drop(d);
         let _e = p.try_acquire().unwrap();
         let _f = p.try_acquire().unwrap();
         assert!(p.try_acquire().is_none());
@@ -138,7 +160,7 @@ mod tests {
         let p = Permits::new(2);
         let a = p.try_acquire().unwrap();
         p.resize(1);
-        drop(a); // not given back: the debt stays until collected
+        drop(a); // pays the debt
         p.collect_debt();
         let _b = p.try_acquire().unwrap();
         assert!(p.try_acquire().is_none());

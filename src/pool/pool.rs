@@ -13,6 +13,7 @@
 
 use super::gate::Gate;
 use super::limits::Limit;
+use super::permits::Permit;
 use super::permits::Permits;
 use crate::backend::{BackendError, Credentials, ServerConn, Settings, Target};
 use crate::config::PoolMode;
@@ -23,7 +24,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use tokio::sync::OwnedSemaphorePermit;
 
 #[derive(Debug, Error)]
 pub enum PoolError {
@@ -312,7 +312,7 @@ impl Pool {
     /// the future every client task holds stays small (idle clients' memory).
     async fn checkout_slow(
         self: &Arc<Self>,
-        permit: Option<OwnedSemaphorePermit>,
+        permit: Option<Permit<'_>>,
         to_check: Option<ServerConn>,
     ) -> Result<Lease, PoolError> {
         let (permit, reserve, deadline) = match permit {
@@ -329,10 +329,8 @@ impl Pool {
         };
         match found {
             Ok(conn) => Ok(self.lease(conn, permit, reserve)),
-            Err(e) => {
-                self.return_permit(permit, reserve);
-                Err(e)
-            }
+            // The permit goes back as it drops.
+            Err(e) => Err(e),
         }
     }
 
@@ -355,7 +353,8 @@ impl Pool {
         }
     }
 
-    fn lease(self: &Arc<Self>, mut conn: ServerConn, permit: OwnedSemaphorePermit, reserve: bool) -> Lease {
+    fn lease(self: &Arc<Self>, mut conn: ServerConn, permit: Permit<'_>, reserve: bool) -> Lease {
+        permit.keep();
         self.counts.active.fetch_add(1, Ordering::Relaxed);
         self.stats.server_assignments.fetch_add(1, Ordering::Relaxed);
         conn.prepared.limit = self.settings.load().max_prepared_statements;
@@ -364,17 +363,17 @@ impl Pool {
         }
         Lease {
             conn: Some(conn),
-            permit: Some(permit),
             reserve,
             pool: self.clone(),
         }
     }
 
-    pub(super) fn return_permit(&self, permit: OwnedSemaphorePermit, reserve: bool) {
+    /// A lease ended: its permit (kept since `lease`) goes back.
+    fn return_permit(&self, reserve: bool) {
         if reserve {
-            self.reserve.give_back(permit);
+            self.reserve.give_back();
         } else {
-            self.permits.give_back(permit);
+            self.permits.give_back();
         }
     }
 
@@ -499,7 +498,7 @@ impl Pool {
     }
 
     /// A permit for the janitor to open a connection with, if one is free right now.
-    pub fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
+    pub fn try_permit(&self) -> Option<Permit<'_>> {
         self.permits.try_acquire()
     }
 
@@ -563,7 +562,7 @@ impl std::fmt::Display for Pool {
 /// A server connection checked out by one client.
 pub struct Lease {
     conn: Option<ServerConn>,
-    permit: Option<OwnedSemaphorePermit>,
+    /// Whether the permit the lease holds is a reserve one.
     reserve: bool,
     pool: Arc<Pool>,
 }
@@ -597,8 +596,6 @@ impl Drop for Lease {
             self.pool.forget_connection(&conn, CloseReason::Broken);
             drop(conn);
         }
-        if let Some(permit) = self.permit.take() {
-            self.pool.return_permit(permit, self.reserve);
-        }
+        self.pool.return_permit(self.reserve);
     }
 }
