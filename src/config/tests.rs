@@ -329,7 +329,7 @@ fn values_that_parse() {
                 server_tls_mode = \"verify-full\"\nserver_tls_ca_file = \"ca\"\ntls_mode = \"prefer\"\ntls_cert_file = \"c\"\n\
                 tls_key_file = \"k\"\nadmin_users = [\"root\"]\nstats_users = [\"mon\", \"ops\"]\n\
                 [metrics]\nlisten = \"\"\n[databases.d]\npool_size = 5\nmin_pool_size = 5\n\
-                replicas = [\"10.0.0.7:5432\", \"[::1]:5433\", \"replica.example:6000\"]\n";
+                replicas = [\"10.0.0.7:5432\", \"[::1]:5433\", \"replica.example:6000\", \"/var/run/postgresql:5434\"]\n";
     let c = parse(text).unwrap();
     let p = &c.pooler;
     assert_eq!(
@@ -350,7 +350,13 @@ fn values_that_parse() {
         (1, 2, TlsMode::Prefer)
     );
     assert_eq!(c.metrics.listen, "");
-    let replicas = [("10.0.0.7", 5432), ("::1", 5433), ("replica.example", 6000)];
+    // A socket directory (libpq's rule: a host starting with '/') works as any host.
+    let replicas = [
+        ("10.0.0.7", 5432),
+        ("::1", 5433),
+        ("replica.example", 6000),
+        ("/var/run/postgresql", 5434),
+    ];
     let replicas: Vec<(String, u16)> = replicas.iter().map(|(h, p)| (h.to_string(), *p)).collect();
     assert_eq!(c.databases["d"].replicas, replicas);
     for mode in PoolMode::ALL {
