@@ -1,8 +1,7 @@
 //! CancelRequest to a server: a new connection that carries the backend's key and nothing else.
 
-use super::connect::{start_tls, Socket, Target};
+use super::connect::Target;
 use crate::config::ServerTlsMode;
-use crate::stream::Stream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,15 +24,13 @@ pub async fn cancel(target: &Target, process_id: i32, secret_key: i32) -> std::i
 }
 
 async fn send_cancel(target: &Target, process_id: i32, secret_key: i32) -> std::io::Result<()> {
-    let mut stream = match (target.open().await?, &target.tls) {
-        (Socket::Tcp(tcp), Some(tls)) if tls.mode != ServerTlsMode::Prefer => {
-            start_tls(tcp, tls, &target.host, &target.addr())
-                .await
-                .map_err(std::io::Error::other)?
-        }
-        (Socket::Tcp(tcp), _) => Stream::Plain(tcp),
-        (Socket::Unix(unix), _) => Stream::Unix(unix),
-    };
+    let tls = target.tls.as_ref().filter(|tls| tls.mode != ServerTlsMode::Prefer);
+    let mut stream = target
+        .open()
+        .await?
+        .into_stream(tls, &target.host, &target.addr())
+        .await
+        .map_err(std::io::Error::other)?;
     let mut packet = Vec::with_capacity(16);
     packet.extend_from_slice(&16i32.to_be_bytes());
     packet.extend_from_slice(&CANCEL_REQUEST_CODE.to_be_bytes());

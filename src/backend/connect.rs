@@ -65,6 +65,18 @@ pub enum Socket {
     Unix(UnixStream),
 }
 
+impl Socket {
+    /// The stream to talk over: TLS over TCP when `tls` is given (see `start_tls`), the socket
+    /// itself otherwise.
+    pub async fn into_stream(self, tls: Option<&ServerTls>, host: &str, addr: &str) -> Result<Stream, BackendError> {
+        Ok(match (self, tls) {
+            (Socket::Tcp(tcp), Some(tls)) => start_tls(tcp, tls, host, addr).await?,
+            (Socket::Tcp(tcp), None) => Stream::Plain(tcp),
+            (Socket::Unix(unix), _) => Stream::Unix(unix),
+        })
+    }
+}
+
 /// Who to log in as.
 #[derive(Clone, PartialEq)]
 pub struct Credentials {
@@ -99,11 +111,7 @@ async fn login(
         addr: addr.to_owned(),
         source,
     })?;
-    let stream = match (socket, &target.tls) {
-        (Socket::Tcp(tcp), Some(tls)) => start_tls(tcp, tls, &target.host, addr).await?,
-        (Socket::Tcp(tcp), None) => Stream::Plain(tcp),
-        (Socket::Unix(unix), _) => Stream::Unix(unix),
-    };
+    let stream = socket.into_stream(target.tls.as_ref(), &target.host, addr).await?;
     let mut conn = Login {
         stream,
         buf: BytesMut::with_capacity(8192),
@@ -203,7 +211,7 @@ async fn login(
 /// SSLRequest, then exactly one byte of answer: `S` starts the handshake, `N` goes on in plain
 /// text where server_tls_mode = prefer. Nothing beyond that byte is read before the handshake,
 /// so a man in the middle cannot slip plain-text bytes in ahead of it (CVE-2021-23222).
-pub async fn start_tls(mut tcp: TcpStream, tls: &ServerTls, host: &str, addr: &str) -> Result<Stream, BackendError> {
+async fn start_tls(mut tcp: TcpStream, tls: &ServerTls, host: &str, addr: &str) -> Result<Stream, BackendError> {
     let io = |source| BackendError::Io {
         addr: addr.to_owned(),
         source,

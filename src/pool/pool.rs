@@ -327,11 +327,8 @@ impl Pool {
             Some(conn) => Ok(conn),
             None => self.find_server(deadline).await,
         };
-        match found {
-            Ok(conn) => Ok(self.lease(conn, permit, reserve)),
-            // The permit goes back as it drops.
-            Err(e) => Err(e),
-        }
+        // On an error the permit goes back as it drops.
+        found.map(|conn| self.lease(conn, permit, reserve))
     }
 
     /// Pops the most recently used idle connection that is alive and not too old; the flag
@@ -357,7 +354,7 @@ impl Pool {
         permit.keep();
         self.counts.active.fetch_add(1, Ordering::Relaxed);
         self.stats.server_assignments.fetch_add(1, Ordering::Relaxed);
-        conn.prepared.limit = self.settings.load().max_prepared_statements;
+        conn.prepared.limit = self.max_prepared_statements();
         if conn.prepared.known.is_none() {
             conn.prepared.known = Some(self.known_statements.clone());
         }
