@@ -28,10 +28,13 @@
 #   TARGETS ["direct pgbouncer pgmux"]  run order; the first is the ratio's base.
 #                      pgmux-unix: a second pgmux (on PGMUX_UNIX_PORT) that reaches
 #                      PostgreSQL through its Unix socket instead of loopback TCP.
+#                      pgbouncer-ps: a newer PgBouncer (built once by benches/pgbouncer-build.sh)
+#                      with max_prepared_statements = 200, which runs -M prepared (1.18 cannot).
 #                      Also NAME=PORT[:PID] for any other server already running.
 #   ROUNDS [3]  DURATION [10] seconds  WARMUP [2] seconds per target (0: none)
 #   POOL_SIZE [20]  SCALE [10]  BENCH_DIR [/tmp/pgmux-pgbench]
 #   PG_PORT [25432]  PGMUX_PORT [26432]  PGBOUNCER_PORT [26433]  PGMUX_UNIX_PORT [26434]
+#   PGBOUNCER_PS_PORT [26435]
 #   PGBIN [/usr/lib/postgresql/15/bin]
 #   PGMUX_BIN          a pgmux binary to use as is (default: cargo build --release)
 #   PGMUX_CONFIG       a pooler.toml to use instead of the generated one
@@ -49,6 +52,7 @@ PG_PORT=${PG_PORT:-25432}
 PGMUX_PORT=${PGMUX_PORT:-26432}
 PGBOUNCER_PORT=${PGBOUNCER_PORT:-26433}
 PGMUX_UNIX_PORT=${PGMUX_UNIX_PORT:-26434}
+PGBOUNCER_PS_PORT=${PGBOUNCER_PS_PORT:-26435}
 POOL_SIZE=${POOL_SIZE:-20}
 SCALE=${SCALE:-10}
 ROUNDS=${ROUNDS:-3}
@@ -145,57 +149,75 @@ CONF
 }
 
 # --- PgBouncer ------------------------------------------------------------------
-# Prints nothing and returns 1 when PgBouncer is not available.
-bouncer_up() {
-  local bin pid
+# Two may run: "pgbouncer" (the distribution's, installed with apt when missing) and
+# "pgbouncer-ps" (a newer release built by benches/pgbouncer-build.sh, with
+# max_prepared_statements = 200, so that it supports `pgbench -M prepared`).
+# bouncer_up NAME prints nothing and returns 1 when that PgBouncer is not available.
+bouncer_dir() { if [ "$1" = pgbouncer-ps ]; then echo "$BOUNCER_DIR-ps"; else echo "$BOUNCER_DIR"; fi; }
+bouncer_port() { if [ "$1" = pgbouncer-ps ]; then echo "$PGBOUNCER_PS_PORT"; else echo "$PGBOUNCER_PORT"; fi; }
+
+apt_bouncer() {
+  local bin
   bin=$(bouncer_bin)
-  if [ -z "$bin" ]; then
-    if is_root && command -v apt-get >/dev/null; then
-      say "PgBouncer missing: apt-get install -y pgbouncer (its own service is not started)"
-      local policy_rc=""
-      if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
-        policy_rc=/usr/sbin/policy-rc.d
-      fi
-      { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-upgrade pgbouncer; } \
-        >"$BENCH_DIR/apt-pgbouncer.log" 2>&1 || say "apt-get install pgbouncer failed; see $BENCH_DIR/apt-pgbouncer.log"
-      [ -n "$policy_rc" ] && rm -f "$policy_rc"
-      bin=$(bouncer_bin)
+  if [ -z "$bin" ] && is_root && command -v apt-get >/dev/null; then
+    say "PgBouncer missing: apt-get install -y pgbouncer (its own service is not started)" >&2
+    local policy_rc=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
+      policy_rc=/usr/sbin/policy-rc.d
     fi
-    if [ -z "$bin" ]; then
-      say "PgBouncer is not installed (and cannot be installed without root): skipping it"
-      return 1
-    fi
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-upgrade pgbouncer; } \
+      >"$BENCH_DIR/apt-pgbouncer.log" 2>&1 || say "apt-get install pgbouncer failed; see $BENCH_DIR/apt-pgbouncer.log" >&2
+    [ -n "$policy_rc" ] && rm -f "$policy_rc"
+    bin=$(bouncer_bin)
   fi
-  mkdir -p "$BOUNCER_DIR"
-  cat > "$BOUNCER_DIR/pgbouncer.ini" <<CONF
+  echo "$bin"
+}
+
+bouncer_up() {
+  local name=${1:-pgbouncer} bin dir port pid extra=""
+  dir=$(bouncer_dir "$name"); port=$(bouncer_port "$name")
+  if [ "$name" = pgbouncer-ps ]; then
+    say "building PgBouncer ${PGBOUNCER_SRC_VERSION:-1.24.1} (benches/pgbouncer-build.sh), if not built yet"
+    bin=$(BENCH_DIR=$BENCH_DIR "$ROOT/benches/pgbouncer-build.sh") || bin=""
+    extra="max_prepared_statements = 200"
+  else
+    bin=$(apt_bouncer)
+  fi
+  if [ -z "$bin" ]; then
+    say "$name is not available (see the messages above): skipping it"
+    return 1
+  fi
+  mkdir -p "$dir"
+  cat > "$dir/pgbouncer.ini" <<CONF
 [databases]
 $BENCH_DB = host=127.0.0.1 port=$PG_PORT dbname=$BENCH_DB
 [pgbouncer]
 listen_addr = 127.0.0.1
-listen_port = $PGBOUNCER_PORT
+listen_port = $port
 unix_socket_dir =
 auth_type = scram-sha-256
-auth_file = $BOUNCER_DIR/userlist.txt
+auth_file = $dir/userlist.txt
 pool_mode = transaction
 default_pool_size = $POOL_SIZE
 max_client_conn = 5000
-logfile = $BOUNCER_DIR/pgbouncer.log
-pidfile = $BOUNCER_DIR/pgbouncer.pid
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+$extra
 CONF
-  echo "\"$BENCH_USER\" \"$BENCH_PASSWORD\"" > "$BOUNCER_DIR/userlist.txt"
-  is_root && chown -R postgres: "$BOUNCER_DIR"
-  pid=$(pid_of "$BOUNCER_DIR/pgbouncer.pid")
+  echo "\"$BENCH_USER\" \"$BENCH_PASSWORD\"" > "$dir/userlist.txt"
+  is_root && chown -R postgres: "$dir"
+  pid=$(pid_of "$dir/pgbouncer.pid")
   if alive "$pid"; then
     kill -HUP "$pid"   # reload the settings (a changed port needs `down` first)
   else
-    listening "$PGBOUNCER_PORT" && die "port $PGBOUNCER_PORT is taken by another server; set PGBOUNCER_PORT"
-    as_pg "$bin" -d "$BOUNCER_DIR/pgbouncer.ini" || die "PgBouncer did not start; see $BOUNCER_DIR/pgbouncer.log"
+    listening "$port" && die "port $port is taken by another server; set PGBOUNCER_PORT or PGBOUNCER_PS_PORT"
+    as_pg "$bin" -d "$dir/pgbouncer.ini" || die "$name did not start; see $dir/pgbouncer.log"
     local _
-    for _ in $(seq 50); do listening "$PGBOUNCER_PORT" && break; sleep 0.1; done
-    pid=$(pid_of "$BOUNCER_DIR/pgbouncer.pid")
+    for _ in $(seq 50); do listening "$port" && break; sleep 0.1; done
+    pid=$(pid_of "$dir/pgbouncer.pid")
   fi
-  say "PgBouncer $("$bin" --version | head -1 | awk '{print $2}') on 127.0.0.1:$PGBOUNCER_PORT, pid $pid, pool size $POOL_SIZE"
+  say "$name $("$bin" --version | head -1 | awk '{print $2}') on 127.0.0.1:$port, pid $pid, pool size $POOL_SIZE"
 }
 
 # --- pgmux ----------------------------------------------------------------------
@@ -284,11 +306,13 @@ CONF
 
 down() {
   stop_pgmux
-  local pid
-  pid=$(pid_of "$BOUNCER_DIR/pgbouncer.pid")
-  if alive "$pid"; then
-    kill -TERM "$pid"; say "stopped PgBouncer (pid $pid)"
-  fi
+  local pid name
+  for name in pgbouncer pgbouncer-ps; do
+    pid=$(pid_of "$(bouncer_dir "$name")/pgbouncer.pid")
+    if alive "$pid"; then
+      kill -TERM "$pid"; say "stopped $name (pid $pid)"
+    fi
+  done
   if pg_running; then
     as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop >/dev/null; say "stopped PostgreSQL ($PGDATA_DIR)"
   fi
@@ -310,7 +334,7 @@ scenario_args() {
 target_port() {
   case "$1" in
     direct) echo "$PG_PORT" ;;
-    pgbouncer) echo "$PGBOUNCER_PORT" ;;
+    pgbouncer | pgbouncer-ps) bouncer_port "$1" ;;
     pgmux) echo "$PGMUX_PORT" ;;
     pgmux-unix) echo "$PGMUX_UNIX_PORT" ;;
     *=*) local spec=${1#*=}; echo "${spec%%:*}" ;;
@@ -319,7 +343,7 @@ target_port() {
 target_pid() {
   case "$1" in
     direct) echo "" ;;
-    pgbouncer) pid_of "$BOUNCER_DIR/pgbouncer.pid" ;;
+    pgbouncer | pgbouncer-ps) pid_of "$(bouncer_dir "$1")/pgbouncer.pid" ;;
     pgmux) echo "$PGMUX_PID" ;;
     pgmux-unix) echo "$PGMUX_UNIX_PID" ;;
     *=*:*) echo "${1##*:}" ;;
@@ -375,7 +399,7 @@ run_scenario() {
         [ "$rc" = 124 ] && err="pgbench timed out (a stuck pooler?) ${err}"
         [ -z "$err" ] && [ "$xacts" = 0 ] && err="0 transactions processed (did the clients' logins outlast -T?)"
         [ -z "$err" ] && err="pgbench exit $rc, no tps; last line: $(tail -1 "$log")"
-        printf 'round %s  %-10s FAILED: %s\n' "$r" "$name" "$err"
+        printf 'round %s  %-12s FAILED: %s\n' "$r" "$name" "$err"
         echo "$name FAILED $err" >> "$rows"
       else
         if [ -n "$pid" ]; then
@@ -383,7 +407,7 @@ run_scenario() {
         else
           cpu="-"
         fi
-        printf 'round %s  %-10s tps=%-10s latency_ms=%-8s conn_ms=%-8s pooler_cpu_us_per_tx=%s\n' \
+        printf 'round %s  %-12s tps=%-10s latency_ms=%-8s conn_ms=%-8s pooler_cpu_us_per_tx=%s\n' \
           "$r" "$name" "$tps" "$lat" "${conn:--}" "$cpu"
         echo "$name OK $tps $lat ${conn:--} $cpu" >> "$rows"
       fi
@@ -396,12 +420,12 @@ summarize() {
   local label=$1 args=$2 rows=$3 t name base="" med lo hi lat conn cpu nfail
   echo
   echo "== $label: pgbench -n $args, $ROUNDS rounds, pool size $POOL_SIZE, medians"
-  printf '%-10s %10s %15s %11s %9s %14s %7s\n' target tps min-max latency_ms conn_ms cpu_us_per_tx ratio
+  printf '%-12s %10s %15s %11s %9s %14s %7s\n' target tps min-max latency_ms conn_ms cpu_us_per_tx ratio
   for t in "${RUN_TARGETS[@]}"; do
     name=$(target_name "$t")
     nfail=$(awk -v n="$name" '$1==n && $2=="FAILED"' "$rows" | wc -l)
     if [ "$nfail" -gt 0 ]; then
-      printf '%-10s %10s  (%s of %s runs) %s\n' "$name" FAILED "$nfail" "$ROUNDS" \
+      printf '%-12s %10s  (%s of %s runs) %s\n' "$name" FAILED "$nfail" "$ROUNDS" \
         "$(awk -v n="$name" '$1==n && $2=="FAILED" {$1=$2=""; sub(/^ +/, ""); print; exit}' "$rows")"
       continue
     fi
@@ -412,7 +436,7 @@ summarize() {
     conn=$(awk -v n="$name" '$1==n && $5!="-" {print $5}' "$rows" | median)
     cpu=$(awk -v n="$name" '$1==n && $6!="-" {print $6}' "$rows" | median)
     [ -z "$base" ] && base=$med
-    printf '%-10s %10.0f %15s %11s %9s %14s %7.2f\n' "$name" "$med" \
+    printf '%-12s %10.0f %15s %11s %9s %14s %7.2f\n' "$name" "$med" \
       "$(printf '%.0f-%.0f' "$lo" "$hi")" "$lat" "$conn" "$cpu" \
       "$(awk -v a="$med" -v b="$base" 'BEGIN{print (b > 0) ? a / b : 0}')"
   done
@@ -461,7 +485,7 @@ idle_run() {
 # --- main -----------------------------------------------------------------------
 cmd=${1:-}
 case "$cmd" in
-  -h | --help | help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help | help) sed -n '2,45p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   down) down; exit 0 ;;
 esac
 
@@ -495,10 +519,10 @@ trap 'exit 130' INT TERM
 for t in $TARGETS; do
   case "$t" in
     direct) RUN_TARGETS+=("$t") ;;
-    pgbouncer) if bouncer_up; then RUN_TARGETS+=("$t"); fi ;;
+    pgbouncer | pgbouncer-ps) if bouncer_up "$t"; then RUN_TARGETS+=("$t"); fi ;;
     pgmux | pgmux-unix) pgmux_up "$t"; RUN_TARGETS+=("$t") ;;
     *=*) listening "$(target_port "$t")" || die "target $t: nothing listens on that port"; RUN_TARGETS+=("$t") ;;
-    *) die "unknown target '$t' (direct pgbouncer pgmux pgmux-unix, or NAME=PORT[:PID])" ;;
+    *) die "unknown target '$t' (direct pgbouncer pgbouncer-ps pgmux pgmux-unix, or NAME=PORT[:PID])" ;;
   esac
 done
 [ ${#RUN_TARGETS[@]} -gt 0 ] || die "no targets to run"
