@@ -178,7 +178,7 @@ bouncer_up() {
   local name=${1:-pgbouncer} bin dir port pid extra=""
   dir=$(bouncer_dir "$name"); port=$(bouncer_port "$name")
   if [ "$name" = pgbouncer-ps ]; then
-    say "building PgBouncer ${PGBOUNCER_SRC_VERSION:-1.24.1} (benches/pgbouncer-build.sh), if not built yet"
+    say "building PgBouncer with benches/pgbouncer-build.sh, unless built before"
     bin=$(BENCH_DIR=$BENCH_DIR "$ROOT/benches/pgbouncer-build.sh") || bin=""
     extra="max_prepared_statements = 200"
   else

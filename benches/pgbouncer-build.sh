@@ -26,18 +26,17 @@ BIN="$DIR/src/pgbouncer"
 die() { printf 'pgbouncer-build.sh: %s\n' "$*" >&2; exit 1; }
 if [ -x "$BIN" ]; then echo "$BIN"; exit 0; fi
 
+mkdir -p "$DIR"
 need=()
 for pkg in gcc make pkg-config libevent-dev libssl-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || die "missing packages: ${need[*]}"
-  mkdir -p "$DIR"
   { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-upgrade "${need[@]}"; } \
     >"$DIR/apt.log" 2>&1 || die "apt-get install ${need[*]} failed; see $DIR/apt.log"
 fi
 
-mkdir -p "$DIR"
 tarball="$DIR/pgbouncer_$VERSION.orig.tar.gz"
 if ! echo "$SHA256  $tarball" | sha256sum -c --status 2>/dev/null; then
   curl -fsSL --retry 3 -o "$tarball" "$URL" || die "download failed: $URL"
