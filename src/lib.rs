@@ -20,3 +20,4 @@ pub mod shutdown; // SIGINT/SIGTERM: drain, then close
 pub mod stats; // counters, latency histograms, slow queries: what the console and metrics show
 pub mod stream; // a socket: plain TCP or TLS, to clients and to servers
 pub mod tls; // TLS settings (rustls, ring): certificates for clients, verification of servers
+pub mod worker; // thread-per-core: a runtime per worker thread, each with its own listener

@@ -71,7 +71,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The main thread's runtime: signals, the janitor, periodic stats, /metrics and the drain.
+    // Clients are served by the workers (`worker`), each on a runtime of its own.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("pgmux: cannot start the runtime: {e}");
@@ -83,8 +85,12 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
     let (addr, port) = (config.pooler.listen_addr.clone(), config.pooler.listen_port);
-    let listener = match listener::bind(&addr, port) {
-        Ok(listener) => listener,
+    let workers = match config.pooler.workers {
+        0 => pgmux::worker::default_count(),
+        n => n as usize,
+    };
+    let listeners = match listener::bind(&addr, port, workers) {
+        Ok(listeners) => listeners,
         Err(e) => {
             tracing::error!(error = %e, "cannot listen on {addr}:{port}");
             return ExitCode::FAILURE;
@@ -97,7 +103,10 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!("pgmux {} listening on {addr}:{port}", env!("CARGO_PKG_VERSION"));
+    tracing::info!(
+        "pgmux {} listening on {addr}:{port} ({workers} workers)",
+        env!("CARGO_PKG_VERSION")
+    );
     let inert = config.inert_settings();
     if !inert.is_empty() {
         tracing::warn!(
@@ -109,7 +118,13 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
     tokio::spawn(pool::janitor::run(shared.pools.clone()));
     tokio::spawn(stats::period::run(shared.clone()));
     tokio::spawn(stats::metrics::serve(shared.clone()));
-    let accepting = tokio::spawn(listener::run(listener, shared.clone()));
+    let accepting = match pgmux::worker::start(listeners, &shared) {
+        Ok(accepting) => accepting,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the worker threads");
+            return ExitCode::FAILURE;
+        }
+    };
     let mode = loop {
         let signal = tokio::select! {
             signal = signals.next() => signal,
@@ -131,7 +146,9 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
         timeout.as_secs_f64()
     );
     shared.shutdown.begin(mode, timeout);
-    let _ = accepting.await;
+    for closed in accepting {
+        let _ = closed.await;
+    }
     let drain = Shutdown::drain(&shared);
     tokio::pin!(drain);
     loop {

@@ -79,6 +79,9 @@ fn try_reload(shared: &Shared) -> Result<Reconfigured, ReloadError> {
     {
         tracing::warn!("listen_addr and listen_port take effect at the next start, not on reload");
     }
+    if config.pooler.workers != old.pooler.workers {
+        tracing::warn!("workers takes effect at the next start, not on reload");
+    }
     if config.metrics.listen != old.metrics.listen {
         tracing::warn!("metrics.listen takes effect at the next start, not on reload");
     }

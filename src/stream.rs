@@ -77,6 +77,17 @@ impl Stream {
         }
     }
 
+    /// Registers a plain socket with the current runtime's reactor instead of the one that
+    /// watched it (a worker taking another worker's idle server connection). TLS streams are
+    /// returned as they are.
+    pub fn rehome(self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Plain(s) => Stream::Plain(TcpStream::from_std(s.into_std()?)?),
+            Stream::Unix(s) => Stream::Unix(UnixStream::from_std(s.into_std()?)?),
+            tls => tls,
+        })
+    }
+
     pub fn is_quiet(&mut self) -> bool {
         let mut probe = [0u8; 1];
         match self {

@@ -204,6 +204,7 @@ async fn login(
         in_flight: Default::default(),
         prepared: Default::default(),
         generation: 0,
+        worker: crate::worker::current(),
     };
     Ok((server, reported))
 }

@@ -26,6 +26,8 @@ pub struct ServerConn {
     pub prepared: crate::prepared::ServerStatements,
     /// The pool's RECONNECT generation when it was opened.
     pub generation: u32,
+    /// The worker whose reactor watches the socket (None: the main thread's).
+    pub worker: Option<u16>,
 }
 
 impl ServerConn {
@@ -34,6 +36,21 @@ impl ServerConn {
     /// non-blocking probe (see `Stream::is_quiet`); a connection found not quiet is dropped.
     pub fn is_quiet(&mut self) -> bool {
         self.stream.is_quiet()
+    }
+}
+
+impl ServerConn {
+    /// Moves the socket to this thread's worker, so the worker that polls it is the one told
+    /// when it is ready; TLS connections stay where they are (their readiness still reaches
+    /// this worker, through the other one's reactor).
+    pub fn rehome(mut self) -> std::io::Result<ServerConn> {
+        let here = crate::worker::current();
+        if here.is_none() || here == self.worker || self.stream.is_tls() {
+            return Ok(self);
+        }
+        self.stream = self.stream.rehome()?;
+        self.worker = here;
+        Ok(self)
     }
 }
 

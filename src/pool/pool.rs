@@ -335,8 +335,16 @@ impl Pool {
     /// says whether server_check_delay asks for a check before use.
     pub(super) fn take_idle(&self) -> Option<(ServerConn, bool)> {
         let settings = self.settings.load();
+        let here = crate::worker::current();
         loop {
-            let mut conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            let mut conn = {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                // The most recently used of this worker's own, else the most recent of any.
+                match idle.iter().rposition(|c| c.worker == here) {
+                    Some(at) => idle.remove(at),
+                    None => idle.pop()?,
+                }
+            };
             if expired(&conn, &settings) {
                 self.discard(conn, "past server_lifetime", CloseReason::Lifetime);
             } else if conn.generation != self.generation() {
@@ -345,7 +353,14 @@ impl Pool {
                 self.discard(conn, "closed by the server", CloseReason::Broken);
             } else {
                 let check = conn.idle_since.elapsed() >= settings.server_check_delay;
-                return Some((conn, check));
+                let generation = conn.generation;
+                match conn.rehome() {
+                    Ok(conn) => return Some((conn, check)),
+                    Err(e) => {
+                        tracing::warn!(pool = %self, error = %e, "cannot move a server connection to this worker: closed");
+                        self.forget(generation, CloseReason::Broken);
+                    }
+                }
             }
         }
     }
@@ -412,8 +427,13 @@ impl Pool {
 
     /// A connection of this pool is gone: uncount it everywhere.
     pub(super) fn forget_connection(&self, conn: &ServerConn, reason: CloseReason) {
+        self.forget(conn.generation, reason)
+    }
+
+    /// `forget_connection` of a connection opened in RECONNECT generation `generation`.
+    fn forget(&self, generation: u32, reason: CloseReason) {
         self.stats.closed(reason);
-        if conn.generation != self.generation() {
+        if generation != self.generation() {
             let _ = self
                 .counts
                 .stale

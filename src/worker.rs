@@ -1,0 +1,62 @@
+//! Thread-per-core: each worker thread runs its own single-threaded runtime, accepts on its own
+//! listening socket and serves its clients only on itself, so a transaction's wake-ups never
+//! cross threads and no work-stealing scheduler sits on the data path.
+//!
+//! A server connection is registered with the reactor of the worker that opened it (or last
+//! used it). The pools prefer an idle connection of the asking worker; one from another worker
+//! is moved to the asker's reactor before use (`Stream::rehome`), so its readiness is reported
+//! by the thread that polls it.
+
+use crate::frontend::Shared;
+use std::cell::Cell;
+use std::sync::Arc;
+
+thread_local! {
+    static WORKER: Cell<u16> = const { Cell::new(NONE) };
+}
+
+/// The id of threads that are not workers (the main thread: signals, janitor, metrics).
+const NONE: u16 = u16::MAX;
+
+/// This thread's worker, or None outside the workers.
+#[inline]
+pub fn current() -> Option<u16> {
+    let id = WORKER.with(Cell::get);
+    (id != NONE).then_some(id)
+}
+
+/// The number of workers `workers = 0` means: one per core.
+pub fn default_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Starts one worker thread per listening socket. Each resolves its receiver once its
+/// listener has closed (a shutdown began); its runtime keeps serving the clients it holds
+/// until the process exits.
+pub fn start(
+    listeners: Vec<std::net::TcpListener>,
+    shared: &Arc<Shared>,
+) -> std::io::Result<Vec<tokio::sync::oneshot::Receiver<()>>> {
+    let mut closed = Vec::with_capacity(listeners.len());
+    for (id, listener) in listeners.into_iter().enumerate() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let shared = shared.clone();
+        let (done, on_done) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("pgmux-worker-{id}"))
+            .spawn(move || {
+                WORKER.with(|w| w.set(id as u16));
+                runtime.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => crate::listener::run(listener, shared).await,
+                        Err(e) => tracing::error!(error = %e, worker = id, "cannot watch the listening socket"),
+                    }
+                    let _ = done.send(());
+                    // Clients of this worker finish their transactions here while pgmux drains.
+                    std::future::pending::<()>().await
+                })
+            })?;
+        closed.push(on_done);
+    }
+    Ok(closed)
+}
