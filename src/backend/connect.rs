@@ -88,7 +88,7 @@ pub struct Credentials {
 pub async fn connect(
     target: &Target,
     creds: &Credentials,
-) -> Result<(ServerConn, Vec<(String, String)>), BackendError> {
+) -> Result<(Box<ServerConn>, Vec<(String, String)>), BackendError> {
     let addr = target.addr();
     let login = login(target, creds, &addr);
     if target.connect_timeout.is_zero() {
@@ -106,7 +106,7 @@ async fn login(
     target: &Target,
     creds: &Credentials,
     addr: &str,
-) -> Result<(ServerConn, Vec<(String, String)>), BackendError> {
+) -> Result<(Box<ServerConn>, Vec<(String, String)>), BackendError> {
     let socket = target.open().await.map_err(|source| BackendError::Connect {
         addr: addr.to_owned(),
         source,
@@ -190,7 +190,8 @@ async fn login(
         }
     }
     let now = Instant::now();
-    let server = ServerConn {
+    // Boxed: pools and leases move it at every check-out and check-in.
+    let server = Box::new(ServerConn {
         stream: conn.stream,
         buf: conn.buf,
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -205,7 +206,7 @@ async fn login(
         prepared: Default::default(),
         generation: 0,
         worker: crate::worker::current(),
-    };
+    });
     Ok((server, reported))
 }
 

@@ -43,7 +43,7 @@ impl ServerConn {
     /// Moves the socket to this thread's worker, so the worker that polls it is the one told
     /// when it is ready; TLS connections stay where they are (their readiness still reaches
     /// this worker, through the other one's reactor).
-    pub fn rehome(mut self) -> std::io::Result<ServerConn> {
+    pub fn rehome(mut self: Box<Self>) -> std::io::Result<Box<ServerConn>> {
         let here = crate::worker::current();
         if here.is_none() || here == self.worker || self.stream.is_tls() {
             return Ok(self);

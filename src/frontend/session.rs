@@ -185,7 +185,7 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
         Some(Waited::Done(Ok(lease))) => lease,
         Some(Waited::Done(Err(e)) | Waited::Invalid(e)) => {
             stats.error(e.code.as_bytes());
-            s.client.send_error(&e).await;
+            Box::pin(s.client.send_error(&e)).await;
             return Flow::Stop;
         }
         Some(Waited::Gone) => return Flow::Stop,
@@ -214,7 +214,7 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
             RelayEnd::Timeout(Phase::Busy) => {
                 let secs = timeouts.query.as_secs_f64();
                 tracing::warn!(pool = %pool, "query running longer than query_timeout ({secs} s): cancelling it");
-                s.cancel.cancel_held().await;
+                Box::pin(s.cancel.cancel_held()).await;
             }
             end => break end,
         }
@@ -250,19 +250,19 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
                 "transaction blocks are not allowed in statement pooling mode (pool_mode = \"statement\")",
             )
             .with_hint("run each statement on its own, or use pool_mode = \"transaction\" for this database or user");
-            client.send_error(&error).await;
+            Box::pin(client.send_error(&error)).await;
             drop_frame(lease.conn());
             clean_up(lease, client, pool, "").await;
         }
         RelayEnd::Timeout(phase) => {
             let error = timeout_error(phase, &timeouts);
             pool.stats.error(error.code.as_bytes());
-            client.send_error(&error).await;
+            Box::pin(client.send_error(&error)).await;
             clean_up(lease, client, pool, &pool.settings().server_reset_query).await;
         }
         RelayEnd::ClientInvalid(e) => {
             pool.stats.error(e.code.as_bytes());
-            client.send_error(&e).await;
+            Box::pin(client.send_error(&e)).await;
             clean_up(lease, client, pool, &pool.settings().server_reset_query).await;
         }
         RelayEnd::ServerGone(e) => {
@@ -277,7 +277,7 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
                 );
             }
             pool.stats.error(b"08006");
-            client.send_error(&error).await;
+            Box::pin(client.send_error(&error)).await;
         }
     }
     Flow::Stop

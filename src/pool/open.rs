@@ -74,7 +74,7 @@ impl Pool {
     /// With a permit in hand: an idle connection that passes its check, or a new one.
     /// The check and the login are boxed: rare, and their futures would otherwise make every
     /// waiting checkout's future kilobytes large.
-    pub(super) async fn find_server(&self, deadline: Deadline) -> Result<ServerConn, PoolError> {
+    pub(super) async fn find_server(&self, deadline: Deadline) -> Result<Box<ServerConn>, PoolError> {
         while let Some((conn, needs_check)) = self.take_idle() {
             if !needs_check {
                 return Ok(conn);
@@ -88,7 +88,7 @@ impl Pool {
 
     /// Runs server_check_query ("" sends an empty query) on a connection that sat idle longer
     /// than server_check_delay; one that fails is closed, and the client never hears of it.
-    pub(super) async fn check(&self, mut conn: ServerConn) -> Option<ServerConn> {
+    pub(super) async fn check(&self, mut conn: Box<ServerConn>) -> Option<Box<ServerConn>> {
         let settings = self.settings();
         let limit = match settings.server_connect_timeout {
             t if t.is_zero() => CHECK_TIMEOUT,
@@ -145,7 +145,7 @@ impl Pool {
 
     /// Opens a connection once both limits have room, or takes an idle one that came back
     /// while waiting for that room.
-    async fn open_new(&self, deadline: Deadline) -> Result<ServerConn, PoolError> {
+    async fn open_new(&self, deadline: Deadline) -> Result<Box<ServerConn>, PoolError> {
         // An open breaker answers at once; its probe ignores server_login_retry.
         let probe = self.admit()?;
         if probe.is_none() {
@@ -179,7 +179,7 @@ impl Pool {
     /// Waits until a limit has room (Ok(None): the slots are taken) or an idle connection of
     /// this pool comes back (Ok(Some)). First closes idle connections of other pools under the
     /// full limit, as PgBouncer does.
-    async fn wait_for_slot(&self, deadline: Deadline) -> Result<Option<ServerConn>, PoolError> {
+    async fn wait_for_slot(&self, deadline: Deadline) -> Result<Option<Box<ServerConn>>, PoolError> {
         let settings = self.settings();
         let deadline = deadline.or_else(|| {
             let wait = settings.query_wait_timeout;
@@ -232,7 +232,7 @@ impl Pool {
 
     /// Logs in with the pool's own credentials, the limits' slots already taken (given back on
     /// failure). A failure starts the server_login_retry window.
-    pub(super) async fn open_with_slots(&self, probe: Option<ProbeGuard>) -> Result<ServerConn, PoolError> {
+    pub(super) async fn open_with_slots(&self, probe: Option<ProbeGuard>) -> Result<Box<ServerConn>, PoolError> {
         let settings = self.settings();
         let mut target = self.target.clone();
         target.connect_timeout = settings.server_connect_timeout;
@@ -285,7 +285,7 @@ impl Pool {
     /// connection counts under the limits even if it overshoots them for a moment (`add_idle`
     /// closes it then), and a failure does not start the server_login_retry window: a wrong
     /// password from one client says nothing about the server.
-    pub async fn open_as(&self, credentials: &Credentials) -> Result<ServerConn, BackendError> {
+    pub async fn open_as(&self, credentials: &Credentials) -> Result<Box<ServerConn>, BackendError> {
         let mut target = self.target.clone();
         target.connect_timeout = self.settings.load().server_connect_timeout;
         let (conn, reported) = connect(&target, credentials).await?;
@@ -294,7 +294,7 @@ impl Pool {
         Ok(self.opened(conn, reported))
     }
 
-    fn opened(&self, mut conn: ServerConn, reported: Vec<(String, String)>) -> ServerConn {
+    fn opened(&self, mut conn: Box<ServerConn>, reported: Vec<(String, String)>) -> Box<ServerConn> {
         conn.generation = self.generation();
         self.counts.servers.fetch_add(1, Ordering::Relaxed);
         self.stats.server_opens.fetch_add(1, Ordering::Relaxed);

@@ -118,7 +118,7 @@ pub struct Pool {
     pub(super) permits: Permits,
     /// Extra permits for clients that waited longer than reserve_pool_timeout.
     pub(super) reserve: Permits,
-    idle: Mutex<Vec<ServerConn>>,
+    idle: Mutex<Vec<Box<ServerConn>>>,
     /// ParameterStatus values of the first login, sent to every client at its own login.
     welcome: OnceLock<Arc<Vec<(String, String)>>>,
     /// Passthrough: fingerprint of the last password the server accepted.
@@ -313,7 +313,7 @@ impl Pool {
     async fn checkout_slow(
         self: &Arc<Self>,
         permit: Option<Permit<'_>>,
-        to_check: Option<ServerConn>,
+        to_check: Option<Box<ServerConn>>,
     ) -> Result<Lease, PoolError> {
         let (permit, reserve, deadline) = match permit {
             Some(permit) => (permit, false, None),
@@ -333,7 +333,7 @@ impl Pool {
 
     /// Pops the most recently used idle connection that is alive and not too old; the flag
     /// says whether server_check_delay asks for a check before use.
-    pub(super) fn take_idle(&self) -> Option<(ServerConn, bool)> {
+    pub(super) fn take_idle(&self) -> Option<(Box<ServerConn>, bool)> {
         let settings = self.settings.load();
         let here = crate::worker::current();
         loop {
@@ -365,7 +365,7 @@ impl Pool {
         }
     }
 
-    fn lease(self: &Arc<Self>, mut conn: ServerConn, permit: Permit<'_>, reserve: bool) -> Lease {
+    fn lease(self: &Arc<Self>, mut conn: Box<ServerConn>, permit: Permit<'_>, reserve: bool) -> Lease {
         permit.keep();
         self.counts.active.fetch_add(1, Ordering::Relaxed);
         self.stats.server_assignments.fetch_add(1, Ordering::Relaxed);
@@ -390,7 +390,7 @@ impl Pool {
     }
 
     /// Puts a clean connection back in the idle list.
-    fn check_in(&self, mut conn: ServerConn) {
+    fn check_in(&self, mut conn: Box<ServerConn>) {
         if expired(&conn, &self.settings.load()) {
             return self.discard(conn, "past server_lifetime", CloseReason::Lifetime);
         }
@@ -406,7 +406,7 @@ impl Pool {
 
     /// Adds a connection opened outside `checkout` (passthrough verification, min_pool_size),
     /// unless the pool or a limit is already full.
-    pub fn add_idle(&self, conn: ServerConn) {
+    pub fn add_idle(&self, conn: Box<ServerConn>) {
         let settings = self.settings.load();
         let cap = settings.size + settings.reserve_size;
         if self.counts.servers.load(Ordering::Relaxed) > cap || self.db_limit.over() || self.user_limit.over() {
@@ -418,7 +418,7 @@ impl Pool {
 
     /// Closes a connection pgmux no longer wants and gives its slots back. The connection is in
     /// a known state (idle), so the server gets a Terminate rather than a dropped socket.
-    pub(super) fn discard(&self, conn: ServerConn, why: &str, reason: CloseReason) {
+    pub(super) fn discard(&self, conn: Box<ServerConn>, why: &str, reason: CloseReason) {
         const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
         let _ = conn.stream.try_write(&TERMINATE);
         tracing::info!(pool = %self, server = conn.id, backend_pid = conn.process_id, "closing server connection: {why}");
@@ -578,14 +578,14 @@ impl std::fmt::Display for Pool {
 
 /// A server connection checked out by one client.
 pub struct Lease {
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
     /// Whether the permit the lease holds is a reserve one.
     reserve: bool,
     pool: Arc<Pool>,
 }
 
 impl Lease {
-    pub fn conn(&mut self) -> &mut ServerConn {
+    pub fn conn(&mut self) -> &mut Box<ServerConn> {
         // Only `release` and `drop` take the connection out, and both consume the lease.
         self.conn
             .as_mut()

@@ -184,7 +184,7 @@ impl Replicas {
 /// One connection the monitor keeps to a server, reopened after a failure.
 struct Probe {
     target: Target,
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
 }
 
 impl Probe {
