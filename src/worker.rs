@@ -39,13 +39,17 @@ pub fn start(
 ) -> std::io::Result<Vec<tokio::sync::oneshot::Receiver<()>>> {
     let mut closed = Vec::with_capacity(listeners.len());
     for (id, listener) in listeners.into_iter().enumerate() {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .on_thread_unpark(crate::stats::clock::tick)
+            .build()?;
         let shared = shared.clone();
         let (done, on_done) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name(format!("pgmux-worker-{id}"))
             .spawn(move || {
                 WORKER.with(|w| w.set(id as u16));
+                crate::stats::clock::tick();
                 runtime.block_on(async move {
                     match tokio::net::TcpListener::from_std(listener) {
                         Ok(listener) => crate::listener::run(listener, shared).await,

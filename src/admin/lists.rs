@@ -4,7 +4,6 @@ use super::result::{num, text, time, Cell, Rows, Ty};
 use crate::frontend::Shared;
 use crate::stats::now_us;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 fn columns() -> Rows {
     use Ty::*;
@@ -31,11 +30,6 @@ fn columns() -> Rows {
         ("prepared_statements", Int4),
         ("id", Int8),
     ])
-}
-
-/// `now_us` of an Instant in the past.
-fn since_start(at: Instant) -> u64 {
-    now_us().saturating_sub(at.elapsed().as_micros() as u64)
 }
 
 fn tls(on: bool) -> Cell {
@@ -133,8 +127,8 @@ pub fn servers(shared: &Shared) -> Rows {
             let facts = ServerFacts {
                 id: idle.id,
                 process_id: idle.process_id,
-                created_us: since_start(idle.created),
-                request_at: since_start(idle.idle_since),
+                created_us: idle.created_us,
+                request_at: idle.idle_since_us,
                 link: String::new(),
                 tls: idle.tls,
             };

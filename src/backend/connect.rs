@@ -12,7 +12,7 @@ use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::{backend::Message, frontend};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -189,7 +189,7 @@ async fn login(
             _ => return Err(conn.protocol("unexpected message during login")),
         }
     }
-    let now = Instant::now();
+    let now = crate::stats::now_us();
     // Boxed: pools and leases move it at every check-out and check-in.
     let server = Box::new(ServerConn {
         stream: conn.stream,
@@ -198,9 +198,8 @@ async fn login(
         addr: conn.addr,
         process_id,
         secret_key,
-        created: now,
-        created_us: crate::stats::now_us(),
-        idle_since: now,
+        created_us: now,
+        idle_since_us: now,
         settings: Settings::default(),
         in_flight: Default::default(),
         prepared: Default::default(),

@@ -3,7 +3,6 @@
 use super::settings::Settings;
 use crate::stream::Stream;
 use bytes::BytesMut;
-use std::time::Instant;
 
 pub struct ServerConn {
     pub stream: Stream,
@@ -13,11 +12,11 @@ pub struct ServerConn {
     pub addr: String,
     pub process_id: i32,
     pub secret_key: i32,
-    pub created: Instant,
-    /// The same moment as `stats::now_us`, for the console.
+    /// When it was opened (`stats::now_us`): server_lifetime counts from here.
     pub created_us: u64,
-    /// When it was last checked in; the janitor closes connections idle past server_idle_timeout.
-    pub idle_since: Instant,
+    /// When it was last checked in (`stats::now_us`); the janitor closes connections idle past
+    /// server_idle_timeout.
+    pub idle_since_us: u64,
     /// Client settings applied to this session, as far as pgmux knows.
     pub settings: Settings,
     /// Cancel requests on their way to this backend: it is not reused until they land.

@@ -18,7 +18,7 @@ use super::permits::Permits;
 use crate::backend::{BackendError, Credentials, ServerConn, Settings, Target};
 use crate::config::PoolMode;
 use crate::protocol::messages::PgError;
-use crate::stats::{CloseReason, PoolStats};
+use crate::stats::{now_us, CloseReason, PoolStats};
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -352,7 +352,7 @@ impl Pool {
             } else if !conn.is_quiet() {
                 self.discard(conn, "closed by the server", CloseReason::Broken);
             } else {
-                let check = conn.idle_since.elapsed() >= settings.server_check_delay;
+                let check = idle_for(&conn) >= settings.server_check_delay;
                 let generation = conn.generation;
                 match conn.rehome() {
                     Ok(conn) => return Some((conn, check)),
@@ -397,7 +397,7 @@ impl Pool {
         if conn.generation != self.generation() || self.paused() {
             return self.discard(conn, "RECONNECT, PAUSE or KILL", CloseReason::Admin);
         }
-        conn.idle_since = Instant::now();
+        conn.idle_since_us = now_us();
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
         // A checkout waiting for a slot under a limit may take this one instead.
         self.db_limit.wake();
@@ -481,7 +481,7 @@ impl Pool {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             let mut kept = Vec::with_capacity(idle.len());
             for mut conn in idle.drain(..) {
-                let stale = !idle_timeout.is_zero() && conn.idle_since.elapsed() >= idle_timeout;
+                let stale = !idle_timeout.is_zero() && idle_for(&conn) >= idle_timeout;
                 if stale {
                     closing.push((conn, CloseReason::Idle));
                 } else if expired(&conn, &settings) {
@@ -531,9 +531,9 @@ impl Pool {
             .map(|conn| IdleServer {
                 id: conn.id,
                 process_id: conn.process_id,
-                created: conn.created,
-                idle_since: conn.idle_since,
-                used: conn.idle_since.elapsed() >= check_delay,
+                created_us: conn.created_us,
+                idle_since_us: conn.idle_since_us,
+                used: idle_for(conn) >= check_delay,
                 tls: conn.stream.is_tls(),
             })
             .collect()
@@ -549,8 +549,8 @@ impl Pool {
 pub struct IdleServer {
     pub id: u64,
     pub process_id: i32,
-    pub created: Instant,
-    pub idle_since: Instant,
+    pub created_us: u64,
+    pub idle_since_us: u64,
     /// Idle past server_check_delay: checked before its next use (PgBouncer's `used`).
     pub used: bool,
     pub tls: bool,
@@ -558,7 +558,12 @@ pub struct IdleServer {
 
 fn expired(conn: &ServerConn, settings: &PoolSettings) -> bool {
     let lifetime = settings.server_lifetime;
-    !lifetime.is_zero() && conn.created.elapsed() >= lifetime
+    !lifetime.is_zero() && Duration::from_micros(now_us().saturating_sub(conn.created_us)) >= lifetime
+}
+
+/// How long a connection has been idle, by the data path's clock.
+fn idle_for(conn: &ServerConn) -> Duration {
+    Duration::from_micros(now_us().saturating_sub(conn.idle_since_us))
 }
 
 impl Drop for Pool {

@@ -2,6 +2,7 @@
 //! that the data path updates with relaxed atomics (no lock), the averages and percentiles of
 //! the last stats period, and the slowest recent queries.
 
+pub mod clock;
 pub mod counter;
 pub mod exposition;
 pub mod histogram;
@@ -13,19 +14,10 @@ pub mod slow;
 pub use counter::Counter;
 use histogram::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
+use std::sync::Mutex;
 
-static START: OnceLock<(Instant, std::time::SystemTime)> = OnceLock::new();
-
-fn start() -> &'static (Instant, std::time::SystemTime) {
-    START.get_or_init(|| (Instant::now(), std::time::SystemTime::now()))
-}
-
-/// Microseconds since pgmux started: what the data path stores as a time.
-pub fn now_us() -> u64 {
-    start().0.elapsed().as_micros() as u64
-}
+pub use clock::now_us;
+use clock::start;
 
 /// Seconds since the Unix epoch of a `now_us` value.
 pub fn wall_clock_secs(us: u64) -> u64 {
