@@ -146,6 +146,7 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
         timeout.as_secs_f64()
     );
     shared.shutdown.begin(mode, timeout);
+    shared.cancels.wake_all();
     for closed in accepting {
         let _ = closed.await;
     }

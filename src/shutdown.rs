@@ -25,8 +25,6 @@ pub enum Mode {
     Refuse,
 }
 
-const TOKEN_SHARDS: usize = 64;
-
 #[derive(Default)]
 pub struct Shutdown {
     draining: CancellationToken,
@@ -35,7 +33,6 @@ pub struct Shutdown {
     closing: CancellationToken,
     refuse: AtomicBool,
     deadline: OnceLock<(Instant, Duration)>,
-    shards: OnceLock<Vec<CancellationToken>>,
     parked: AtomicU32,
     /// Every client task, so the end can wait for them to say goodbye.
     pub tracker: TaskTracker,
@@ -82,16 +79,6 @@ impl Shutdown {
             _ = self.draining.cancelled() => {}
             _ = self.accepting_ends.cancelled() => {}
         }
-    }
-
-    /// A token that is cancelled when draining starts, for a client to wait on. Clients share
-    /// a few child tokens, spread by `client`: waits on one token lock one mutex, so a token per
-    /// client would keep the lock private but cost each client a tree node.
-    pub fn client_token(&self, client: u32) -> &CancellationToken {
-        let shards = self
-            .shards
-            .get_or_init(|| (0..TOKEN_SHARDS).map(|_| self.draining.child_token()).collect());
-        shards.get(client as usize % TOKEN_SHARDS).unwrap_or(&self.draining)
     }
 
     /// Resolves when pgmux closes the parked clients.

@@ -67,6 +67,8 @@ pub struct CancelHandle {
 struct Attached {
     held: Option<Held>,
     socket: RawFd,
+    /// The session's task while it waits, woken when a shutdown starts (`wake_all`).
+    waker: Option<std::task::Waker>,
 }
 
 /// What `CancelRegistry::register` records of a new client.
@@ -120,6 +122,16 @@ impl CancelHandle {
         // SAFETY: as in `kill`: the descriptor is the session's open socket while the lock is held.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()
+    }
+
+    /// Remembers the session's task, to be woken when a shutdown starts. Under the lock that
+    /// `CancelRegistry::wake_all` takes after the shutdown is marked, so a session that checks
+    /// for the shutdown after this call cannot miss it.
+    pub fn wake_on_shutdown(&self, waker: &std::task::Waker) {
+        let mut attached = self.attached();
+        if !attached.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            attached.waker = Some(waker.clone());
+        }
     }
 
     /// The session is about to close the socket: `kill` must not touch it from now on.
@@ -180,6 +192,7 @@ impl CancelRegistry {
             attached: Mutex::new(Attached {
                 held: None,
                 socket: facts.socket,
+                waker: None,
             }),
             tls: facts.tls,
             settings: facts.settings,
@@ -192,6 +205,17 @@ impl CancelRegistry {
         });
         self.clients.insert(process_id, handle.clone());
         handle
+    }
+
+    /// A shutdown started: every session waiting for its client or its server looks at it.
+    pub fn wake_all(&self) {
+        let handles: Vec<_> = self.clients.iter().map(|e| e.value().clone()).collect();
+        for handle in handles {
+            let waker = handle.attached().waker.take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
     }
 
     pub fn unregister(&self, process_id: i32) {

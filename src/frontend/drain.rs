@@ -2,32 +2,37 @@
 //! between transactions, let a transaction in flight run until shutdown_timeout, and say
 //! `57P01` to every client before its connection closes.
 
+use super::cancel::CancelHandle;
 use super::conn::{ClientConn, Request};
 use crate::pool::{Lease, Pool};
 use crate::protocol::messages::PgError;
 use crate::shutdown::Shutdown;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// How long a goodbye to a client (or a cancel to a server) may take.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One client's view of the shutdown: references only, so it costs an idle client nothing.
+/// A waiting session leaves its waker in its cancel handle, which a shutdown wakes
+/// (`CancelRegistry::wake_all`): no waiter list is joined and left per transaction.
 #[derive(Clone, Copy)]
 pub struct Watch<'a> {
-    token: &'a CancellationToken,
+    handle: &'a CancelHandle,
     shutdown: &'a Shutdown,
 }
 
 impl<'a> Watch<'a> {
-    pub fn new(shutdown: &'a Shutdown, client: u32) -> Watch<'a> {
-        Watch {
-            token: shutdown.client_token(client),
-            shutdown,
-        }
+    pub fn new(shutdown: &'a Shutdown, handle: &'a CancelHandle) -> Watch<'a> {
+        Watch { handle, shutdown }
+    }
+
+    /// Whether draining has started; if not, the task is woken when it does.
+    fn draining(&self, cx: &mut Context<'_>) -> bool {
+        self.handle.wake_on_shutdown(cx.waker());
+        self.shutdown.is_draining()
     }
 }
 
@@ -39,10 +44,10 @@ impl<'a> Watch<'a> {
 pub fn next_request<'a>(client: &'a mut ClientConn, watch: Watch<'a>) -> impl Future<Output = Request> + Send + 'a {
     async move {
         if !watch.shutdown.is_draining() {
-            let mut draining = std::pin::pin!(watch.token.cancelled());
             let request = std::future::poll_fn(|cx| match client.poll_request(cx) {
                 Poll::Ready(request) => Poll::Ready(Some(request)),
-                Poll::Pending => draining.as_mut().poll(cx).map(|()| None),
+                Poll::Pending if watch.draining(cx) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
             })
             .await;
             match request {
@@ -84,10 +89,14 @@ async fn park(client: &mut ClientConn, shutdown: &Shutdown) -> Request {
 /// comes first: then None, and the caller cuts the client with `cut`. The caller pins `work`
 /// (a future moved in here would be stored twice in the client task's state).
 pub async fn until_deadline<F: Future>(watch: &Watch<'_>, mut work: Pin<&mut F>) -> Option<F::Output> {
-    tokio::select! {
-        biased;
-        out = work.as_mut() => return Some(out),
-        _ = watch.token.cancelled() => {}
+    let out = std::future::poll_fn(|cx| match work.as_mut().poll(cx) {
+        Poll::Ready(out) => Poll::Ready(Some(out)),
+        Poll::Pending if watch.draining(cx) => Poll::Ready(None),
+        Poll::Pending => Poll::Pending,
+    })
+    .await;
+    if out.is_some() {
+        return out;
     }
     // Boxed: only a shutdown gets here, and the timer would weigh on every idle client's task.
     match watch.shutdown.deadline() {

@@ -53,7 +53,7 @@ pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
         // The session loop, inline: an idle client's task waits in `next_request`, holding its
         // session and the two polls of that wait, nothing else.
         let invalid = loop {
-            let watch = Watch::new(&s.shared.shutdown, s.cancel.process_id as u32);
+            let watch = Watch::new(&s.shared.shutdown, &s.cancel);
             match if client_idle(&s.shared).is_zero() {
                 drain::next_request(&mut s.client, watch).await
             } else {
@@ -153,7 +153,7 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
             return flow;
         }
     }
-    let watch = &Watch::new(&s.shared.shutdown, s.cancel.process_id as u32);
+    let watch = &Watch::new(&s.shared.shutdown, &s.cancel);
     let mut pick = pick(&s.cancel, &s.client, mode);
     let asked = now_us();
     s.cancel.request_s.store((asked / 1_000_000) as u32, Ordering::Relaxed);

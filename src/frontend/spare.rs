@@ -28,7 +28,9 @@ pub fn take() -> BytesMut {
 /// the next `take`, unless the stock is full or the buffer is too small or too large to reuse.
 pub fn give(buf: &mut BytesMut) {
     debug_assert!(buf.is_empty());
-    let buf = std::mem::take(buf);
+    let mut buf = std::mem::take(buf);
+    // Reads advanced its start: take the room before it back (free for an empty buffer).
+    let _ = buf.try_reclaim(READ_BUFFER);
     if !(READ_BUFFER..=4 * READ_BUFFER).contains(&buf.capacity()) {
         return;
     }
@@ -54,6 +56,13 @@ mod tests {
         assert_eq!(a.capacity(), 0);
         let b = take();
         assert!(b.is_empty() && b.capacity() >= READ_BUFFER);
+        // A buffer whose start moved on with its reads is taken back whole.
+        let mut used = take();
+        used.extend_from_slice(&[1; 100]);
+        bytes::Buf::advance(&mut used, 100);
+        give(&mut used);
+        assert_eq!(used.capacity(), 0);
+        assert_eq!(STOCK.with(|s| s.borrow().len()), 1, "kept");
         let mut small = BytesMut::with_capacity(100);
         give(&mut small);
         assert_eq!(small.capacity(), 0);

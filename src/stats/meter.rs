@@ -39,10 +39,9 @@ pub enum Captured<'a> {
 
 impl Meter {
     pub fn new(slow_threshold_us: u64) -> Meter {
-        Meter {
-            slow_threshold: slow_threshold_us,
-            ..Meter::default()
-        }
+        let mut meter = Meter::default();
+        meter.slow_threshold = slow_threshold_us;
+        meter
     }
 
     #[inline]
@@ -84,6 +83,9 @@ impl Meter {
 
     fn capture_text(&mut self, tag: u8, body: &[u8]) {
         self.capture.clear();
+        if self.capture.capacity() == 0 {
+            self.capture = STOCK.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+        }
         let mut at = 0;
         let text = match tag {
             b'Q' => body,
@@ -164,6 +166,29 @@ impl Meter {
         add(&stats.client_parses, std::mem::take(&mut self.client_parses));
         add(&stats.server_parses, std::mem::take(&mut self.server_parses));
         add(&stats.binds, std::mem::take(&mut self.binds));
+    }
+}
+
+thread_local! {
+    /// Capture buffers of ended transactions, reused by the next ones on this thread: the
+    /// allocator is not asked for one per transaction.
+    static STOCK: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Capture buffers kept per thread (about as many as transactions in flight on a worker).
+const KEEP: usize = 64;
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        if self.capture.capacity() > 0 && self.capture.capacity() <= 2 * CAPTURE {
+            let capture = std::mem::take(&mut self.capture);
+            let _ = STOCK.try_with(|s| {
+                let mut stock = s.borrow_mut();
+                if stock.len() < KEEP {
+                    stock.push(capture);
+                }
+            });
+        }
     }
 }
 
