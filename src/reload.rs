@@ -94,6 +94,6 @@ fn try_reload(shared: &Shared) -> Result<Reconfigured, ReloadError> {
     }
     let config = Arc::new(config);
     // New logins see the new file first, then the pools follow.
-    shared.config.store(config.clone());
+    shared.set_config(config.clone());
     Ok(shared.pools.reconfigure(&config))
 }

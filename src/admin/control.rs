@@ -176,7 +176,7 @@ fn set(shared: &Shared, key: &str, value: &str) -> Result<(), PgError> {
         .with_pooler_key(key, value)
         .map_err(|e| PgError::new("22023", format!("SET {key} refused: {e}")))?;
     let new = Arc::new(new);
-    shared.config.store(new.clone());
+    shared.set_config(new.clone());
     shared.pools.reconfigure(&new);
     tracing::info!(key, value, "setting changed from the console");
     Ok(())

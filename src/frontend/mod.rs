@@ -25,7 +25,10 @@ use std::sync::Arc;
 
 /// What every client task shares.
 pub struct Shared {
+    /// Replaced with `set_config`, which keeps `knobs` in step.
     pub config: ArcSwap<Config>,
+    /// The settings every transaction reads, as plain atomics.
+    pub knobs: Knobs,
     pub pools: Arc<Pools>,
     pub keys: KeyCache,
     /// Clients connected now (logged in or not), for max_client_conn.
@@ -48,6 +51,7 @@ impl Shared {
     /// `tls` is loaded once at startup (see `Tls::load`): to clients here, to servers in the pools.
     pub fn new(config: Config, tls: Tls) -> Shared {
         Shared {
+            knobs: Knobs::new(&config.pooler),
             config: ArcSwap::from_pointee(config),
             pools: Arc::new(Pools::new(tls.to_servers)),
             tls: tls.to_clients,
@@ -68,8 +72,62 @@ impl Shared {
         self
     }
 
+    /// A reload or the console's SET: new logins and transactions see `config` from now on.
+    pub fn set_config(&self, config: Arc<Config>) {
+        self.knobs.set(&config.pooler);
+        self.config.store(config);
+    }
+
     pub fn next_client_id(&self) -> u64 {
         self.next_client.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The [pooler] settings a session reads at every transaction, kept as atomics beside the
+/// configuration so that reading them costs a load each, not a reference to the whole file.
+#[derive(Default)]
+pub struct Knobs {
+    query_timeout: AtomicU64,
+    idle_transaction_timeout: AtomicU64,
+    client_idle_timeout: AtomicU64,
+    slow_query_threshold: AtomicU64,
+}
+
+impl Knobs {
+    fn new(pooler: &crate::config::PoolerConfig) -> Knobs {
+        let knobs = Knobs::default();
+        knobs.set(pooler);
+        knobs
+    }
+
+    fn set(&self, p: &crate::config::PoolerConfig) {
+        let us = |d: std::time::Duration| d.as_micros().min(u64::MAX.into()) as u64;
+        self.query_timeout.store(us(p.query_timeout), Ordering::Relaxed);
+        self.idle_transaction_timeout
+            .store(us(p.idle_transaction_timeout), Ordering::Relaxed);
+        self.client_idle_timeout
+            .store(us(p.client_idle_timeout), Ordering::Relaxed);
+        self.slow_query_threshold
+            .store(us(p.slow_query_threshold), Ordering::Relaxed);
+    }
+
+    /// The timeouts in force now (a reload changes them for the next transaction).
+    pub fn timeouts(&self) -> timers::Timeouts {
+        let get = |a: &AtomicU64| std::time::Duration::from_micros(a.load(Ordering::Relaxed));
+        timers::Timeouts {
+            query: get(&self.query_timeout),
+            idle_transaction: get(&self.idle_transaction_timeout),
+            client_idle: get(&self.client_idle_timeout),
+        }
+    }
+
+    pub fn client_idle(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.client_idle_timeout.load(Ordering::Relaxed))
+    }
+
+    /// slow_query_threshold in µs (0: off).
+    pub fn slow_threshold_us(&self) -> u64 {
+        self.slow_query_threshold.load(Ordering::Relaxed)
     }
 }
 

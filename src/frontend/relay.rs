@@ -124,148 +124,156 @@ pub async fn relay(
         let end = client.ready;
         client.ready = prepared::translate(&mut client.buf, 0, end, &mut client.prepared, &mut server.prepared, at);
     }
-    poll_fn(|cx| loop {
-        let mut progress = false;
-        match flush(cx, &mut server.stream, &mut client.buf, &mut client.ready) {
-            Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::ServerGone(e)),
-            Poll::Ready(Ok(moved)) => progress |= moved,
-            Poll::Pending => {}
-        }
-        if *stop == ServerStop::Release && client.ready == 0 {
-            out.extend_from_slice(&server.buf[..*to_client]);
-            server.buf.advance(*to_client);
-            *to_client = 0;
-            *stop = ServerStop::More;
-            return Poll::Ready(RelayEnd::Release);
-        }
-        match flush(cx, &mut client.stream, &mut server.buf, to_client) {
-            Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
-            Poll::Ready(Ok(moved)) => progress |= moved,
-            Poll::Pending => {}
-        }
-        if *to_client == 0 && client.ready == 0 {
-            if *stop == ServerStop::TransactionBlock {
-                return Poll::Ready(RelayEnd::TransactionBlock);
-            }
-            if client.terminate {
-                return Poll::Ready(RelayEnd::ClientGone);
-            }
-        }
-
-        if !client.terminate && (client.buf.len() < HIGH_WATER || client.ready == 0) {
-            reserve(&mut client.buf);
-            match poll_read_buf(Pin::new(&mut client.stream), cx, &mut client.buf) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
-                Poll::Ready(Ok(_)) => {
-                    let quiet_before = client.tracker.quiet();
-                    match scan_client(
-                        &client.buf,
-                        client.ready,
-                        client.max_message_size as usize,
-                        &mut client.tracker,
-                    ) {
-                        Ok(found) => {
-                            let from = client.ready;
-                            client.ready = found.end;
-                            client.terminate = found.terminate;
-                            let frames = client.buf.get(from..found.end).unwrap_or_default();
-                            meter.from_client(frames.len());
-                            meter.requests(frames, quiet_before);
-                            if release_at_idle {
-                                watch_set(client.buf.get(from..found.end), &client.tracker, scan, pending_set);
-                            }
-                            if found.rewrite && tracking {
-                                let at = Position {
-                                    answered: scan.answered,
-                                    pending: client.tracker.pending,
-                                };
-                                client.ready = prepared::translate(
-                                    &mut client.buf,
-                                    from,
-                                    found.end,
-                                    &mut client.prepared,
-                                    &mut server.prepared,
-                                    at,
-                                );
-                            }
-                        }
-                        Err(e) => return Poll::Ready(RelayEnd::ClientInvalid(protocol_violation(&e))),
-                    }
-                    progress = true;
-                }
-                Poll::Pending => {}
-            }
-        }
-
-        if *stop == ServerStop::More && server.buf.len() < HIGH_WATER {
-            reserve(&mut server.buf);
-            match poll_read_buf(Pin::new(&mut server.stream), cx, &mut server.buf) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(RelayEnd::ServerGone(io::ErrorKind::UnexpectedEof.into())),
+    poll_fn(|cx| {
+        // A socket whose read said Pending stays unready until the reactor runs again, which
+        // is not before this poll returns (the worker's runtime is single-threaded): it is not
+        // asked twice. Its waker is registered by that first Pending.
+        let (mut client_unready, mut server_unready) = (false, false);
+        loop {
+            let mut progress = false;
+            match flush(cx, &mut server.stream, &mut client.buf, &mut client.ready) {
                 Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::ServerGone(e)),
-                Poll::Ready(Ok(n)) => {
-                    meter.to_client(n);
-                    let answered_before = scan.answered;
-                    let mut from = *to_client;
-                    loop {
-                        scan.intercept = match (tracking, server.prepared.replies.is_empty()) {
-                            (false, _) => Intercept::Off,
-                            (true, true) => Intercept::Commands,
-                            (true, false) => Intercept::Replies,
-                        };
-                        let server_settings = &mut server.settings;
-                        let found = scan.scan(
-                            &server.buf,
-                            from,
-                            &mut client.tracker,
-                            release_at_idle,
-                            statement_mode,
-                            |name, value| follow_parameter(settings, server_settings, name, value),
-                        );
-                        match found {
-                            Ok((at, ServerStop::Intercept)) => {
-                                count_intercepted(&server.buf, at, scan);
-                                let answered = scan.answered;
-                                from = prepared::on_reply(
-                                    &mut server.buf,
-                                    at,
-                                    &mut client.prepared,
-                                    &mut server.prepared,
-                                    answered,
-                                );
-                            }
-                            Ok((end, why)) => {
-                                if let Some(ok) = scan.watched.take() {
-                                    match pending_set.take() {
-                                        Some(command) if ok => set::apply(command, settings, &mut server.settings),
-                                        _ => {}
-                                    }
-                                }
-                                *to_client = end;
-                                *stop = why;
-                                break;
-                            }
-                            Err(e) => return Poll::Ready(RelayEnd::ServerGone(io::Error::other(e.to_string()))),
-                        }
-                    }
-                    meter.server_parsed(std::mem::take(&mut scan.parses));
-                    for (class, n) in scan.errors.take() {
-                        pool.stats.errors_of(&class, n.into());
-                    }
-                    let answered = scan.answered.wrapping_sub(answered_before);
-                    let t = &client.tracker;
-                    if let Some(us) = meter.answered(answered, t.pending, t.status, &pool.stats) {
-                        slow_query(pool, meter, &client.prepared, us);
-                    }
-                    progress = true;
-                }
+                Poll::Ready(Ok(moved)) => progress |= moved,
                 Poll::Pending => {}
             }
-        }
-        if !progress {
-            if let Poll::Ready(phase) = watch.poll(cx, &client.tracker) {
-                return Poll::Ready(RelayEnd::Timeout(phase));
+            if *stop == ServerStop::Release && client.ready == 0 {
+                out.extend_from_slice(&server.buf[..*to_client]);
+                server.buf.advance(*to_client);
+                *to_client = 0;
+                *stop = ServerStop::More;
+                return Poll::Ready(RelayEnd::Release);
             }
-            return Poll::Pending;
+            match flush(cx, &mut client.stream, &mut server.buf, to_client) {
+                Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
+                Poll::Ready(Ok(moved)) => progress |= moved,
+                Poll::Pending => {}
+            }
+            if *to_client == 0 && client.ready == 0 {
+                if *stop == ServerStop::TransactionBlock {
+                    return Poll::Ready(RelayEnd::TransactionBlock);
+                }
+                if client.terminate {
+                    return Poll::Ready(RelayEnd::ClientGone);
+                }
+            }
+
+            if !client_unready && !client.terminate && (client.buf.len() < HIGH_WATER || client.ready == 0) {
+                reserve(&mut client.buf);
+                match poll_read_buf(Pin::new(&mut client.stream), cx, &mut client.buf) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
+                    Poll::Ready(Ok(_)) => {
+                        let quiet_before = client.tracker.quiet();
+                        match scan_client(
+                            &client.buf,
+                            client.ready,
+                            client.max_message_size as usize,
+                            &mut client.tracker,
+                        ) {
+                            Ok(found) => {
+                                let from = client.ready;
+                                client.ready = found.end;
+                                client.terminate = found.terminate;
+                                let frames = client.buf.get(from..found.end).unwrap_or_default();
+                                meter.from_client(frames.len());
+                                meter.requests(frames, quiet_before);
+                                if release_at_idle {
+                                    watch_set(client.buf.get(from..found.end), &client.tracker, scan, pending_set);
+                                }
+                                if found.rewrite && tracking {
+                                    let at = Position {
+                                        answered: scan.answered,
+                                        pending: client.tracker.pending,
+                                    };
+                                    client.ready = prepared::translate(
+                                        &mut client.buf,
+                                        from,
+                                        found.end,
+                                        &mut client.prepared,
+                                        &mut server.prepared,
+                                        at,
+                                    );
+                                }
+                            }
+                            Err(e) => return Poll::Ready(RelayEnd::ClientInvalid(protocol_violation(&e))),
+                        }
+                        progress = true;
+                    }
+                    Poll::Pending => client_unready = true,
+                }
+            }
+
+            if !server_unready && *stop == ServerStop::More && server.buf.len() < HIGH_WATER {
+                reserve(&mut server.buf);
+                match poll_read_buf(Pin::new(&mut server.stream), cx, &mut server.buf) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(RelayEnd::ServerGone(io::ErrorKind::UnexpectedEof.into()))
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::ServerGone(e)),
+                    Poll::Ready(Ok(n)) => {
+                        meter.to_client(n);
+                        let answered_before = scan.answered;
+                        let mut from = *to_client;
+                        loop {
+                            scan.intercept = match (tracking, server.prepared.replies.is_empty()) {
+                                (false, _) => Intercept::Off,
+                                (true, true) => Intercept::Commands,
+                                (true, false) => Intercept::Replies,
+                            };
+                            let server_settings = &mut server.settings;
+                            let found = scan.scan(
+                                &server.buf,
+                                from,
+                                &mut client.tracker,
+                                release_at_idle,
+                                statement_mode,
+                                |name, value| follow_parameter(settings, server_settings, name, value),
+                            );
+                            match found {
+                                Ok((at, ServerStop::Intercept)) => {
+                                    count_intercepted(&server.buf, at, scan);
+                                    let answered = scan.answered;
+                                    from = prepared::on_reply(
+                                        &mut server.buf,
+                                        at,
+                                        &mut client.prepared,
+                                        &mut server.prepared,
+                                        answered,
+                                    );
+                                }
+                                Ok((end, why)) => {
+                                    if let Some(ok) = scan.watched.take() {
+                                        match pending_set.take() {
+                                            Some(command) if ok => set::apply(command, settings, &mut server.settings),
+                                            _ => {}
+                                        }
+                                    }
+                                    *to_client = end;
+                                    *stop = why;
+                                    break;
+                                }
+                                Err(e) => return Poll::Ready(RelayEnd::ServerGone(io::Error::other(e.to_string()))),
+                            }
+                        }
+                        meter.server_parsed(std::mem::take(&mut scan.parses));
+                        for (class, n) in scan.errors.take() {
+                            pool.stats.errors_of(&class, n.into());
+                        }
+                        let answered = scan.answered.wrapping_sub(answered_before);
+                        let t = &client.tracker;
+                        if let Some(us) = meter.answered(answered, t.pending, t.status, &pool.stats) {
+                            slow_query(pool, meter, &client.prepared, us);
+                        }
+                        progress = true;
+                    }
+                    Poll::Pending => server_unready = true,
+                }
+            }
+            if !progress {
+                if let Poll::Ready(phase) = watch.poll(cx, &client.tracker) {
+                    return Poll::Ready(RelayEnd::Timeout(phase));
+                }
+                return Poll::Pending;
+            }
         }
     })
     .await

@@ -54,11 +54,11 @@ pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
         // session and the two polls of that wait, nothing else.
         let invalid = loop {
             let watch = Watch::new(&s.shared.shutdown, &s.cancel);
-            match if client_idle(&s.shared).is_zero() {
+            match if s.shared.knobs.client_idle().is_zero() {
                 drain::next_request(&mut s.client, watch).await
             } else {
                 // Boxed: the timer would weigh on every idle client's task where it is off.
-                Box::pin(wait_idle(&mut s.client, watch, client_idle(&s.shared))).await
+                Box::pin(wait_idle(&mut s.client, watch, s.shared.knobs.client_idle())).await
             } {
                 Request::Ready => {}
                 Request::Gone => break None,
@@ -97,10 +97,6 @@ fn logged_in(s: &Session) {
     let tls = s.client.stream.is_tls();
     tracing::info!(client = %s.client.peer(), pool = %s.cancel.pool, tls, "client logged in");
     s.cancel.pool.counts.clients.fetch_add(1, Ordering::Relaxed);
-}
-
-fn client_idle(shared: &Shared) -> Duration {
-    shared.config.load().pooler.client_idle_timeout
 }
 
 /// Whether the session goes on after a transaction.
@@ -146,7 +142,7 @@ impl Replay {
 /// Takes a server, relays the client's transaction (in session mode: the rest of the session)
 /// and gives the server back clean.
 async fn transaction(s: &mut Session, retried: bool) -> Flow {
-    let timeouts = timeouts(&s.shared);
+    let timeouts = s.shared.knobs.timeouts();
     let mode = s.cancel.pool.mode();
     if s.client.rewrite && mode != PoolMode::Session {
         if let Some(flow) = answer_alone(s).await {
@@ -198,7 +194,7 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
     let replay = Replay::take(&pick, retried, &s.client);
     s.cancel.attach(lease.conn(), pool);
     let mut state = RelayState::new(mode != PoolMode::Session, mode == PoolMode::Statement, timeouts);
-    state.meter = Meter::new(slow_threshold(&s.shared));
+    state.meter = Meter::new(s.shared.knobs.slow_threshold_us());
     // Session mode never sees Release: the relay runs until the client leaves.
     let end = loop {
         let relayed = {
@@ -381,22 +377,6 @@ async fn answer_alone(s: &mut Session) -> Option<Flow> {
         Ok(()) => Flow::Next,
         Err(_) => Flow::Stop,
     })
-}
-
-/// slow_query_threshold in µs (0: off).
-fn slow_threshold(shared: &Shared) -> u64 {
-    shared.config.load().pooler.slow_query_threshold.as_micros() as u64
-}
-
-/// The timeouts in force now (a reload changes them for the next transaction).
-fn timeouts(shared: &Shared) -> Timeouts {
-    let config = shared.config.load();
-    let p = &config.pooler;
-    Timeouts {
-        query: p.query_timeout,
-        idle_transaction: p.idle_transaction_timeout,
-        client_idle: p.client_idle_timeout,
-    }
 }
 
 /// Waits for the client's next request (or a shutdown), closing it after client_idle_timeout.

@@ -20,7 +20,7 @@ use crate::config::PoolMode;
 use crate::protocol::messages::PgError;
 use crate::stats::{now_us, CloseReason, PoolStats};
 use arc_swap::ArcSwap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -114,6 +114,8 @@ pub struct Pool {
     /// Where the connections go; a reload that changes it replaces the pool instead.
     pub target: Target,
     pub(super) settings: ArcSwap<PoolSettings>,
+    /// What every check-out and check-in reads of `settings`, as atomics.
+    hot: HotSettings,
     credentials: ArcSwap<Credentials>,
     pub(super) permits: Permits,
     /// Extra permits for clients that waited longer than reserve_pool_timeout.
@@ -179,6 +181,7 @@ impl Pool {
             credentials: ArcSwap::from_pointee(credentials),
             permits: Permits::new(settings.size),
             reserve: Permits::new(settings.reserve_size),
+            hot: HotSettings::new(&settings),
             settings: ArcSwap::from_pointee(settings),
             idle: Mutex::new(Vec::new()),
             welcome: OnceLock::new(),
@@ -227,15 +230,14 @@ impl Pool {
         self.settings.load_full()
     }
 
-    /// The pool mode now, read without taking a reference to the shared settings (which
-    /// would bounce one reference count between the worker threads on every transaction).
+    /// The pool mode now, read from an atomic (see `HotSettings`).
     pub fn mode(&self) -> PoolMode {
-        self.settings.load().mode
+        self.hot.mode()
     }
 
     /// max_prepared_statements now; read as `mode`.
     pub fn max_prepared_statements(&self) -> u32 {
-        self.settings.load().max_prepared_statements
+        self.hot.max_prepared_statements.load(Ordering::Relaxed)
     }
 
     /// Applies reloaded settings: the size takes effect at once for growth, and as connections
@@ -243,6 +245,7 @@ impl Pool {
     pub fn reconfigure(&self, settings: PoolSettings) {
         self.permits.resize(settings.size);
         self.reserve.resize(settings.reserve_size);
+        self.hot.set(&settings);
         self.settings.store(Arc::new(settings));
     }
 
@@ -334,7 +337,7 @@ impl Pool {
     /// Pops the most recently used idle connection that is alive and not too old; the flag
     /// says whether server_check_delay asks for a check before use.
     pub(super) fn take_idle(&self) -> Option<(Box<ServerConn>, bool)> {
-        let settings = self.settings.load();
+        let check_delay = Duration::from_micros(self.hot.check_delay_us.load(Ordering::Relaxed));
         let here = crate::worker::current();
         loop {
             let mut conn = {
@@ -345,14 +348,14 @@ impl Pool {
                     None => idle.pop()?,
                 }
             };
-            if expired(&conn, &settings) {
+            if self.hot.expired(&conn) {
                 self.discard(conn, "past server_lifetime", CloseReason::Lifetime);
             } else if conn.generation != self.generation() {
                 self.discard(conn, "RECONNECT", CloseReason::Admin);
             } else if !conn.is_quiet() {
                 self.discard(conn, "closed by the server", CloseReason::Broken);
             } else {
-                let check = idle_for(&conn) >= settings.server_check_delay;
+                let check = idle_for(&conn) >= check_delay;
                 let generation = conn.generation;
                 match conn.rehome() {
                     Ok(conn) => return Some((conn, check)),
@@ -391,7 +394,7 @@ impl Pool {
 
     /// Puts a clean connection back in the idle list.
     fn check_in(&self, mut conn: Box<ServerConn>) {
-        if expired(&conn, &self.settings.load()) {
+        if self.hot.expired(&conn) {
             return self.discard(conn, "past server_lifetime", CloseReason::Lifetime);
         }
         if conn.generation != self.generation() || self.paused() {
@@ -559,6 +562,49 @@ pub struct IdleServer {
 fn expired(conn: &ServerConn, settings: &PoolSettings) -> bool {
     let lifetime = settings.server_lifetime;
     !lifetime.is_zero() && Duration::from_micros(now_us().saturating_sub(conn.created_us)) >= lifetime
+}
+
+/// The settings of `PoolSettings` that the hot path reads, kept as atomics beside it so that a
+/// check-out reads them with plain loads (`reconfigure` updates both).
+struct HotSettings {
+    mode: std::sync::atomic::AtomicU8,
+    max_prepared_statements: AtomicU32,
+    lifetime_us: AtomicU64,
+    check_delay_us: AtomicU64,
+}
+
+impl HotSettings {
+    fn new(settings: &PoolSettings) -> HotSettings {
+        let hot = HotSettings {
+            mode: Default::default(),
+            max_prepared_statements: Default::default(),
+            lifetime_us: Default::default(),
+            check_delay_us: Default::default(),
+        };
+        hot.set(settings);
+        hot
+    }
+
+    fn set(&self, s: &PoolSettings) {
+        let us = |d: Duration| d.as_micros().min(u64::MAX.into()) as u64;
+        let mode = PoolMode::ALL.iter().position(|m| *m == s.mode).unwrap_or_default();
+        self.mode.store(mode as u8, Ordering::Relaxed);
+        self.max_prepared_statements
+            .store(s.max_prepared_statements, Ordering::Relaxed);
+        self.lifetime_us.store(us(s.server_lifetime), Ordering::Relaxed);
+        self.check_delay_us.store(us(s.server_check_delay), Ordering::Relaxed);
+    }
+
+    fn mode(&self) -> PoolMode {
+        let at = self.mode.load(Ordering::Relaxed) as usize;
+        PoolMode::ALL.get(at).copied().unwrap_or(PoolMode::Transaction)
+    }
+
+    /// Past server_lifetime.
+    fn expired(&self, conn: &ServerConn) -> bool {
+        let lifetime = self.lifetime_us.load(Ordering::Relaxed);
+        lifetime > 0 && now_us().saturating_sub(conn.created_us) >= lifetime
+    }
 }
 
 /// How long a connection has been idle, by the data path's clock.

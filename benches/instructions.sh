@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# User-space instructions pgmux executes per transaction, counted by valgrind's callgrind: the
+# same count on a busy or an idle machine, so it can gate a change where TPS cannot.
+#
+#   benches/instructions.sh            print the counts for each mode
+#   benches/instructions.sh --check    also fail (exit 1) when a count exceeds the figure in
+#                                      benches/instructions.txt by more than 10 %
+#
+# For each mode ("-S" and "-S -M prepared"): pgmux (release build) runs under callgrind in front
+# of a PostgreSQL 15 this script starts (its own cluster, scale 1, fsync off); pgbench runs the
+# same 10 clients twice (500 and 2,500 transactions each) and the difference of the two counts,
+# divided by the 20,000 transactions between them, is the cost per transaction: logins and
+# start-up cancel out. Installs valgrind with apt when it is missing (as root).
+#
+# Environment: PGBIN [/usr/lib/postgresql/15/bin]  INSTR_DIR [/tmp/pgmux-instructions]
+#   INSTR_PG_PORT [27432]  INSTR_PGMUX_PORT [27433]  PGMUX_BIN (default: cargo build --release)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+DIR=${INSTR_DIR:-/tmp/pgmux-instructions}
+PG_PORT=${INSTR_PG_PORT:-27432}
+PORT=${INSTR_PGMUX_PORT:-27433}
+FIGURES="$ROOT/benches/instructions.txt"
+MODES=("-S" "-S -M prepared")
+CHECK=0; [ "${1:-}" = --check ] && CHECK=1
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'benches/instructions.sh: %s\n' "$*" >&2; exit 2; }
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+if ! command -v valgrind >/dev/null; then
+  [ "$(id -u)" = 0 ] || die "valgrind is missing: apt-get install valgrind"
+  say "installing valgrind with apt"
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null \
+    || die "apt-get install valgrind failed"
+fi
+
+# --- PostgreSQL: a cluster of its own, left running for the next call ---------------------
+mkdir -p "$DIR"; [ "$(id -u)" = 0 ] && chown postgres: "$DIR"
+PGDATA="$DIR/pg"
+if ! as_pg "$PGBIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
+  if [ ! -f "$PGDATA/PG_VERSION" ]; then
+    as_pg "$PGBIN/initdb" -D "$PGDATA" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >/dev/null
+    cat >> "$PGDATA/postgresql.conf" <<CONF
+port = $PG_PORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$DIR'
+fsync = off
+synchronous_commit = off
+password_encryption = 'scram-sha-256'
+CONF
+    printf 'local all postgres trust\nhost all all 127.0.0.1/32 scram-sha-256\n' > "$PGDATA/pg_hba.conf"
+  fi
+  as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$DIR/postgresql.log" -w start >/dev/null \
+    || die "PostgreSQL did not start; see $DIR/postgresql.log"
+fi
+psql_su() { as_pg "$PGBIN/psql" -h "$DIR" -p "$PG_PORT" -U postgres -qAtX -v ON_ERROR_STOP=1 "$@"; }
+[ "$(psql_su -c "select count(*) from pg_roles where rolname = 'app'")" = 1 ] \
+  || psql_su -c "create role app login password 'app'"
+[ "$(psql_su -c "select count(*) from pg_database where datname = 'bench'")" = 1 ] \
+  || psql_su -c "create database bench owner app"
+if [ "$(psql_su -d bench -c "select to_regclass('pgbench_accounts') is null")" = t ]; then
+  PGPASSWORD=app "$PGBIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U app -i -s 1 -q bench >"$DIR/init.log" 2>&1 \
+    || die "pgbench -i failed; see $DIR/init.log"
+fi
+
+# --- pgmux -------------------------------------------------------------------------------
+BIN=${PGMUX_BIN:-}
+if [ -z "$BIN" ]; then
+  (cd "$ROOT" && cargo build --release --locked --bin pgmux) >&2 || die "cargo build failed"
+  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/pgmux"
+fi
+cat > "$DIR/pgmux.toml" <<CONF
+[pooler]
+listen_port = $PORT
+workers = 1
+default_pool_size = 20
+[metrics]
+listen = ""
+[users.app]
+password = "app"
+[databases.bench]
+host = "127.0.0.1"
+port = $PG_PORT
+CONF
+
+# count MODE: prints the instructions per transaction
+count() {
+  local mode=$1 out vpid total_a total_b
+  listening "$PORT" && die "port $PORT is taken; set INSTR_PGMUX_PORT"
+  out=$(mktemp -d)
+  RUST_LOG=warn valgrind --tool=callgrind "--callgrind-out-file=$out/cg.out" "$BIN" --config "$DIR/pgmux.toml" >"$out/log" 2>&1 &
+  vpid=$!
+  for _ in $(seq 150); do
+    PGPASSWORD=app "$PGBIN/psql" -h 127.0.0.1 -p "$PORT" -U app -d bench -qAtc 'select 1' >/dev/null 2>&1 && break
+    kill -0 "$vpid" 2>/dev/null || die "pgmux did not start under valgrind: $(tail -3 "$out/log")"
+    sleep 0.3
+  done
+  bench() {
+    PGPASSWORD=app "$PGBIN/pgbench" -h 127.0.0.1 -p "$PORT" -U app -n $mode -c 10 -j 2 -t "$1" bench >"$out/pgbench.$1" 2>&1 \
+      || die "pgbench $mode failed: $(grep -m1 -iE 'error|fatal' "$out/pgbench.$1")"
+  }
+  total() { callgrind_annotate "$(ls -t "$out"/cg.out.* | head -1)" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'; }
+  bench 100
+  callgrind_control -z "$vpid" >/dev/null 2>&1; bench 500; callgrind_control -d "$vpid" >/dev/null 2>&1; sleep 1; total_a=$(total)
+  callgrind_control -z "$vpid" >/dev/null 2>&1; bench 2500; callgrind_control -d "$vpid" >/dev/null 2>&1; sleep 1; total_b=$(total)
+  kill "$vpid" 2>/dev/null; wait "$vpid" 2>/dev/null || true
+  rm -rf "$out"
+  [ -n "$total_a" ] && [ -n "$total_b" ] || die "no callgrind totals for $mode"
+  echo $(( (total_b - total_a) / 20000 ))
+}
+
+failed=0
+for mode in "${MODES[@]}"; do
+  n=$(count "$mode")
+  figure=$(awk -F'\t' -v m="$mode" '$1 == m {print $2}' "$FIGURES" 2>/dev/null || true)
+  if [ -z "$figure" ]; then
+    say "pgbench $mode: $n instructions per transaction (no committed figure)"
+    continue
+  fi
+  limit=$(( figure * 110 / 100 ))
+  if [ "$n" -gt "$limit" ]; then
+    say "pgbench $mode: $n instructions per transaction: MORE than $limit (the committed $figure + 10 %)"
+    failed=1
+  else
+    say "pgbench $mode: $n instructions per transaction (committed $figure, limit $limit)"
+  fi
+done
+[ "$CHECK" = 1 ] && [ "$failed" = 1 ] && exit 1
+exit 0
