@@ -82,10 +82,10 @@ impl Meter {
     }
 
     fn capture_text(&mut self, tag: u8, body: &[u8]) {
-        self.capture.clear();
         if self.capture.capacity() == 0 {
             self.capture = STOCK.with(|s| s.borrow_mut().pop()).unwrap_or_default();
         }
+        self.capture.clear();
         let mut at = 0;
         let text = match tag {
             b'Q' => body,
@@ -101,8 +101,13 @@ impl Meter {
                 name
             }
         };
-        let text = text.split(|&b| b == 0).next().unwrap_or_default();
-        self.capture.extend_from_slice(&text[..text.len().min(CAPTURE)]);
+        // A Query's text ends at its frame's end: only the first CAPTURE bytes need a look.
+        let text = &text[..text.len().min(CAPTURE)];
+        let text = match tag {
+            b'Q' => text.strip_suffix(b"\0").unwrap_or(text),
+            _ => text.split(|&b| b == 0).next().unwrap_or_default(),
+        };
+        self.capture.extend_from_slice(text);
     }
 
     /// What the server is busy with, if captured.
@@ -181,7 +186,8 @@ const KEEP: usize = 64;
 impl Drop for Meter {
     fn drop(&mut self) {
         if self.capture.capacity() > 0 && self.capture.capacity() <= 2 * CAPTURE {
-            let capture = std::mem::take(&mut self.capture);
+            let mut capture = std::mem::take(&mut self.capture);
+            capture.clear();
             let _ = STOCK.try_with(|s| {
                 let mut stock = s.borrow_mut();
                 if stock.len() < KEEP {
@@ -237,5 +243,10 @@ mod tests {
         assert_eq!(PoolStats::get(&stats.received), frames.len() as u64);
         assert!(PoolStats::get(&stats.xact_time) >= 2000);
         assert_eq!(stats.query_latency.snapshot().iter().sum::<u64>(), 2);
+        drop(m);
+        // The next meter on this thread reuses the capture buffer, empty.
+        let mut next = Meter::new(1);
+        next.requests(&frame(b'Q', b"select 2\0"), true);
+        assert!(matches!(next.captured(), Some(Captured::Text(t)) if t == b"select 2"));
     }
 }
