@@ -4,7 +4,8 @@
 #
 #   benches/instructions.sh            print the counts for each mode
 #   benches/instructions.sh --check    also fail (exit 1) when a count exceeds the figure in
-#                                      benches/instructions.txt by more than 10 %
+#                                      benches/instructions.txt by more than 10 % (and stop
+#                                      the cluster afterwards: scripts/test.sh runs this)
 #
 # For each mode ("-S" and "-S -M prepared"): pgmux (release build) runs under callgrind in front
 # of a PostgreSQL 15 this script starts (its own cluster, scale 1, fsync off); pgbench runs the
@@ -37,9 +38,10 @@ if ! command -v valgrind >/dev/null; then
     || die "apt-get install valgrind failed"
 fi
 
-# --- PostgreSQL: a cluster of its own, left running for the next call ---------------------
+# --- PostgreSQL: a cluster of its own, left running for the next call (stopped after --check)
 mkdir -p "$DIR"; [ "$(id -u)" = 0 ] && chown postgres: "$DIR"
 PGDATA="$DIR/pg"
+[ "$CHECK" = 1 ] && trap 'as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null 2>&1 || true' EXIT
 if ! as_pg "$PGBIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
   if [ ! -f "$PGDATA/PG_VERSION" ]; then
     as_pg "$PGBIN/initdb" -D "$PGDATA" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >/dev/null

@@ -16,6 +16,10 @@
 #      pgjdbc): scripts/drivers-setup.sh, which skips what is already installed.
 #   5. `cargo test --locked` from the repository root. Plain `cargo test`, not
 #      nextest: the tests of one binary share one PostgreSQL cluster.
+#   6. The cost gate: `benches/instructions.sh --check` counts pgmux's instructions per
+#      transaction under callgrind (installs valgrind with apt when missing) and fails when
+#      one exceeds benches/instructions.txt by more than 10 %. Only when every test passed,
+#      and only for a whole run (no CARGO TEST ARGS); PGMUX_SKIP_GATE=1 skips it.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -97,4 +101,10 @@ command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (h
 
 cd "$ROOT"
 say "cargo test --locked $*"
-exec cargo test --locked "$@"
+cargo test --locked "$@"
+
+# --- 6. the instructions-per-transaction gate ------------------------------------
+if [ $# -eq 0 ] && [ "${PGMUX_SKIP_GATE:-0}" != 1 ]; then
+  say "benches/instructions.sh --check"
+  "$ROOT/benches/instructions.sh" --check
+fi
