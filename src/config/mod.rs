@@ -111,7 +111,7 @@ section! {
     PoolerConfig, POOLER_KEYS, set_pooler {
         listen_addr: String = "127.0.0.1".into(), |v| listen_addr(v);
         listen_port: u16 = 6432, |v| v.port();
-        /// Worker threads, each serving its own clients on its own runtime; 0: one per core.
+        /// Worker threads, each serving its own clients on its own runtime; 0: one per two cores.
         workers: u32 = 0, |v| v.u32(0);
         pool_mode: PoolMode = PoolMode::Transaction, |v| v.keyword();
         max_client_conn: u32 = 1000, |v| v.u32(1);
