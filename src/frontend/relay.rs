@@ -137,8 +137,14 @@ pub async fn relay(
                 Poll::Pending => {}
             }
             if *stop == ServerStop::Release && client.ready == 0 {
-                out.extend_from_slice(&server.buf[..*to_client]);
-                server.buf.advance(*to_client);
+                // The answer's tail leaves with the client, sharing the server buffer's memory
+                // (no copy); the buffer gets it back once the tail is written and dropped.
+                let tail = server.buf.split_to(*to_client);
+                if out.is_empty() {
+                    *out = tail;
+                } else {
+                    out.extend_from_slice(&tail);
+                }
                 *to_client = 0;
                 *stop = ServerStop::More;
                 return Poll::Ready(RelayEnd::Release);
