@@ -56,6 +56,8 @@ pub struct CancelHandle {
     pub wait_since: AtomicU64,
     /// KILL_CLIENT or KILL: the session ends at its next step and says why.
     pub killed: AtomicBool,
+    /// `attached.waker` holds the session's waker (see `wake_on_shutdown`).
+    waker_left: AtomicBool,
     /// read_write_split: when the client's last write on the primary ended (µs; 0: never), and
     /// its `pgmux.route` startup parameter.
     pub wrote_at: AtomicU64,
@@ -127,11 +129,17 @@ impl CancelHandle {
     /// Remembers the session's task, to be woken when a shutdown starts. Under the lock that
     /// `CancelRegistry::wake_all` takes after the shutdown is marked, so a session that checks
     /// for the shutdown after this call cannot miss it.
+    /// A session's task keeps its waker, so once one is left here later calls only look at
+    /// `waker_left` (a load, not the lock); `wake_all` clears it with the waker it takes.
     pub fn wake_on_shutdown(&self, waker: &std::task::Waker) {
+        if self.waker_left.load(Ordering::Acquire) {
+            return;
+        }
         let mut attached = self.attached();
         if !attached.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
             attached.waker = Some(waker.clone());
         }
+        self.waker_left.store(true, Ordering::Release);
     }
 
     /// The session is about to close the socket: `kill` must not touch it from now on.
@@ -200,6 +208,7 @@ impl CancelRegistry {
             request_s: AtomicU32::new((now / 1_000_000) as u32),
             wait_since: AtomicU64::new(0),
             killed: AtomicBool::new(false),
+            waker_left: AtomicBool::new(false),
             wrote_at: AtomicU64::new(0),
             route: facts.route,
         });
@@ -211,7 +220,11 @@ impl CancelRegistry {
     pub fn wake_all(&self) {
         let handles: Vec<_> = self.clients.iter().map(|e| e.value().clone()).collect();
         for handle in handles {
-            let waker = handle.attached().waker.take();
+            let waker = {
+                let mut attached = handle.attached();
+                handle.waker_left.store(false, Ordering::Release);
+                attached.waker.take()
+            };
             if let Some(waker) = waker {
                 waker.wake();
             }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
@@ -55,6 +55,9 @@ pub enum Waited<T> {
     Gone,
     Invalid(PgError),
 }
+
+/// An idle client's next request is read into a stack buffer of this size first.
+const FIRST_READ: usize = 2048;
 
 /// While waiting for a server, read at most this much more from the client.
 const WAIT_READ_LIMIT: usize = 64 * 1024;
@@ -124,14 +127,21 @@ impl ClientConn {
                 return Poll::Ready(Request::Gone);
             }
             if self.buf.is_empty() {
-                // Idle: hold no buffer while waiting (see `spare`).
+                // Idle: hold no buffer while waiting (see `spare`). The read goes to the stack
+                // first, so a wake-up costs one read, not a readiness check and then a read.
                 super::spare::give(&mut self.buf);
-                match self.stream.poll_read_ready(cx) {
+                // Uninitialised: zeroing it would cost more than the read.
+                let mut first = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
+                let mut read = tokio::io::ReadBuf::uninit(&mut first);
+                match Pin::new(&mut self.stream).poll_read(cx, &mut read) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(_)) => return Poll::Ready(Request::Gone),
+                    Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(Request::Gone),
                     Poll::Ready(Ok(())) => {}
                 }
                 self.buf = super::spare::take();
+                self.buf.extend_from_slice(read.filled());
+                continue;
             }
             // Pending with nothing read (a spurious wake-up): the next poll gives the buffer back.
             match ready!(poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)) {

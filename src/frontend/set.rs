@@ -35,6 +35,13 @@ const MAX_VALUE: usize = 4096;
 /// Cheap test for a Query alone in flight: could this text be a SET or RESET?
 pub fn candidate(text: &[u8]) -> bool {
     let i = skip_blank(text, 0);
+    // Every query passes here: its first three letters settle most of them.
+    let start = text.get(i..i + 3).map(|s| [s[0] | 0x20, s[1] | 0x20, s[2] | 0x20]);
+    if !matches!(start, Some(ref s) if matches!(s, b"set" | b"res" | b"dis"))
+        && !matches!(text.get(i), Some(b'/' | b'-'))
+    {
+        return false;
+    }
     match text.get(i) {
         Some(b'/' | b'-') => true,
         _ => {

@@ -19,6 +19,8 @@ pub fn candidate(text: &[u8]) -> bool {
     let i = skip_blank(text, 0);
     match text.get(i) {
         Some(b'/' | b'-') => true,
+        // Every query passes here: a first letter other than these settles it.
+        Some(c) if !matches!(c | 0x20, b'd' | b'p' | b'e') => false,
         _ => {
             let w = word(text, i);
             ["deallocate", "discard", "prepare", "execute"]
