@@ -60,9 +60,10 @@ pub fn is_frontend_tag(tag: u8) -> bool {
 /// Reads a NUL-terminated string starting at `*pos`, advancing past the NUL.
 pub fn read_cstr<'a>(body: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
     let rest = body.get(*pos..)?;
-    let end = rest.iter().position(|&b| b == 0)?;
-    *pos += end + 1;
-    rest.get(..end)
+    // core's memchr (a word at a time), not a byte loop: statement texts pass here.
+    let text = std::ffi::CStr::from_bytes_until_nul(rest).ok()?.to_bytes();
+    *pos += text.len() + 1;
+    Some(text)
 }
 
 /// Reads a big-endian i32 at `*pos`, advancing past it.

@@ -105,7 +105,7 @@ impl Meter {
         let text = &text[..text.len().min(CAPTURE)];
         let text = match tag {
             b'Q' => text.strip_suffix(b"\0").unwrap_or(text),
-            _ => text.split(|&b| b == 0).next().unwrap_or_default(),
+            _ => std::ffi::CStr::from_bytes_until_nul(text).map_or(text, |t| t.to_bytes()),
         };
         self.capture.extend_from_slice(text);
     }
