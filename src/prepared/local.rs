@@ -21,7 +21,7 @@ const KNOWN_LIMIT: usize = 10_000;
 
 /// Statements some server of a pool parsed without error.
 #[derive(Debug, Default)]
-pub struct Known(Mutex<HashSet<u128>>);
+pub struct Known(Mutex<HashSet<u128, super::keyhash::KeyHash>>);
 
 impl Known {
     pub fn insert(&self, key: u128) {

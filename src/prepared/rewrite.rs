@@ -30,9 +30,37 @@ pub fn translate(
     server: &mut ServerStatements,
     at: Position,
 ) -> usize {
-    let Some(rest) = buf.get(from..).map(<[u8]>::to_vec) else {
+    // The frames are read from a copy while the buffer is rewritten; the copy's storage is
+    // kept per thread, so a prepared transaction does not ask the allocator for it.
+    let mut rest = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    rest.clear();
+    let Some(from_rest) = buf.get(from..) else {
         return end;
     };
+    rest.extend_from_slice(from_rest);
+    let new_end = translate_from(buf, from, end, &rest, view, server, at);
+    if rest.capacity() <= SCRATCH_KEEP {
+        SCRATCH.with(|s| *s.borrow_mut() = rest);
+    }
+    new_end
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Larger copies are freed rather than kept.
+const SCRATCH_KEEP: usize = 64 * 1024;
+
+fn translate_from(
+    buf: &mut BytesMut,
+    from: usize,
+    end: usize,
+    rest: &[u8],
+    view: &mut ClientStatements,
+    server: &mut ServerStatements,
+    at: Position,
+) -> usize {
     let region_len = (end - from).min(rest.len());
     let (region, tail) = rest.split_at(region_len);
     buf.truncate(from);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 pub struct ServerStatements {
     /// max_prepared_statements of the pool that lent this server (0: pass everything through).
     pub limit: u32,
-    held: HashMap<u128, Held>,
+    held: HashMap<u128, Held, super::keyhash::KeyHash>,
     /// Use counter for the LRU order.
     tick: u64,
     /// Numbers the Parses pgmux sends, so a late reply to an older one is told apart.
