@@ -9,11 +9,7 @@ use support::*;
 const APP: &str = "[users.app]\npassword = \"app\"\n";
 
 fn pgmux(pooler: &str, db: &str) -> Pgmux {
-    ensure_database(db);
-    Pgmux::start(
-        &format!("auth_type = \"scram-sha-256\"\n{pooler}"),
-        &format!("{APP}[databases.{db}]\nport = {{pg_port}}\n"),
-    )
+    Pgmux::start_app(pooler, db)
 }
 
 fn text(err: &tokio_postgres::Error) -> String {

@@ -10,11 +10,7 @@ use support::*;
 const APP: &str = "[users.app]\npassword = \"app\"\n";
 
 fn pgmux(pooler: &str, db: &str) -> Pgmux {
-    ensure_database(db);
-    Pgmux::start(
-        &format!("auth_type = \"scram-sha-256\"\n{pooler}"),
-        &format!("{APP}[databases.{db}]\nport = {{pg_port}}\n"),
-    )
+    Pgmux::start_app(pooler, db)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

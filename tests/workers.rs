@@ -5,18 +5,11 @@
 mod support;
 
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
-const APP: &str = "[users.app]\npassword = \"app\"\n";
-
 fn pgmux(pooler: &str, db: &str) -> Pgmux {
-    ensure_database(db);
-    Pgmux::start(
-        &format!("auth_type = \"scram-sha-256\"\n{pooler}"),
-        &format!("{APP}[databases.{db}]\nport = {{pg_port}}\n"),
-    )
+    Pgmux::start_app(pooler, db)
 }
 
 /// Voluntary context switches of each worker thread of `pid`, by thread name.
@@ -116,30 +109,20 @@ fn a_port_held_by_another_pgmux_is_refused() {
         ),
     )
     .expect("write config");
-    let t0 = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgmux"))
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn pgmux");
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if t0.elapsed() > Duration::from_secs(5) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("a second pgmux joined port {} instead of refusing it", px.port);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let output = child.wait_with_output().expect("output");
-    let text = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
-    assert!(!status.success(), "exit status {status}: {text}");
+    let config = config.to_str().expect("utf-8 path");
+    let (code, out, err) = run_cmd(
+        env!("CARGO_BIN_EXE_pgmux"),
+        &["--config", config],
+        &[("RUST_LOG", "info")],
+        Duration::from_secs(5),
+    );
+    let text = format!("{out}{err}");
+    assert_ne!(
+        code, 124,
+        "a second pgmux joined port {} instead of refusing it",
+        px.port
+    );
+    assert_ne!(code, 0, "{text}");
     assert!(text.to_lowercase().contains("in use"), "{text}");
 }
 

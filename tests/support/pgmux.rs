@@ -30,6 +30,16 @@ impl Pgmux {
         Self::start_with(cluster(), None, pooler_extra, rest)
     }
 
+    /// Start pgmux with SCRAM logins for user `app` (password `app`) and the database `db` of
+    /// `cluster()`, created if missing; `pooler` goes into `[pooler]`.
+    pub fn start_app(pooler: &str, db: &str) -> Pgmux {
+        super::ensure_database(db);
+        Self::start(
+            &format!("auth_type = \"scram-sha-256\"\n{pooler}"),
+            &format!("[users.app]\npassword = \"app\"\n[databases.{db}]\nport = {{pg_port}}\n"),
+        )
+    }
+
     /// Start pgmux with the config
     /// `[pooler]\nlisten_addr = "127.0.0.1"\nlisten_port = <free port>\n<pooler_extra>\n[metrics]\nlisten = ""\n<rest>`
     /// (without the `[metrics]` lines when `rest` has a `[metrics]` section of its own)
