@@ -129,6 +129,7 @@ impl CancelHandle {
     /// Remembers the session's task, to be woken when a shutdown starts. Under the lock that
     /// `CancelRegistry::wake_all` takes after the shutdown is marked, so a session that checks
     /// for the shutdown after this call cannot miss it.
+    ///
     /// A session's task keeps its waker, so once one is left here later calls only look at
     /// `waker_left` (a load, not the lock); `wake_all` clears it with the waker it takes.
     pub fn wake_on_shutdown(&self, waker: &std::task::Waker) {

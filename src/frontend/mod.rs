@@ -101,7 +101,7 @@ impl Knobs {
     }
 
     fn set(&self, p: &crate::config::PoolerConfig) {
-        let us = |d: std::time::Duration| d.as_micros().min(u64::MAX.into()) as u64;
+        let us = crate::stats::clock::as_us;
         self.query_timeout.store(us(p.query_timeout), Ordering::Relaxed);
         self.idle_transaction_timeout
             .store(us(p.idle_transaction_timeout), Ordering::Relaxed);

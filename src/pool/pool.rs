@@ -489,7 +489,7 @@ impl Pool {
                 let stale = !idle_timeout.is_zero() && idle_for(&conn) >= idle_timeout;
                 if stale {
                     closing.push((conn, CloseReason::Idle));
-                } else if expired(&conn, &settings) {
+                } else if self.hot.expired(&conn) {
                     closing.push((conn, CloseReason::Lifetime));
                 } else if !conn.is_quiet() {
                     closing.push((conn, CloseReason::Broken));
@@ -561,11 +561,6 @@ pub struct IdleServer {
     pub tls: bool,
 }
 
-fn expired(conn: &ServerConn, settings: &PoolSettings) -> bool {
-    let lifetime = settings.server_lifetime;
-    !lifetime.is_zero() && Duration::from_micros(now_us().saturating_sub(conn.created_us)) >= lifetime
-}
-
 /// The settings of `PoolSettings` that the hot path reads, kept as atomics beside it so that a
 /// check-out reads them with plain loads (`reconfigure` updates both).
 struct HotSettings {
@@ -588,7 +583,7 @@ impl HotSettings {
     }
 
     fn set(&self, s: &PoolSettings) {
-        let us = |d: Duration| d.as_micros().min(u64::MAX.into()) as u64;
+        let us = crate::stats::clock::as_us;
         let mode = PoolMode::ALL.iter().position(|m| *m == s.mode).unwrap_or_default();
         self.mode.store(mode as u8, Ordering::Relaxed);
         self.max_prepared_statements

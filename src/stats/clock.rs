@@ -44,6 +44,11 @@ pub fn now_us() -> u64 {
     })
 }
 
+/// A duration in this clock's unit (µs), saturating.
+pub fn as_us(d: std::time::Duration) -> u64 {
+    d.as_micros().min(u64::MAX.into()) as u64
+}
+
 /// A worker woke from its reactor: refresh its copy (the runtime's `on_thread_unpark` hook).
 pub fn tick() {
     CACHED.with(|c| c.set((read(), REFRESH_EVERY)));
