@@ -103,8 +103,13 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let threads = if workers == 1 {
+        "1 worker thread".to_owned()
+    } else {
+        format!("{workers} worker threads")
+    };
     tracing::info!(
-        "pgmux {} listening on {addr}:{port} ({workers} workers)",
+        "pgmux {} listening on {addr}:{port} ({threads})",
         env!("CARGO_PKG_VERSION")
     );
     let inert = config.inert_settings();

@@ -39,11 +39,17 @@ fn worker_switches(pid: u32) -> Vec<(String, u64)> {
 async fn four_workers_share_three_servers() {
     let px = pgmux("workers = 4\ndefault_pool_size = 3\nmax_client_conn = 500", "workers4");
     assert!(
-        px.wait_for_log("(4 workers)", Duration::from_secs(5)),
+        px.wait_for_log("(4 worker threads)", Duration::from_secs(5)),
         "log: {}",
         tail(&px.log(), 20)
     );
-    let before = worker_switches(px.pid());
+    // The log line comes as the threads start: wait for all four.
+    let t0 = Instant::now();
+    let mut before = worker_switches(px.pid());
+    while before.len() < 4 && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+        before = worker_switches(px.pid());
+    }
     assert_eq!(before.len(), 4, "worker threads: {before:?}");
     let url = px.url("app", "app", "workers4");
     let mut tasks = Vec::new();
