@@ -107,18 +107,6 @@ impl Stream {
             }
         }
     }
-
-    /// Ready when a read would find something, without reading, so an idle client need not
-    /// hold a read buffer; a poll, not a future, so the wait costs the task no state. Over TLS
-    /// it is ready at once (rustls may already hold decrypted bytes); the caller's read then
-    /// waits as usual.
-    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self {
-            Stream::Plain(s) => s.poll_read_ready(cx),
-            Stream::Unix(s) => s.poll_read_ready(cx),
-            Stream::Tls(_) | Stream::ServerTls(_) => Poll::Ready(Ok(())),
-        }
-    }
 }
 
 impl AsyncRead for Stream {
