@@ -147,6 +147,13 @@ section! {
         tls_key_file: String = String::new(), |v| v.string();
         server_tls_mode: ServerTlsMode = ServerTlsMode::Disable, |v| v.keyword();
         server_tls_ca_file: String = String::new(), |v| v.string();
+        /// PgBouncer's keepalive keys, for client and server sockets; 0: the kernel's default.
+        tcp_keepalive: bool = true, |v| v.bool();
+        tcp_keepidle: Duration = Duration::ZERO, |v| v.duration();
+        tcp_keepintvl: Duration = Duration::ZERO, |v| v.duration();
+        tcp_keepcnt: u32 = 0, |v| v.u32(0);
+        /// Milliseconds, as in PgBouncer (TCP_USER_TIMEOUT).
+        tcp_user_timeout: u32 = 0, |v| v.u32(0);
     }
 }
 
