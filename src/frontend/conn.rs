@@ -43,6 +43,10 @@ impl std::fmt::Display for Peer {
 }
 
 impl Peer {
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        self.0.map(|a| a.ip())
+    }
+
     pub fn is_loopback(&self) -> bool {
         self.0.is_some_and(|a| a.ip().is_loopback())
     }

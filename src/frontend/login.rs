@@ -179,7 +179,7 @@ async fn login(
                 .with_hint("connect replication clients to PostgreSQL directly"),
         );
     }
-    let settings = Settings::from_startup(&params)?;
+    let mut settings = Settings::from_startup(&params)?;
     // Checked before authentication: a bad startup packet costs no password exchange.
     let route = match param("pgmux.route") {
         None => Preference::Auto,
@@ -190,7 +190,7 @@ async fn login(
     };
     let mut out = BytesMut::new();
     if admin::is_console(database) && !config.databases.contains_key(database) {
-        return console_login(client, shared, config, user).await.map(Some);
+        return console_login(client, shared, config, user, database).await.map(Some);
     }
     let unknown: Vec<&str> = params
         .iter()
@@ -207,6 +207,16 @@ async fn login(
         PgError::fatal("3D000", format!("database \"{database}\" does not exist in pgmux"))
             .with_hint("add a [databases.NAME] entry (or a \"*\" entry) to pooler.toml")
     })?;
+    // The database's client_encoding, datestyle and timezone, where the client sent none.
+    for (name, value) in [
+        ("client_encoding", &db.client_encoding),
+        ("datestyle", &db.datestyle),
+        ("timezone", &db.timezone),
+    ] {
+        if let (Some(value), None) = (value, settings.get(name)) {
+            settings.set(name, value);
+        }
+    }
     if shared.pools.find_gate(database).is_some_and(|g| g.disabled()) {
         return Err(PgError::fatal(
             "57P03",
@@ -214,7 +224,7 @@ async fn login(
         )
         .with_hint("ENABLE it on the console (psql -p PORT -U ADMIN pgbouncer)"));
     }
-    let password = authenticate(client, shared, config, user).await?;
+    let password = authenticate(client, shared, config, user, database).await?;
     let pool = shared
         .pools
         .get_or_create(config, db, database, user, password.as_deref());
@@ -260,8 +270,9 @@ async fn console_login(
     shared: &Shared,
     config: &Config,
     user: &str,
+    database: &str,
 ) -> Result<LoggedIn, PgError> {
-    if let Some(password) = authenticate(client, shared, config, user).await? {
+    if let Some(password) = authenticate(client, shared, config, user, database).await? {
         admin::check_passthrough(config, user, &password)?;
     }
     let role = admin::role(config, user)?;
