@@ -257,10 +257,18 @@ impl<'v, 'i> Val<'v, 'i> {
     }
 }
 
+/// An IP address, a comma-separated list of them, or `*`.
 pub(super) fn listen_addr(v: &Val) -> Result<String, ConfigError> {
     let addr = v.nonempty()?;
-    if addr.parse::<std::net::SocketAddr>().is_ok() {
-        return Err(v.err("expected an address without a port; set the port with listen_port"));
+    for part in addr.split(',').map(str::trim) {
+        if part.parse::<std::net::SocketAddr>().is_ok() {
+            return Err(v.err("expected an address without a port; set the port with listen_port"));
+        }
+        if part != "*" && part.parse::<std::net::IpAddr>().is_err() {
+            return Err(v.err(format!(
+                "{part:?} is not an IP address; expected an IP address, a comma-separated list of them, or *"
+            )));
+        }
     }
     Ok(addr)
 }

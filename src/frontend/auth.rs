@@ -147,9 +147,10 @@ async fn scram(client: &mut ClientConn, shared: &Shared, user: &str, secret: Opt
     scram_exchange(client, user, keys, known).await
 }
 
-/// Passthrough asks for the password in clear text: only where nobody can read it on the way.
+/// Passthrough asks for the password in clear text: only where nobody can read it on the way
+/// (loopback, the Unix socket, TLS).
 fn passthrough_allowed(client: &ClientConn) -> bool {
-    client.peer().is_loopback() || client.stream.is_tls()
+    client.peer().is_local() || client.stream.is_tls()
 }
 
 /// The single message for every failed login, so that unknown users look like wrong passwords.

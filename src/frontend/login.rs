@@ -13,20 +13,19 @@ use crate::config::{Config, Secret, TlsMode};
 use crate::pool::Pool;
 use crate::protocol::messages::{self as msg, PgError};
 use crate::route::choose::Preference;
+use crate::stream::Stream;
 use bytes::BytesMut;
 use sha2::{Digest, Sha256};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// Serves one client connection from accept to close.
-pub fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> impl Future<Output = ()> + Send {
+pub fn serve(stream: Stream, shared: Arc<Shared>) -> impl Future<Output = ()> + Send {
     // Boxed: startup, TLS and authentication state is freed once the client is in, so the
     // task of an idle client holds only its session. (Not an async fn: its arguments would
     // stay in the task's state for its whole life.)
-    let admitting = Box::pin(admit(stream, peer, shared));
+    let admitting = Box::pin(admit(stream, shared));
     async move {
         let Some(session) = admitting.await else {
             return;
@@ -38,15 +37,19 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> impl F
 /// Startup, TLS and authentication: the session of a client that got in, or None when it
 /// was refused (it got its error), left, sent a cancel request, or was a console user (served
 /// to the end in here, so the task of an idle pool client does not make room for it).
-async fn admit(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Option<Session> {
+async fn admit(stream: Stream, shared: Arc<Shared>) -> Option<Session> {
     let (slot, connected) = ClientSlot::take(&shared);
     let config = shared.config.load_full();
-    crate::tcp::current().apply(socket2::SockRef::from(&stream));
+    if let Stream::Plain(tcp) = &stream {
+        crate::tcp::current().apply(socket2::SockRef::from(tcp));
+    }
     let mut client = ClientConn::new(stream, config.pooler.max_message_size);
-    // Without certificates loaded, SSL requests get `N` whatever the (reloaded) setting says.
-    let tls_mode = match shared.tls {
-        Some(_) => config.pooler.tls_mode,
-        None => TlsMode::Disable,
+    let peer = client.peer();
+    // Without certificates loaded, SSL requests get `N` whatever the (reloaded) setting says;
+    // and on the Unix socket, as PostgreSQL and PgBouncer answer there.
+    let tls_mode = match (&shared.tls, &client.stream) {
+        (Some(_), Stream::Plain(_)) => config.pooler.tls_mode,
+        _ => TlsMode::Disable,
     };
     let deadline = Deadline::new(config.pooler.client_login_timeout);
     let mut startup = deadline.run(read_startup(&mut client, tls_mode)).await;
