@@ -221,3 +221,49 @@ async fn scram_pass_through_logs_in_with_only_the_servers_secret_stored() {
         "{e:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_query_finds_secrets_in_pg_shadow_and_through_a_security_definer_function() {
+    let c = cluster();
+    ensure_database("authq");
+    // PgBouncer's default query on pg_shadow, as a superuser (trusted from 127.0.0.1).
+    let px = Pgmux::start(
+        "auth_type = \"scram-sha-256\"\nauth_user = \"postgres\"",
+        "[databases.authq]\nport = {pg_port}\n",
+    );
+    works(&px.url("app", "app", "authq")).await;
+    let wrong = refusal(&px.url("app", "nope", "authq"), "28P01").await;
+    assert_eq!(wrong, "password authentication failed for user \"app\"");
+    let unknown = refusal(&px.url("nosuchrole", "x", "authq"), "28P01").await;
+    assert_eq!(unknown, "password authentication failed for user \"nosuchrole\"");
+    // A quote in the name is data, not SQL.
+    let odd = refusal(&px.url("o'neil", "x", "authq"), "28P01").await;
+    assert_eq!(odd, "password authentication failed for user \"o'neil\"");
+
+    // The recommended setup: an unprivileged auth_user calling a SECURITY DEFINER function.
+    c.psql(
+        "authq",
+        "DROP ROLE IF EXISTS authlookup; CREATE ROLE authlookup LOGIN PASSWORD 'lookup';
+         CREATE OR REPLACE FUNCTION public.user_secret(u text) RETURNS TABLE(usename name, passwd text)
+           LANGUAGE sql SECURITY DEFINER AS 'SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = u';
+         REVOKE ALL ON FUNCTION public.user_secret(text) FROM PUBLIC;
+         GRANT EXECUTE ON FUNCTION public.user_secret(text) TO authlookup;",
+    );
+    let px = Pgmux::start(
+        "auth_type = \"scram-sha-256\"\nauth_user = \"authlookup\"\n\
+         auth_query = \"SELECT usename, passwd FROM public.user_secret($1)\"\nauth_dbname = \"authq\"",
+        "[users.authlookup]\npassword = \"lookup\"\n[databases.authq]\nport = {pg_port}\n\
+         [databases.authq2]\nport = {pg_port}\ndbname = \"authq\"\n",
+    );
+    works(&px.url("app", "app", "authq2")).await;
+    refusal(&px.url("app", "nope", "authq2"), "28P01").await;
+
+    // A query that fails names auth_query.
+    let px = Pgmux::start(
+        "auth_type = \"scram-sha-256\"\nauth_user = \"authlookup\"\nauth_query = \"SELECT * FROM no_such_function($1)\"",
+        "[users.authlookup]\npassword = \"lookup\"\n[databases.authq]\nport = {pg_port}\n",
+    );
+    let msg = refusal(&px.url("app", "app", "authq"), "08006").await;
+    assert!(msg.starts_with("auth_query for user \"app\" failed: "), "{msg}");
+    assert!(msg.contains("no_such_function"), "{msg}");
+}

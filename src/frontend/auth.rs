@@ -23,6 +23,11 @@ pub enum Proof {
     /// SCRAM against a stored SCRAM secret: the ClientKey the exchange revealed, which logs in
     /// to a server that holds the same secret (SCRAM pass-through).
     ClientKey([u8; 32]),
+    /// The secret came from auth_query: the pool logs in with it (and the ClientKey, if any).
+    Looked {
+        secret: Secret,
+        client_key: Option<[u8; 32]>,
+    },
 }
 
 /// Verifies the client.
@@ -33,7 +38,37 @@ pub async fn authenticate(
     user: &str,
     database: &str,
 ) -> Result<Proof, PgError> {
-    let secret = config.users.get(user).and_then(|u| u.password.as_ref());
+    let configured = config.users.get(user).and_then(|u| u.password.as_ref());
+    let looked = match (configured, config.pooler.auth_type) {
+        (None, AuthType::ScramSha256 | AuthType::Md5 | AuthType::Hba) => {
+            super::auth_query::lookup(shared, config, database, user).await?
+        }
+        _ => None,
+    };
+    let secret = configured.or(looked.as_ref());
+    let proof = verify(client, shared, config, user, database, secret).await?;
+    Ok(match (looked, proof) {
+        (Some(secret), Proof::ClientKey(key)) => Proof::Looked {
+            secret,
+            client_key: Some(key),
+        },
+        (Some(secret), _) => Proof::Looked {
+            secret,
+            client_key: None,
+        },
+        (None, proof) => proof,
+    })
+}
+
+/// The exchange auth_type (or the hba rule) asks for, against `secret`.
+async fn verify(
+    client: &mut ClientConn,
+    shared: &Shared,
+    config: &Config,
+    user: &str,
+    database: &str,
+    secret: Option<&Secret>,
+) -> Result<Proof, PgError> {
     match config.pooler.auth_type {
         AuthType::Hba => {
             let method = hba_method(client, config, user, database)?;

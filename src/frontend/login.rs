@@ -233,8 +233,10 @@ async fn login(
         _ => None,
     };
     let pool = shared.pools.get_or_create(config, db, database, user, password);
-    if let Proof::ClientKey(key) = proof {
-        pool.learn_client_key(user, key);
+    match &proof {
+        Proof::ClientKey(key) => pool.learn_client_key(user, *key),
+        Proof::Looked { secret, client_key } => pool.learn_secret(user, secret.clone(), *client_key),
+        Proof::Nothing | Proof::Password(_) => {}
     }
     match password {
         Some(password) => {
