@@ -19,5 +19,6 @@ pub mod route; // read-only or not: the primary or a replica for each statement
 pub mod shutdown; // SIGINT/SIGTERM: drain, then close
 pub mod stats; // counters, latency histograms, slow queries: what the console and metrics show
 pub mod stream; // a socket: plain TCP or TLS, to clients and to servers
+pub mod tcp; // keepalive and no-delay options of every socket
 pub mod tls; // TLS settings (rustls, ring): certificates for clients, verification of servers
 pub mod worker; // thread-per-core: a runtime per worker thread, each with its own listener

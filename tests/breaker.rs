@@ -291,6 +291,115 @@ async fn primary_restart_recovers_without_restarting_pgmux() {
     assert_eq!(row["consecutive_failures"], "0", "{row:?}");
 }
 
+/// Stops the cluster and connects until the breaker answers: returns the errors before it, and
+/// the breaker's refusal with how long it took.
+async fn stop_until_breaker(c: &Cluster, url: &str) -> (Vec<String>, String, Duration) {
+    c.stop_immediate();
+    let stopped = Instant::now();
+    let mut errors = Vec::new();
+    loop {
+        let t0 = Instant::now();
+        match attempt(url, "SELECT 1", Duration::from_secs(10)).await {
+            Ok(v) => panic!("SELECT 1 answered {v} with the server stopped"),
+            Err(e) if is_breaker(&e) => return (errors, e, t0.elapsed()),
+            Err(e) => errors.push(e),
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10) && errors.len() <= 10,
+            "no breaker error within 10 s of the stop: {errors:#?}"
+        );
+    }
+}
+
+/// Starts the cluster and connects until a client is served: how long that took.
+async fn start_until_served(c: &Cluster, url: &str, most: Duration) -> Duration {
+    c.start();
+    let started = Instant::now();
+    loop {
+        let last = match attempt(url, "SELECT 1", Duration::from_secs(10)).await {
+            Ok(v) => {
+                assert_eq!(v, "1");
+                return started.elapsed();
+            }
+            Err(e) => e,
+        };
+        assert!(
+            started.elapsed() < most,
+            "not served within {most:?} of the server's return; last error: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_gates_a_stopped_primary_with_the_default_server_login_retry() {
+    // Issue 15: server_login_retry (15 s by default) once started its window at the first
+    // failed login, so nothing more was counted and the breaker never opened, and clients
+    // kept failing for 15 s after the server was back although open_timeout was 2 s.
+    let _serial = CLUSTER.lock().await;
+    let c = cluster();
+    ensure_database("brkgate");
+    let px = Pgmux::start(
+        "auth_type = \"scram-sha-256\"\nadmin_users = [\"admin\"]",
+        &format!(
+            "{APP}{ADMIN}[databases.brkgate]\nport = {{pg_port}}\n[breaker]\nfailure_threshold = 3\nopen_timeout = 2\n"
+        ),
+    );
+    let url = px.url("app", "app", "brkgate");
+    assert_eq!(attempt(&url, "SELECT 1", Duration::from_secs(10)).await.unwrap(), "1");
+    let (errors, refusal, took) = stop_until_breaker(c, &url).await;
+    assert_eq!(errors.len(), 3, "the 4th client gets the breaker: {errors:#?}");
+    assert!(
+        errors.iter().all(|e| !e.contains("server_login_retry")),
+        "server_login_retry gated a refused connection: {errors:#?}"
+    );
+    assert!(
+        refusal.starts_with("08006 ") && refusal.contains("after 3 consecutive failures"),
+        "{refusal}"
+    );
+    assert!(took < Duration::from_millis(100), "the refusal took {took:?}");
+    // Once more: still refused at once, by the breaker.
+    let t0 = Instant::now();
+    let again = attempt(&url, "SELECT 1", Duration::from_secs(10)).await.unwrap_err();
+    assert!(
+        is_breaker(&again) && t0.elapsed() < Duration::from_millis(100),
+        "{again} after {:?}",
+        t0.elapsed()
+    );
+    let row = breaker_row(&px, c.port).await;
+    assert_eq!(
+        (row["state"].as_str(), row["refused_clients"].as_str()),
+        ("open", "2"),
+        "{row:?}"
+    );
+
+    let back = start_until_served(c, &url, Duration::from_secs(3)).await;
+    println!("served {back:?} after the server's return (open_timeout 2 s)");
+    assert_eq!(breaker_row(&px, c.port).await["state"], "closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_breaker_section_a_stopped_primary_is_refused_fast_and_served_within_15_s() {
+    let _serial = CLUSTER.lock().await;
+    let c = cluster();
+    ensure_database("brkdefault");
+    let px = Pgmux::start(
+        "auth_type = \"scram-sha-256\"\nadmin_users = [\"admin\"]",
+        &format!("{APP}{ADMIN}[databases.brkdefault]\nport = {{pg_port}}\n"),
+    );
+    let url = px.url("app", "app", "brkdefault");
+    assert_eq!(attempt(&url, "SELECT 1", Duration::from_secs(10)).await.unwrap(), "1");
+    let (errors, refusal, took) = stop_until_breaker(c, &url).await;
+    assert!(errors.len() <= 5, "failure_threshold is 5 by default: {errors:#?}");
+    assert!(
+        took < Duration::from_millis(100),
+        "the refusal took {took:?}: {refusal}"
+    );
+    // PgBouncer, with its defaults, tries a server that failed again after 15 s.
+    let back = start_until_served(c, &url, Duration::from_secs(16)).await;
+    println!("served {back:?} after the server's return (defaults)");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_backend_fails_only_its_client() {
     let _serial = CLUSTER.lock().await;

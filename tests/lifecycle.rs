@@ -23,44 +23,53 @@ fn count(haystack: &str, needle: &str) -> usize {
 // ---- server_login_retry ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_server_login_is_not_retried_before_server_login_retry() {
-    // Nothing listens on this port.
+async fn a_server_that_is_down_is_gated_by_the_breaker_not_by_server_login_retry() {
+    // Nothing listens on this port: refused connections are the breaker's to count and gate;
+    // a long server_login_retry must not stop them being counted, nor delay the probe.
     let dead_port = free_port();
     let px = Pgmux::start(
-        "auth_type = \"scram-sha-256\"\nserver_login_retry = 1.0",
-        &format!("{APP}[databases.nowhere]\nport = {dead_port}\n"),
+        "auth_type = \"scram-sha-256\"\nserver_login_retry = 30",
+        &format!("{APP}[databases.nowhere]\nport = {dead_port}\n[breaker]\nfailure_threshold = 3\nopen_timeout = 1\n"),
     );
     let url = px.url("app", "app", "nowhere");
-    let err = try_connect(&url).await.err().map(|e| text(&e)).unwrap_or_default();
-    assert!(err.contains("could not connect"), "first client: {err}");
-    assert!(px.wait_for_log("server login failed", Duration::from_secs(5)));
-
-    // Within the window: the last error at once, naming server_login_retry, and no attempt.
+    for n in 1..=3 {
+        let err = try_connect(&url).await.err().map(|e| text(&e)).unwrap_or_default();
+        assert!(
+            err.contains("could not connect") && !err.contains("server_login_retry"),
+            "client {n}: {err}"
+        );
+        assert!(px.wait_for_log(
+            &format!("consecutive failure {n} of the address"),
+            Duration::from_secs(5)
+        ));
+    }
+    // The threshold is reached: the breaker answers at once, and names itself.
     let started = Instant::now();
     let Err(e) = try_connect(&url).await else {
-        panic!("second client must be refused")
+        panic!("the fourth client must be refused")
     };
     assert!(
-        started.elapsed() < Duration::from_millis(300),
+        started.elapsed() < Duration::from_millis(100),
         "{:?}",
         started.elapsed()
     );
     assert_eq!(sqlstate(&e).as_deref(), Some("08006"), "{e:?}");
-    let err = text(&e);
-    assert!(
-        err.contains("server_login_retry (1 s)") && err.contains("could not connect"),
-        "{err}"
-    );
-    assert_eq!(count(&px.log(), "server login failed"), 1);
+    assert!(text(&e).contains("circuit breaker open"), "{e:?}");
+    assert_eq!(count(&px.log(), "server login failed"), 3);
 
-    // After the window a new attempt is made.
+    // After open_timeout the next client is the probe: a real attempt, not a refusal.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let err = try_connect(&url).await.err().map(|e| text(&e)).unwrap_or_default();
     assert!(
         err.contains("could not connect") && !err.contains("server_login_retry"),
         "{err}"
     );
-    assert_eq!(count(&px.log(), "server login failed"), 2);
+    assert_eq!(count(&px.log(), "server login failed"), 4);
+    assert_eq!(
+        count(&px.log(), "server login refused"),
+        0,
+        "server_login_retry never started"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

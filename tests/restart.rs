@@ -22,8 +22,9 @@ async fn min_pool_size_is_restored_after_a_server_restart() {
     let c = cluster();
     c.psql("postgres", "CREATE DATABASE restartdb OWNER app");
     let px = Pgmux::start(
-        "auth_type = \"scram-sha-256\"\nmin_pool_size = 2\nserver_login_retry = 0.5",
-        "[users.app]\npassword = \"app\"\n[databases.restartdb]\nport = {pg_port}\n",
+        "auth_type = \"scram-sha-256\"\nmin_pool_size = 2",
+        "[users.app]\npassword = \"app\"\n[databases.restartdb]\nport = {pg_port}\n\
+         [breaker]\nfailure_threshold = 2\nopen_timeout = 0.5\n",
     );
     // The janitor fills a pool once it exists, i.e. after the first login.
     let url = px.url("app", "app", "restartdb");
@@ -33,7 +34,8 @@ async fn min_pool_size_is_restored_after_a_server_restart() {
         c.backend_count("restartdb", "app") == 2
     });
 
-    // Down for a second: the janitor's attempts are spaced by server_login_retry.
+    // Down for a second: after two failures the janitor's attempts are the breaker's probes,
+    // spaced by open_timeout.
     c.stop();
     let down = Instant::now();
     std::thread::sleep(Duration::from_secs(1));
@@ -43,10 +45,10 @@ async fn min_pool_size_is_restored_after_a_server_restart() {
         c.backend_count("restartdb", "app") == 2
     });
     let failures = px.log().matches("server login failed").count();
-    let most = (downtime.as_secs_f64() / 0.5).ceil() as usize + 1;
+    let most = 2 + (downtime.as_secs_f64() / 0.45).ceil() as usize;
     assert!(
         (1..=most).contains(&failures),
-        "{failures} failed logins in {downtime:?} with server_login_retry = 0.5"
+        "{failures} failed logins in {downtime:?} with failure_threshold = 2, open_timeout = 0.5"
     );
 
     // The client that was connected throughout, and a new one, work again.

@@ -453,6 +453,7 @@ fn breakers(shared: &Shared) -> Rows {
         ("opened_at", Ty::Text),
         ("next_probe_at", Ty::Text),
         ("last_error", Ty::Text),
+        ("refused_clients", Ty::Int8),
     ]);
     let wall = |at: Option<std::time::SystemTime>| {
         at.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
@@ -469,6 +470,7 @@ fn breakers(shared: &Shared) -> Rows {
             wall(s.opened_at),
             wall(s.next_probe_at),
             s.last_error,
+            num(s.refused),
         ]);
     }
     rows

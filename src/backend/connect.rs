@@ -47,15 +47,13 @@ impl Target {
     }
 
     /// A connected socket, before any byte is sent: the socket file, or TCP (no delay, with
-    /// keepalives). TLS is for the caller, and never over a Unix socket (as libpq).
+    /// the `tcp_*` keepalive options). TLS is for the caller, and never over a Unix socket (as libpq).
     pub async fn open(&self) -> std::io::Result<Socket> {
         if let Some(path) = self.socket_path() {
             return Ok(Socket::Unix(UnixStream::connect(path).await?));
         }
         let stream = TcpStream::connect((self.host.as_str(), self.port)).await?;
-        let _ = stream.set_nodelay(true);
-        let sock = socket2::SockRef::from(&stream);
-        let _ = sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
+        crate::tcp::current().apply(socket2::SockRef::from(&stream));
         Ok(Socket::Tcp(stream))
     }
 }

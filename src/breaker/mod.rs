@@ -3,9 +3,14 @@
 //! Closed: connections are opened freely, and consecutive counted failures (see
 //! [`FailureCause`]) are tallied; `failure_threshold` of them open it. Open: no connection
 //! attempts until the open period ends; then the next caller gets the single half-open probe.
-//! A probe's success closes the breaker; its failure re-opens it for twice the last period
-//! (capped at 10× `open_timeout`, then jittered by ±10%) so that a server that stays down is
-//! tried less and less often, and pgmux processes that opened together do not probe together.
+//! A probe's success closes the breaker; its failure re-opens it for `open_timeout` again, or,
+//! with `max_open_timeout` set, for twice the last period up to it (a server that stays down is
+//! tried less and less often). Re-open periods are shortened by up to 10% at random, so that
+//! pgmux processes that opened together do not probe together, and a server that came back is
+//! never tried later than the configured wait.
+//!
+//! The breaker is the only gate for the failures it counts: `server_login_retry` applies to the
+//! others (wrong credentials, an unknown database), which say nothing about the address.
 //!
 //! Shared by the pool's tasks: a `Mutex` suffices, as it is touched per connection opened or
 //! failed, not per query.
@@ -17,6 +22,7 @@ mod refusal;
 mod tests;
 mod types;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -28,10 +34,8 @@ pub use clock::{fixed_jitter, random_jitter, Clock, JitterSource, ManualClock, S
 pub use refusal::format_utc_time;
 pub use types::{Admission, BreakerSnapshot, BreakerState, OpenInfo, Role};
 
-/// Re-open periods are the doubled period times a factor in [1 - JITTER, 1 + JITTER].
+/// Re-open periods are the base period times a factor in [1 - JITTER, 1].
 pub const JITTER: f64 = 0.1;
-/// The open period never doubles past this many `open_timeout`s (before jitter).
-pub const MAX_BACKOFF_FACTOR: u32 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum State {
@@ -49,6 +53,8 @@ struct Inner {
     state: State,
     threshold: u32,
     open_timeout: Duration,
+    /// The longest base period failed probes double up to; never below `open_timeout`.
+    max_open_timeout: Duration,
     consecutive_failures: u32,
     last_cause: Option<FailureCause>,
     last_error: Option<String>,
@@ -68,6 +74,8 @@ struct Shared {
     clock: Arc<dyn Clock>,
     jitter: JitterSource,
     inner: Mutex<Inner>,
+    /// Callers turned away while open or half-open (clients refused by this gate).
+    refused: AtomicU64,
 }
 
 /// The breaker of one backend address; clones share it.
@@ -105,6 +113,7 @@ impl Breaker {
             // A threshold of 0 is refused by the config; treat it as 1 rather than never open.
             threshold: config.failure_threshold.max(1),
             open_timeout: config.open_timeout,
+            max_open_timeout: config.max_open_timeout,
             consecutive_failures: 0,
             last_cause: None,
             last_error: None,
@@ -120,6 +129,7 @@ impl Breaker {
             clock,
             jitter,
             inner: Mutex::new(inner),
+            refused: AtomicU64::new(0),
         };
         Breaker {
             shared: Arc::new(shared),
@@ -131,6 +141,7 @@ impl Breaker {
         let mut inner = self.lock();
         inner.threshold = config.failure_threshold.max(1);
         inner.open_timeout = config.open_timeout;
+        inner.max_open_timeout = config.max_open_timeout;
     }
 
     pub fn host(&self) -> &str {
@@ -167,7 +178,10 @@ impl Breaker {
                     done: false,
                 })
             }
-            State::Open { .. } | State::HalfOpen { .. } => Admission::Rejected(Box::new(self.info_locked(&inner, now))),
+            State::Open { .. } | State::HalfOpen { .. } => {
+                self.shared.refused.fetch_add(1, Ordering::Relaxed);
+                Admission::Rejected(Box::new(self.info_locked(&inner, now)))
+            }
         }
     }
 
@@ -256,6 +270,7 @@ impl Breaker {
             opened_at: inner.opened_at.map(|(_, wall)| wall),
             next_probe_at,
             last_error: inner.last_error.clone(),
+            refused: self.shared.refused.load(Ordering::Relaxed),
         }
     }
 
@@ -306,11 +321,10 @@ impl Breaker {
             }
             Err((cause, detail)) => {
                 note_failure(&mut inner, cause, detail);
-                let base = inner.period.saturating_mul(2);
-                let cap = inner.open_timeout.saturating_mul(MAX_BACKOFF_FACTOR);
-                let base = base.min(cap).max(inner.open_timeout);
+                let cap = inner.max_open_timeout.max(inner.open_timeout);
+                let base = inner.period.saturating_mul(2).min(cap).max(inner.open_timeout);
                 let fraction = (self.shared.jitter)().clamp(0.0, 1.0);
-                let factor = 1.0 + JITTER * (2.0 * fraction - 1.0);
+                let factor = 1.0 - JITTER * fraction;
                 let period = Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(base);
                 self.open(&mut inner, now, base, period);
                 tracing::warn!(

@@ -32,7 +32,7 @@ impl OpenInfo {
         );
         PgError::fatal(code, message).with_hint(
             "pgmux stops connecting to a server after [breaker] failure_threshold consecutive failures \
-             and probes it again after [breaker] open_timeout (doubling after each failed probe, up to 10x)",
+             and probes it again every [breaker] open_timeout (growing up to max_open_timeout if set)",
         )
     }
 }

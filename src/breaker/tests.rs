@@ -14,10 +14,12 @@ fn start() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_795_435_203)
 }
 
+/// With backoff: failed probes double the wait up to 10 × open_timeout.
 fn config(threshold: u32) -> BreakerConfig {
     BreakerConfig {
         failure_threshold: threshold,
         open_timeout: T,
+        max_open_timeout: 10 * T,
     }
 }
 
@@ -34,9 +36,9 @@ fn breaker_with(threshold: u32, jitter: JitterSource) -> (Breaker, ManualClock) 
     (b, clock)
 }
 
-/// No jitter: the fraction 0.5 maps to a factor of 1.
+/// No jitter: the fraction 0 maps to a factor of 1.
 fn breaker(threshold: u32) -> (Breaker, ManualClock) {
-    breaker_with(threshold, fixed_jitter(0.5))
+    breaker_with(threshold, fixed_jitter(0.0))
 }
 
 fn fail(b: &Breaker) {
@@ -198,8 +200,44 @@ fn probe_failure_doubles_up_to_ten_times() {
 }
 
 #[test]
+fn without_max_open_timeout_every_reopen_is_open_timeout_or_less() {
+    let clock = ManualClock::new(start());
+    let config = BreakerConfig {
+        max_open_timeout: Duration::ZERO,
+        ..config(1)
+    };
+    let b = Breaker::with_clock(
+        "127.0.0.1",
+        5432,
+        Role::Primary,
+        &config,
+        Arc::new(clock.clone()),
+        seeded_jitter(7),
+    );
+    open(&b, 1);
+    for _ in 0..20 {
+        let period = b.open_period().unwrap();
+        assert!(period <= T && period >= T.mul_f64(1.0 - JITTER), "{period:?}");
+        clock.advance(period);
+        probe(&b).failure(FailureCause::Refused, "still down");
+    }
+    assert_eq!(b.snapshot().consecutive_failures, 21);
+}
+
+#[test]
+fn refusals_are_counted() {
+    let (b, _) = breaker(1);
+    assert!(matches!(b.try_acquire(), Admission::Allowed));
+    open(&b, 1);
+    rejected(&b);
+    rejected(&b);
+    assert_eq!(b.snapshot().refused, 2);
+}
+
+#[test]
 fn jitter_within_bounds() {
-    for (fraction, factor) in [(0.0, 0.9), (1.0, 1.1), (0.25, 0.95), (-3.0, 0.9), (7.0, 1.1)] {
+    // Only ever shorter: a server that came back is not tried later than configured.
+    for (fraction, factor) in [(0.0, 1.0), (1.0, 0.9), (0.25, 0.975), (-3.0, 1.0), (7.0, 0.9)] {
         let (b, clock) = breaker_with(1, fixed_jitter(fraction));
         open(&b, 1);
         clock.advance(T);
@@ -269,6 +307,7 @@ fn snapshot_columns() {
             opened_at: None,
             next_probe_at: None,
             last_error: None,
+            refused: 0,
         }
     );
     fail(&b);
@@ -520,7 +559,7 @@ proptest! {
     fn invariants(threshold in 1..4u32, seed in any::<u64>(), events in proptest::collection::vec(event(), 0..80)) {
         let (b, clock) = breaker_with(threshold, seeded_jitter(seed));
         let mut guards: Vec<ProbeGuard> = Vec::new();
-        let (low, high) = (T.mul_f64(1.0 - JITTER), T.mul_f64(f64::from(MAX_BACKOFF_FACTOR) * (1.0 + JITTER)));
+        let (low, high) = (T.mul_f64(1.0 - JITTER), 10 * T);
         for e in events {
             let before = b.state();
             match e {

@@ -78,4 +78,6 @@ pub struct BreakerSnapshot {
     /// In the past when the probe is due but nobody asked for a connection yet.
     pub next_probe_at: Option<SystemTime>,
     pub last_error: Option<String>,
+    /// Callers refused by the breaker since pgmux started.
+    pub refused: u64,
 }

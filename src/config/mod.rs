@@ -147,6 +147,13 @@ section! {
         tls_key_file: String = String::new(), |v| v.string();
         server_tls_mode: ServerTlsMode = ServerTlsMode::Disable, |v| v.keyword();
         server_tls_ca_file: String = String::new(), |v| v.string();
+        /// PgBouncer's keepalive keys, for client and server sockets; 0: the kernel's default.
+        tcp_keepalive: bool = true, |v| v.bool();
+        tcp_keepidle: Duration = Duration::ZERO, |v| v.duration();
+        tcp_keepintvl: Duration = Duration::ZERO, |v| v.duration();
+        tcp_keepcnt: u32 = 0, |v| v.u32(0);
+        /// Milliseconds, as in PgBouncer (TCP_USER_TIMEOUT).
+        tcp_user_timeout: u32 = 0, |v| v.u32(0);
     }
 }
 
@@ -163,7 +170,11 @@ section! {
     BreakerConfig, BREAKER_KEYS, set_breaker {
         failure_threshold: u32 = 5, |v| v.u32(1);
         /// Never zero: every caller in turn would be the probe, a breaker that never rests.
-        open_timeout: Duration = secs(30), |v| v.nonzero_duration();
+        /// PgBouncer's server_login_retry by default: a server is tried as often as it would be.
+        open_timeout: Duration = secs(15), |v| v.nonzero_duration();
+        /// 0: every failed probe re-opens for open_timeout. Longer: each failed probe doubles
+        /// the wait, up to this.
+        max_open_timeout: Duration = Duration::ZERO, |v| v.duration();
     }
 }
 

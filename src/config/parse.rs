@@ -435,6 +435,15 @@ impl Parser<'_> {
             let message = "server_tls_mode \"verify-full\" needs server_tls_ca_file".to_string();
             return Err(self.err_at("pooler.server_tls_mode", message));
         }
+        let b = &c.breaker;
+        if !b.max_open_timeout.is_zero() && b.max_open_timeout < b.open_timeout {
+            let message = format!(
+                "{} s is shorter than open_timeout ({} s); 0 keeps every re-open at open_timeout",
+                b.max_open_timeout.as_secs_f64(),
+                b.open_timeout.as_secs_f64()
+            );
+            return Err(self.err_at("breaker.max_open_timeout", message));
+        }
         for (name, d) in &c.databases {
             let path = join("databases", name);
             let (size, size_key) = match d.pool_size {

@@ -102,7 +102,7 @@ top = 1 => pooler.toml:1: top: unknown section, expected one of: pooler, metrics
 [users.app] | passwd = "x" => pooler.toml:2: users.app.passwd: unknown key, did you mean "password"?
 [pooler] | replicas = [] => pooler.toml:2: pooler.replicas: unknown key (replicas belongs in [databases.NAME])
 [databases."*"] | zzz = 1 => pooler.toml:2: databases."*".zzz: unknown key
-[breaker] | zzz = 1 => pooler.toml:2: breaker.zzz: unknown key, expected one of: failure_threshold, open_timeout
+[breaker] | zzz = 1 => pooler.toml:2: breaker.zzz: unknown key, expected one of: failure_threshold, open_timeout, max_open_timeout
 [pooler] | server_tls_ca = "x" => pooler.toml:2: pooler.server_tls_ca: unknown key, did you mean "server_tls_ca_file"?
 [databases.""] => pooler.toml:1: databases."": the name must not be empty
 [pooler] | max_client_conn = "100" => pooler.toml:2: pooler.max_client_conn: expected an integer, found a string
@@ -138,6 +138,7 @@ pooler = 1 => pooler.toml:1: pooler: expected a table, found an integer
 [pooler] | query_timeout = "5s" => pooler.query_timeout: expected a number of seconds such as 5 or 0.25, found a string
 [breaker] | open_timeout = 0 => pooler.toml:2: breaker.open_timeout: must be greater than 0
 [breaker] | open_timeout = true => breaker.open_timeout: expected a number of seconds, found a boolean
+[breaker] | open_timeout = 5 | max_open_timeout = 2 => pooler.toml:3: breaker.max_open_timeout: 2 s is shorter than open_timeout (5 s); 0 keeps every re-open at open_timeout
 [pooler] | default_pool_size = 5 | min_pool_size = 6 => pooler.toml:3: pooler.min_pool_size: 6 is larger than default_pool_size 5
 [databases.d] | pool_size = 4 | min_pool_size = 5 => pooler.toml:3: databases.d.min_pool_size: 5 is larger than the pool size 4 (databases.d.pool_size)
 [pooler] | min_pool_size = 5 | [databases.d] | pool_size = 3 => pooler.toml:4: databases.d.pool_size: 3 is smaller than min_pool_size 5 (pooler.min_pool_size)
@@ -222,7 +223,8 @@ fn empty_file_gives_the_example_defaults() {
     assert_eq!(c.metrics.listen, "127.0.0.1:9930");
     let breaker = BreakerConfig {
         failure_threshold: 5,
-        open_timeout: Duration::from_secs(30),
+        open_timeout: Duration::from_secs(15),
+        max_open_timeout: Duration::ZERO,
     };
     assert_eq!(c.breaker, breaker);
     assert!(c.users.is_empty() && c.databases.is_empty());
@@ -232,7 +234,15 @@ fn empty_file_gives_the_example_defaults() {
 fn example_file_parses_with_default_values() {
     let c = parse(EXAMPLE).unwrap();
     let d = Config::default();
-    assert_eq!((&c.pooler, &c.metrics, &c.breaker), (&d.pooler, &d.metrics, &d.breaker));
+    // One deliberate difference: the example's open_timeout is 30 s, the default 15 s, so that
+    // with no [breaker] section a server that came back is used again within PgBouncer's
+    // server_login_retry (issue 15).
+    assert_eq!(c.breaker.open_timeout, Duration::from_secs(30));
+    let breaker = BreakerConfig {
+        open_timeout: d.breaker.open_timeout,
+        ..c.breaker.clone()
+    };
+    assert_eq!((&c.pooler, &c.metrics, &breaker), (&d.pooler, &d.metrics, &d.breaker));
     assert_eq!(c.users.len(), 2);
     assert_eq!(c.users["app"].password, Some(Secret::Plain("app".into())));
     assert_eq!(c.users["admin"].pool_mode, None);

@@ -41,7 +41,7 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> impl F
 async fn admit(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Option<Session> {
     let (slot, connected) = ClientSlot::take(&shared);
     let config = shared.config.load_full();
-    let _ = stream.set_nodelay(true);
+    crate::tcp::current().apply(socket2::SockRef::from(&stream));
     let mut client = ClientConn::new(stream, config.pooler.max_message_size);
     // Without certificates loaded, SSL requests get `N` whatever the (reloaded) setting says.
     let tls_mode = match shared.tls {

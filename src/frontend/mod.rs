@@ -50,6 +50,7 @@ pub struct Shared {
 impl Shared {
     /// `tls` is loaded once at startup (see `Tls::load`): to clients here, to servers in the pools.
     pub fn new(config: Config, tls: Tls) -> Shared {
+        crate::tcp::set(crate::tcp::TcpOptions::of(&config.pooler));
         Shared {
             knobs: Knobs::new(&config.pooler),
             config: ArcSwap::from_pointee(config),
@@ -75,6 +76,7 @@ impl Shared {
     /// A reload or the console's SET: new logins and transactions see `config` from now on.
     pub fn set_config(&self, config: Arc<Config>) {
         self.knobs.set(&config.pooler);
+        crate::tcp::set(crate::tcp::TcpOptions::of(&config.pooler));
         self.config.store(config);
     }
 

@@ -1,6 +1,7 @@
 //! The slow paths of a checkout: waiting for a permit (and the reserve), checking an idle
 //! connection that sat too long, waiting for room under the connection limits, and logging in a
-//! new connection with server_login_retry between failed attempts.
+//! new connection: the breaker gates the failures it counts (the address is down), and
+//! server_login_retry the others (the server refused these credentials or this database).
 
 use super::limits::Limit;
 use super::permits::Permit;
@@ -124,7 +125,10 @@ impl Pool {
         match self.breaker.try_acquire() {
             Admission::Allowed => Ok(None),
             Admission::Probe(guard) => Ok(Some(guard)),
-            Admission::Rejected(info) => Err(PoolError::Breaker(info, self.database.clone())),
+            Admission::Rejected(info) => {
+                self.stats.refused_by_breaker.fetch_add(1, Ordering::Relaxed);
+                Err(PoolError::Breaker(info, self.database.clone()))
+            }
         }
     }
 
@@ -150,6 +154,7 @@ impl Pool {
         let probe = self.admit()?;
         if probe.is_none() {
             if let Some(e) = self.login_blocked() {
+                self.stats.refused_by_login_retry.fetch_add(1, Ordering::Relaxed);
                 return Err(e);
             }
         }
@@ -231,7 +236,8 @@ impl Pool {
     }
 
     /// Logs in with the pool's own credentials, the limits' slots already taken (given back on
-    /// failure). A failure starts the server_login_retry window.
+    /// failure). A failure the breaker counts is the breaker's to gate; any other starts the
+    /// server_login_retry window.
     pub(super) async fn open_with_slots(&self, probe: Option<ProbeGuard>) -> Result<Box<ServerConn>, PoolError> {
         let settings = self.settings();
         let mut target = self.target.clone();
@@ -249,19 +255,27 @@ impl Pool {
                 Ok(self.opened(conn, reported))
             }
             Err(e) => {
+                let counted = crate::breaker::counts(&e);
                 match probe {
                     Some(probe) => probe.backend_error(&e),
-                    None => {
+                    None if counted => {
                         self.breaker.record_backend_error(&e);
                     }
+                    None => {}
                 }
                 self.after_failure();
                 self.db_limit.put_back(1);
                 self.user_limit.put_back(1);
-                let retry = settings.server_login_retry.as_secs_f64();
-                tracing::warn!(pool = %self, error = %e,
-                    "server login failed; no new attempt before server_login_retry ({retry} s)");
-                *self.login_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), e.to_pg()));
+                if counted {
+                    let b = self.breaker.snapshot();
+                    tracing::warn!(pool = %self, error = %e,
+                        "server login failed (consecutive failure {} of the address, counted by its breaker)", b.consecutive_failures);
+                } else {
+                    let retry = settings.server_login_retry.as_secs_f64();
+                    tracing::warn!(pool = %self, error = %e,
+                        "server login refused; no new attempt before server_login_retry ({retry} s)");
+                    *self.login_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), e.to_pg()));
+                }
                 Err(PoolError::Backend(e))
             }
         }

@@ -61,7 +61,8 @@ impl PoolError {
                 PgError::fatal("57014", format!("canceling statement: {self}")).with_hint(hint)
             }
             PoolError::LoginRetry { .. } => PgError::fatal("08006", self.to_string()).with_hint(
-                "fix the server or the pool's credentials; pgmux tries again once server_login_retry has passed",
+                "the server refused the pool's login (credentials, database name, privileges): fix that; \
+                 pgmux tries again once server_login_retry has passed",
             ),
             PoolError::Breaker(info, database) => info.to_pg(database),
             PoolError::Backend(e) => e.to_pg(),

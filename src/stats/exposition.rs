@@ -65,6 +65,8 @@ pub struct PoolSample {
     pub errors: Vec<(String, u64)>,
     pub opens: u64,
     pub closes: Vec<(&'static str, u64)>,
+    /// Clients refused a server connection, by gate ("breaker", "login_retry").
+    pub refusals: [(&'static str, u64); 2],
     pub client_parses: u64,
     pub server_parses: u64,
     pub binds: u64,
@@ -140,6 +142,10 @@ impl Snapshot {
                 errors: s.errors(),
                 opens: PoolStats::get(&s.server_opens),
                 closes: CloseReason::ALL.iter().map(|&r| (r.label(), s.closes(r))).collect(),
+                refusals: [
+                    ("breaker", s.refused_by_breaker.load(Relaxed)),
+                    ("login_retry", s.refused_by_login_retry.load(Relaxed)),
+                ],
                 client_parses: PoolStats::get(&s.client_parses),
                 server_parses: PoolStats::get(&s.server_parses),
                 binds: PoolStats::get(&s.binds),
@@ -340,6 +346,18 @@ const SPLIT_COUNTERS: &[Split] = &[
             p.closes
                 .iter()
                 .map(|(r, n)| (r.to_string(), Value::Counter(*n)))
+                .collect()
+        },
+    ),
+    (
+        "pgmux_client_refusals",
+        "Clients refused a new server connection, by the gate that refused them: an open circuit \
+         breaker, or server_login_retry after the server refused the pool's login",
+        "gate",
+        |p| {
+            p.refusals
+                .iter()
+                .map(|(g, n)| (g.to_string(), Value::Counter(*n)))
                 .collect()
         },
     ),

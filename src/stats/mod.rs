@@ -76,6 +76,10 @@ pub struct PoolStats {
     pub query_latency: Histogram,
     pub xact_latency: Histogram,
     pub server_opens: Counter,
+    /// Clients refused a new server connection, by the gate that refused them: the address's
+    /// open breaker, or server_login_retry after the server refused the pool's login.
+    pub refused_by_breaker: AtomicU64,
+    pub refused_by_login_retry: AtomicU64,
     server_closes: [AtomicU64; 4],
     /// ErrorResponses clients received, by SQLSTATE class (rare: a lock is fine).
     errors: Mutex<Vec<([u8; 2], u64)>>,
