@@ -9,6 +9,10 @@
 //! is torn down by a watchdog shell when the test process exits, however it exits; a later
 //! run also sweeps namespaces `pgmf<pid>*` whose pid is dead.
 //!
+//! PostgreSQL runs with short TCP keepalives (2 s idle, 1 s × 2 probes): a backend whose pgmux
+//! side was closed during a black hole (its FIN dropped) goes away within seconds of the heal,
+//! so pg_stat_activity counts can be compared with pgmux's.
+//!
 //! Used through `#[path]` from tests/netfault.rs only (not part of `support`, so the other
 //! test binaries do not compile it).
 #![allow(dead_code)]
@@ -68,13 +72,33 @@ pub struct Net {
     pub dir: PathBuf,
 }
 
-static NET: OnceLock<Result<Net, String>> = OnceLock::new();
+/// Why there is no topology.
+#[derive(Clone, Debug)]
+pub enum NoNet {
+    /// This machine cannot make it (not root, no namespaces, no `nft`): tests skip.
+    Unsupported(String),
+    /// It could be made but its setup failed (e.g. PostgreSQL did not start): tests fail.
+    Broken(String),
+}
 
-/// The topology, set up on first use; Err(why) when it cannot be made here (the test skips).
-pub fn net() -> Result<&'static Net, String> {
+static NET: OnceLock<Result<Net, NoNet>> = OnceLock::new();
+
+/// The topology, set up on first use (once per process, even when the setup fails).
+pub fn net() -> Result<&'static Net, NoNet> {
     NET.get_or_init(|| {
         let t0 = Instant::now();
-        let res = Net::setup();
+        let res = match std::panic::catch_unwind(Net::setup) {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(why)) => Err(NoNet::Unsupported(why)),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic".into());
+                Err(NoNet::Broken(msg))
+            }
+        };
         match &res {
             Ok(n) => eprintln!(
                 "[netns] namespaces {}*, subnet 10.213.{}.0/24, primary and replica ready in {:?}",
@@ -82,7 +106,7 @@ pub fn net() -> Result<&'static Net, String> {
                 n.subnet,
                 t0.elapsed()
             ),
-            Err(e) => eprintln!("[netns] no network namespaces: {e}"),
+            Err(e) => eprintln!("[netns] no topology: {e:?}"),
         }
         res
     })
@@ -346,7 +370,8 @@ impl Net {
              fsync = off\nsynchronous_commit = off\nwal_writer_delay = 10ms\nfull_page_writes = off\n\
              shared_buffers = 32MB\nmax_connections = 300\nwal_level = replica\nmax_wal_senders = 5\n\
              wal_retrieve_retry_interval = 100ms\nwal_keep_size = 256MB\nhot_standby_feedback = on\n\
-             password_encryption = 'scram-sha-256'\nlog_connections = off\n",
+             password_encryption = 'scram-sha-256'\nlog_connections = off\n\
+             tcp_keepalives_idle = 2\ntcp_keepalives_interval = 1\ntcp_keepalives_count = 2\n",
             ip = self.ip(Role::Primary),
             dir = self.dir.display()
         );
