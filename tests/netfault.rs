@@ -399,21 +399,34 @@ async fn s1_blackholed_primary_under_load() {
     let fault = net.blackhole(Role::Pgmux, &primary_ip);
     let injected = Instant::now();
     println!("s1: {} injected", fault.what);
-    // Fresh writers need new server connections: their connect timeouts open the breaker.
+    // Fresh writers (3 at once, as failure_threshold) need new server connections: their
+    // connect timeouts open the breaker. The clients already on the primary's servers hang.
+    let w = "UPDATE pgbench_branches SET bbalance = bbalance WHERE bid = 1";
+    let mut writers = Vec::new();
+    for _ in 0..3 {
+        let url = url.clone();
+        writers.push(tokio::spawn(async move { attempt(&url, w, bound).await }));
+    }
     let opened = poll(Duration::from_secs(15), || {
         let (url, ip, px) = (url.clone(), primary_ip.clone(), &px);
         async move {
             if breaker_state(px, &ip, PRIMARY_PORT).await == "open" {
                 return Some(());
             }
-            let w = "UPDATE pgbench_branches SET bbalance = bbalance WHERE bid = 1";
-            let (t, r) = attempt(&url, w, bound).await;
-            println!("s1: write during the fault: {r:?} after {t:?}");
+            // Past the first wave, one more writer per round until the breaker opens.
+            if injected.elapsed() > Duration::from_secs(3) {
+                let (t, r) = attempt(&url, w, bound).await;
+                println!("s1: write during the fault: {r:?} after {t:?}");
+            }
             None
         }
     })
     .await;
     let detect = opened.as_ref().map(|_| injected.elapsed());
+    for h in writers {
+        let (t, r) = h.await.unwrap();
+        println!("s1: write at the black hole: {r:?} after {t:?}");
+    }
     println!("s1: primary breaker open after {detect:?}");
     // Reads go on on the replica while the primary is unreachable.
     let mut reads = Vec::new();
@@ -1165,6 +1178,8 @@ async fn s6_peer_vanishes_without_fin() {
     };
     let mut ck = Checks::default();
     let mut results = Vec::new();
+    // From each heal to the next client served (A, B, C; D is served during its fault).
+    let mut recovers = Vec::new();
 
     // A. An idle server connection in the pool, the primary black-holed.
     assert_eq!(attempt(&url, "SELECT 1", lim).await.1.as_deref(), Ok("1"));
@@ -1178,6 +1193,12 @@ async fn s6_peer_vanishes_without_fin() {
     let a = gone.map(|_| injected.elapsed());
     println!("s6 A: idle server closed {a:?} after the black hole");
     drop(fault);
+    let healed = Instant::now();
+    let next = attempt(&url, "SELECT 1", lim).await;
+    recovers.push(healed.elapsed());
+    ck.check(next.1.as_deref() == Ok("1"), || {
+        format!("A: the next client after the heal: {next:?}")
+    });
     ck.check(a.is_some_and(|d| d <= bound), || {
         format!("A: idle server not found dead within {bound:?}: {a:?}")
     });
@@ -1200,6 +1221,7 @@ async fn s6_peer_vanishes_without_fin() {
         freed.is_some()
     );
     drop(fault);
+    let healed = Instant::now();
     ck.check(r.is_err() && b <= bound, || {
         format!("B: query in flight: {r:?} after {b:?} (bound {bound:?})")
     });
@@ -1207,6 +1229,7 @@ async fn s6_peer_vanishes_without_fin() {
         "B: the dead server still counted in SHOW POOLS".into()
     });
     let next = attempt(&url, "SELECT 1", lim).await;
+    recovers.push(healed.elapsed());
     ck.check(next.1.as_deref() == Ok("1"), || {
         format!("B: the next client after the heal: {next:?}")
     });
@@ -1226,6 +1249,7 @@ async fn s6_peer_vanishes_without_fin() {
     let r = query(&c, "SELECT 2", Duration::from_secs(10)).await;
     println!("s6 C: idle-in-transaction server found dead {cd:?} after the black hole; the client's next query: {r:?}");
     drop(fault);
+    let healed = Instant::now();
     ck.check(cd.is_some_and(|d| d <= bound), || {
         format!("C: server idle in a transaction not found dead within {bound:?}: {cd:?}")
     });
@@ -1235,6 +1259,7 @@ async fn s6_peer_vanishes_without_fin() {
     results.push(("server idle in transaction", cd));
     drop(c);
     let next = attempt(&url, "SELECT 1", lim).await;
+    recovers.push(healed.elapsed());
     ck.check(next.1.as_deref() == Ok("1"), || {
         format!("C: the next client after the heal: {next:?}")
     });
@@ -1314,7 +1339,7 @@ async fn s6_peer_vanishes_without_fin() {
         6,
         "black hole without FIN: idle server, server mid-query, server idle in xact, client link",
         worst,
-        None,
+        recovers.iter().max().copied(),
         0,
     );
     ck.finish("scenario 6");

@@ -9,9 +9,11 @@
 //! is torn down by a watchdog shell when the test process exits, however it exits; a later
 //! run also sweeps namespaces `pgmf<pid>*` whose pid is dead.
 //!
-//! PostgreSQL runs with short TCP keepalives (2 s idle, 1 s × 2 probes): a backend whose pgmux
-//! side was closed during a black hole (its FIN dropped) goes away within seconds of the heal,
-//! so pg_stat_activity counts can be compared with pgmux's.
+//! PostgreSQL runs with short TCP keepalives (5 s idle, then 3 probes 1 s apart): a backend whose
+//! pgmux side was closed during a black hole (its FIN dropped) goes away within seconds of the
+//! heal, so pg_stat_activity counts can be compared with pgmux's; and a backend survives a black
+//! hole shorter than 8 s on its own side, so the scenarios' black holes (2 to 7 s) test pgmux's
+//! detection, not PostgreSQL's.
 //!
 //! Used through `#[path]` from tests/netfault.rs only (not part of `support`, so the other
 //! test binaries do not compile it).
@@ -371,7 +373,7 @@ impl Net {
              shared_buffers = 32MB\nmax_connections = 300\nwal_level = replica\nmax_wal_senders = 5\n\
              wal_retrieve_retry_interval = 100ms\nwal_keep_size = 256MB\nhot_standby_feedback = on\n\
              password_encryption = 'scram-sha-256'\nlog_connections = off\n\
-             tcp_keepalives_idle = 2\ntcp_keepalives_interval = 1\ntcp_keepalives_count = 2\n",
+             tcp_keepalives_idle = 5\ntcp_keepalives_interval = 1\ntcp_keepalives_count = 3\n",
             ip = self.ip(Role::Primary),
             dir = self.dir.display()
         );
