@@ -4,10 +4,18 @@
 use super::Config;
 
 impl Config {
-    /// Keys set to something other than their default that this build ignores: none at
-    /// present (every key of pooler.toml.example acts); kept so the next inert key has a home.
+    /// Keys set to something other than their default that this build ignores, each with
+    /// what to do instead.
     pub fn inert_settings(&self) -> Vec<String> {
-        Vec::new()
+        let p = &self.pooler;
+        let mut out = Vec::new();
+        if !p.auth_user.is_empty() || self.databases.values().any(|d| d.auth_user.is_some()) {
+            out.push(
+                "auth_user (auth_query): passwords are not looked up in PostgreSQL yet; list the users in auth_file or [users]"
+                    .to_owned(),
+            );
+        }
+        out
     }
 }
 
@@ -25,5 +33,7 @@ mod tests {
         )
         .unwrap();
         assert!(config.inert_settings().is_empty());
+        let config = Config::parse("[pooler]\nauth_user = \"pgbouncer\"\n", "t").unwrap();
+        assert_eq!(config.inert_settings().len(), 1);
     }
 }

@@ -1,9 +1,11 @@
-//! Authenticating a client: trust, md5, SCRAM-SHA-256, or passthrough to the server.
+//! Authenticating a client: trust, md5, SCRAM-SHA-256, passthrough to the server, or the
+//! method a rule of `auth_hba_file` names.
 
 use super::conn::ClientConn;
 use super::Shared;
 use crate::auth::md5::{md5_inner, md5_verify};
 use crate::auth::scram::{ScramError, ScramKeys, ScramServer, MECHANISM};
+use crate::config::hba::{self, Method};
 use crate::config::{AuthType, Config, Secret};
 use crate::protocol::frame::{read_cstr, read_i32, HEADER_LEN};
 use crate::protocol::messages::{self as msg, PgError};
@@ -20,9 +22,14 @@ pub async fn authenticate(
     shared: &Shared,
     config: &Config,
     user: &str,
+    database: &str,
 ) -> Result<Option<String>, PgError> {
     let secret = config.users.get(user).and_then(|u| u.password.as_ref());
     match config.pooler.auth_type {
+        AuthType::Hba => {
+            let method = hba_method(client, config, user, database)?;
+            by_method(client, shared, user, secret, method).await.map(|_| None)
+        }
         AuthType::Trust => Ok(None),
         AuthType::Passthrough => {
             if !passthrough_allowed(client) {
@@ -36,33 +43,114 @@ pub async fn authenticate(
             let password = String::from_utf8(password).map_err(|_| failed(user))?;
             Ok(Some(password))
         }
-        AuthType::Md5 => {
-            let inner = match secret {
-                Some(Secret::Plain(p)) => Some(md5_inner(p, user)),
-                Some(Secret::Md5(inner)) => Some(*inner),
-                _ => None,
-            };
-            md5_exchange(client, user, inner).await.map(|_| None)
-        }
-        AuthType::ScramSha256 => {
-            if let Some(Secret::Md5(inner)) = secret {
-                // An md5 secret cannot answer SCRAM: fall back to md5, as PgBouncer does.
-                return md5_exchange(client, user, Some(*inner)).await.map(|_| None);
+        AuthType::Md5 => md5_exchange(client, user, md5_of(secret, user)).await.map(|_| None),
+        AuthType::ScramSha256 => scram(client, shared, user, secret).await.map(|_| None),
+    }
+}
+
+/// The method the first matching `auth_hba_file` rule gives; PostgreSQL's 28000 refusals for
+/// no rule and for a `reject` rule.
+fn hba_method(client: &ClientConn, config: &Config, user: &str, database: &str) -> Result<Method, PgError> {
+    let addr = match &client.stream {
+        crate::stream::Stream::Unix(_) => None,
+        _ => Some(
+            client
+                .peer()
+                .ip()
+                .ok_or_else(|| PgError::fatal("08006", "client went away during login"))?,
+        ),
+    };
+    let who = hba::Client {
+        addr,
+        tls: client.stream.is_tls(),
+        database,
+        user,
+    };
+    // Group membership (+role) is not looked up: such a rule matches only the role itself.
+    let decision = match &config.hba {
+        Some(rules) => rules.decide(&who, &|_, _| false),
+        None => hba::Decision::NoEntry,
+    };
+    match decision {
+        hba::Decision::NoEntry => Err(PgError::fatal("28000", hba::no_entry_message(&who))),
+        hba::Decision::Method(Method::Reject, _) => Err(PgError::fatal("28000", hba::rejected_message(&who))),
+        hba::Decision::Method(method, _) => Ok(method),
+    }
+}
+
+/// Authenticates with one method of `auth_hba_file`, as PostgreSQL does: `md5` with a SCRAM
+/// secret runs SCRAM; `scram-sha-256` with an md5 secret falls back to md5 (as the plain
+/// auth_type does, and PgBouncer); `password` takes the clear text and checks it against any
+/// kind of secret.
+async fn by_method(
+    client: &mut ClientConn,
+    shared: &Shared,
+    user: &str,
+    secret: Option<&Secret>,
+    method: Method,
+) -> Result<(), PgError> {
+    match (method, secret) {
+        (Method::Trust, _) => Ok(()),
+        (Method::Md5, Some(Secret::Scram(_))) | (Method::ScramSha256, _) => scram(client, shared, user, secret).await,
+        (Method::Md5, _) => md5_exchange(client, user, md5_of(secret, user)).await,
+        (Method::Password, _) => {
+            let given = ask_password(client, msg::AUTH_CLEARTEXT, &[]).await?;
+            let given = String::from_utf8(given).map_err(|_| failed(user))?;
+            match secret {
+                Some(secret) if password_matches(secret, user, &given) => Ok(()),
+                _ => Err(failed(user)),
             }
-            let keys = match secret {
-                Some(secret) => shared.keys.get(user, secret).await,
-                None => None,
-            };
-            let known = keys.is_some();
-            let keys = keys.unwrap_or_else(|| Arc::new(ScramKeys::decoy(user, &shared.secret)));
-            scram_exchange(client, user, keys, known).await.map(|_| None)
+        }
+        (Method::Cert, _) => Err(PgError::fatal(
+            "28000",
+            format!(
+                "certificate authentication failed for user \"{user}\": pgmux does not ask clients for certificates"
+            ),
+        )
+        .with_hint("use scram-sha-256 for this rule of auth_hba_file")),
+        (Method::Reject, _) => Err(failed(user)),
+    }
+}
+
+/// Whether a clear-text password is the one the secret was made from.
+fn password_matches(secret: &Secret, user: &str, given: &str) -> bool {
+    match secret {
+        Secret::Plain(p) => crate::auth::ct_eq(p.as_bytes(), given.as_bytes()),
+        Secret::Md5(inner) => crate::auth::ct_eq(&md5_inner(given, user), inner),
+        Secret::Scram(s) => {
+            let keys = ScramKeys::derive(given, &s.salt, s.iterations);
+            crate::auth::ct_eq(&keys.stored_key, &s.stored_key)
         }
     }
 }
 
-/// Passthrough asks for the password in clear text: only where nobody can read it on the way.
+fn md5_of(secret: Option<&Secret>, user: &str) -> Option<[u8; 16]> {
+    match secret {
+        Some(Secret::Plain(p)) => Some(md5_inner(p, user)),
+        Some(Secret::Md5(inner)) => Some(*inner),
+        _ => None,
+    }
+}
+
+/// SCRAM against the user's secret (a decoy for an unknown user, so it fails like a wrong
+/// password); an md5 secret cannot answer SCRAM, so md5 runs instead.
+async fn scram(client: &mut ClientConn, shared: &Shared, user: &str, secret: Option<&Secret>) -> Result<(), PgError> {
+    if let Some(Secret::Md5(inner)) = secret {
+        return md5_exchange(client, user, Some(*inner)).await;
+    }
+    let keys = match secret {
+        Some(secret) => shared.keys.get(user, secret).await,
+        None => None,
+    };
+    let known = keys.is_some();
+    let keys = keys.unwrap_or_else(|| Arc::new(ScramKeys::decoy(user, &shared.secret)));
+    scram_exchange(client, user, keys, known).await
+}
+
+/// Passthrough asks for the password in clear text: only where nobody can read it on the way
+/// (loopback, the Unix socket, TLS).
 fn passthrough_allowed(client: &ClientConn) -> bool {
-    client.peer().is_loopback() || client.stream.is_tls()
+    client.peer().is_local() || client.stream.is_tls()
 }
 
 /// The single message for every failed login, so that unknown users look like wrong passwords.
