@@ -178,6 +178,15 @@ fn sweep_stale() {
             }
         }
     }
+    // Temp roots of dead runs (their watchdog normally removes them).
+    for entry in fs::read_dir("/tmp").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("pgmux-netfault-").and_then(|p| p.parse::<u32>().ok()) {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
     if !dead.is_empty() {
         eprintln!("[netns] swept namespaces of dead test processes {dead:?}");
     }
@@ -237,7 +246,9 @@ impl Net {
 
     fn build_links(&self) -> Result<(), String> {
         let br = self.bridge();
-        sh(&[
+        // This bridge's traffic must not go through the root namespace's iptables
+        // (br_netfilter): a per-bridge option, never the host-wide sysctl.
+        let base = [
             "ip",
             "link",
             "add",
@@ -249,7 +260,18 @@ impl Net {
             "0",
             "stp_state",
             "0",
-        ])?;
+        ];
+        let no_nf = [
+            "nf_call_iptables",
+            "0",
+            "nf_call_ip6tables",
+            "0",
+            "nf_call_arptables",
+            "0",
+        ];
+        if sh(&[&base[..], &no_nf[..]].concat()).is_err() {
+            sh(&base)?; // an older kernel or iproute2: without the option
+        }
         sh(&["ip", "addr", "add", &format!("10.213.{}.1/24", self.subnet), "dev", &br])?;
         sh(&["ip", "link", "set", &br, "up"])?;
         for role in Role::ALL {
@@ -266,8 +288,6 @@ impl Net {
             sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
             sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
         }
-        // Bridged traffic must not go through the root namespace's iptables (br_netfilter).
-        let _ = fs::write("/proc/sys/net/bridge/bridge-nf-call-iptables", "0");
         Ok(())
     }
 
