@@ -333,11 +333,13 @@ fn pgbench_failures(out: &str, err: &str) -> (u64, u64) {
     (failed, aborted)
 }
 
-/// The common pooler keys: SCRAM, the console, short timeouts.
+/// The common pooler keys: SCRAM, the console, short timeouts. server_login_retry keeps its
+/// default (15 s): connection-level failures (refused, timed out, reset) are gated by the
+/// breaker alone, so recovery after a heal must not wait for it.
 fn pooler(extra: &str) -> String {
     format!(
         "auth_type = \"scram-sha-256\"\nadmin_users = [\"admin\"]\nserver_connect_timeout = 2\n\
-         query_timeout = 3\nquery_wait_timeout = 3\nserver_login_retry = 0\n{extra}"
+         query_timeout = 3\nquery_wait_timeout = 3\n{extra}"
     )
 }
 
@@ -888,7 +890,28 @@ async fn s3_slow_lossy_link() {
     );
     let url = px.url("app", "app", "s3");
     let (t, r) = attempt(&url, "SELECT 1", Duration::from_secs(10)).await;
-    println!("s3: SELECT 1 over the slow link: {r:?} in {t:?}");
+    println!("s3: connect + SELECT 1 over the slow link: {r:?} in {t:?}");
+    // The fault is real: a round trip through pgmux to the primary takes about 2 × 50 ms.
+    let c = try_client(&url, Duration::from_secs(10)).await.unwrap();
+    query(&c, "BEGIN", Duration::from_secs(10)).await.unwrap(); // holds one server
+    let mut rtts = Vec::new();
+    for _ in 0..10 {
+        let t0 = Instant::now();
+        query(&c, "SELECT 1", Duration::from_secs(10)).await.unwrap();
+        rtts.push(t0.elapsed());
+    }
+    query(&c, "COMMIT", Duration::from_secs(10)).await.unwrap();
+    drop(c);
+    rtts.sort();
+    let rtt = rtts[rtts.len() / 2];
+    println!(
+        "s3: SELECT 1 in a transaction over the slow link: median {rtt:?}, min {:?}, max {:?}",
+        rtts[0], rtts[9]
+    );
+    assert!(
+        rtt >= Duration::from_millis(70) && rtt < Duration::from_millis(400),
+        "the delaying relay is not in the path: median round trip {rtt:?}"
+    );
     let (ip, port) = (px.ip.clone(), px.port);
     let t0 = Instant::now();
     let (code, out, err) = blocking(move || {
@@ -940,6 +963,8 @@ async fn s3_slow_lossy_link() {
     .await;
     let last = last.lock().unwrap().clone();
     println!("s3: after pgbench: {last} (settled: {})", settled.is_some());
+    let dropped = loss.dropped();
+    println!("s3: the 2% loss rules dropped {dropped} packets");
     fault_result(
         3,
         "50ms+-20ms delay each way (userspace relay) + 2% loss pgmux<->primary, pgbench -c 50 -T 10",
@@ -956,6 +981,9 @@ async fn s3_slow_lossy_link() {
     });
     ck.check(settled.is_some(), || {
         format!("clients or servers left over after pgbench: {last}")
+    });
+    ck.check(dropped > 0, || {
+        "the loss rules dropped nothing: no fault was injected".into()
     });
     ck.finish("scenario 3");
 }
@@ -1103,7 +1131,9 @@ async fn s7_money_is_not_lost() {
             .expect("a transfer task did not stop")
             .expect("transfer task");
     }
+    let dropped = loss.dropped();
     drop(loss);
+    println!("s7: the 5% loss rules dropped {dropped} packets");
     let committed_at = committed.lock().unwrap().clone();
     let committed: std::collections::HashSet<u64> = committed_at.iter().map(|(id, _)| *id).collect();
     let unknown: std::collections::HashSet<u64> = unknown.lock().unwrap().iter().copied().collect();
@@ -1158,6 +1188,9 @@ async fn s7_money_is_not_lost() {
         "no transfer failed: was the kill under load?".into()
     });
     ck.check(recover.is_some(), || "no transfer committed after the restart".into());
+    ck.check(dropped > 0, || {
+        "the loss rules dropped nothing: no fault was injected".into()
+    });
     ck.check(sum == (ACCOUNTS * 1000).to_string(), || {
         format!("total {sum}, not {}", ACCOUNTS * 1000)
     });
@@ -1181,7 +1214,7 @@ async fn s6_peer_vanishes_without_fin() {
     let px = NsPgmux::start(
         net,
         "auth_type = \"scram-sha-256\"\nadmin_users = [\"admin\"]\nserver_connect_timeout = 2\n\
-         query_timeout = 0\nquery_wait_timeout = 15\nserver_login_retry = 0\ndefault_pool_size = 1\n\
+         query_timeout = 0\nquery_wait_timeout = 15\ndefault_pool_size = 1\n\
          tcp_keepalive = true\ntcp_keepidle = 1\ntcp_keepintvl = 1\ntcp_keepcnt = 2\ntcp_user_timeout = 3000",
         &format!(
             "{USERS}{}[breaker]\nfailure_threshold = 50\nopen_timeout = 1\n",

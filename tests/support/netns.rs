@@ -509,12 +509,12 @@ impl Net {
     /// nftables rules in `role`'s namespace dropping every packet to and from `peer_ip`
     /// (a black hole: nothing answers, nothing is refused) until the guard is dropped.
     pub fn blackhole(&self, role: Role, peer_ip: &str) -> Fault {
-        self.nft_fault(role, peer_ip, "drop", "black hole")
+        self.nft_fault(role, peer_ip, "counter drop", "black hole")
     }
 
     /// Drops `pct` % of the packets to and from `peer_ip`, at random, in `role`'s namespace.
     pub fn loss(&self, role: Role, peer_ip: &str, pct: u32) -> Fault {
-        let verdict = format!("numgen random mod 100 < {pct} drop");
+        let verdict = format!("numgen random mod 100 < {pct} counter drop");
         self.nft_fault(role, peer_ip, &verdict, &format!("{pct}% loss"))
     }
 
@@ -553,6 +553,29 @@ pub struct Fault {
 impl Fault {
     /// Removes the rules now (same as dropping the guard).
     pub fn heal(self) {}
+
+    /// Packets dropped so far by this fault (both directions), from the rules' counters.
+    pub fn dropped(&self) -> u64 {
+        let out = sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.ns,
+            "nft",
+            "list",
+            "table",
+            "inet",
+            &self.table,
+        ])
+        .unwrap_or_default();
+        // "... counter packets 12 bytes 720 drop"
+        out.split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "packets")
+            .filter_map(|w| w[1].parse::<u64>().ok())
+            .sum()
+    }
 }
 
 impl Drop for Fault {
