@@ -167,3 +167,57 @@ fn a_malformed_userlist_or_hba_file_stops_check_with_file_and_line() {
     assert_eq!(code, 2);
     assert!(err.contains("\"hba\" needs auth_hba_file"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_pass_through_logs_in_with_only_the_servers_secret_stored() {
+    ensure_database("passkey");
+    let secret = cluster().psql("postgres", "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'");
+    let secret = secret.trim();
+    assert!(
+        secret.starts_with("SCRAM-SHA-256$"),
+        "app's password is not SCRAM: {secret}"
+    );
+    let dir = temp_dir("passkey");
+    let userlist = dir.join("userlist.txt");
+    write(&userlist, &format!("\"app\" \"{secret}\"\n"));
+    let px = Pgmux::start(
+        &format!(
+            "auth_type = \"scram-sha-256\"\nauth_file = \"{}\"\nmin_pool_size = 1",
+            userlist.display()
+        ),
+        "[databases.passkey]\nport = {pg_port}\n",
+    );
+    // No plain password anywhere: the client's proof gives the ClientKey the server login uses.
+    works(&px.url("app", "app", "passkey")).await;
+    let second = connect(&px.url("app", "app", "passkey")).await;
+    assert_eq!(value(&second, "SELECT count(*) > 0 FROM pg_stat_activity").await, "t");
+    let wrong = refusal(&px.url("app", "nope", "passkey"), "28P01").await;
+    assert_eq!(wrong, "password authentication failed for user \"app\"");
+
+    // After the password is set again on the server (same password, new salt), the stored
+    // secret still verifies clients but its proofs no longer fit the server: a clear refusal.
+    let c = cluster();
+    c.psql(
+        "postgres",
+        "DROP ROLE IF EXISTS passkeyuser; CREATE ROLE passkeyuser LOGIN PASSWORD 'pw'",
+    );
+    c.psql("passkey", "GRANT ALL ON SCHEMA public TO passkeyuser");
+    let old = c.psql(
+        "postgres",
+        "SELECT rolpassword FROM pg_authid WHERE rolname = 'passkeyuser'",
+    );
+    c.psql("postgres", "ALTER ROLE passkeyuser PASSWORD 'pw'");
+    let px2 = Pgmux::start(
+        "auth_type = \"scram-sha-256\"",
+        &format!(
+            "[users.passkeyuser]\npassword = \"{}\"\n[databases.passkey]\nport = {{pg_port}}\n",
+            old.trim()
+        ),
+    );
+    let e = try_connect(&px2.url("passkeyuser", "pw", "passkey")).await.unwrap_err();
+    let text = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+    assert!(
+        text.contains("holds another SCRAM secret for user \"passkeyuser\""),
+        "{e:?}"
+    );
+}

@@ -15,22 +15,31 @@ use std::sync::Arc;
 /// Authentication messages are small; anything bigger is not one.
 const MAX_AUTH_MESSAGE: usize = 64 * 1024;
 
-/// Verifies the client. For passthrough, returns the password it gave, which the caller checks
-/// by logging in to the server with it.
+/// What a client proved, beyond who it is, that pgmux can use to log in to a server.
+pub enum Proof {
+    Nothing,
+    /// Passthrough: the password it gave, which the caller checks by a server login.
+    Password(String),
+    /// SCRAM against a stored SCRAM secret: the ClientKey the exchange revealed, which logs in
+    /// to a server that holds the same secret (SCRAM pass-through).
+    ClientKey([u8; 32]),
+}
+
+/// Verifies the client.
 pub async fn authenticate(
     client: &mut ClientConn,
     shared: &Shared,
     config: &Config,
     user: &str,
     database: &str,
-) -> Result<Option<String>, PgError> {
+) -> Result<Proof, PgError> {
     let secret = config.users.get(user).and_then(|u| u.password.as_ref());
     match config.pooler.auth_type {
         AuthType::Hba => {
             let method = hba_method(client, config, user, database)?;
-            by_method(client, shared, user, secret, method).await.map(|_| None)
+            by_method(client, shared, user, secret, method).await
         }
-        AuthType::Trust => Ok(None),
+        AuthType::Trust => Ok(Proof::Nothing),
         AuthType::Passthrough => {
             if !passthrough_allowed(client) {
                 return Err(PgError::fatal(
@@ -41,10 +50,12 @@ pub async fn authenticate(
             }
             let password = ask_password(client, msg::AUTH_CLEARTEXT, &[]).await?;
             let password = String::from_utf8(password).map_err(|_| failed(user))?;
-            Ok(Some(password))
+            Ok(Proof::Password(password))
         }
-        AuthType::Md5 => md5_exchange(client, user, md5_of(secret, user)).await.map(|_| None),
-        AuthType::ScramSha256 => scram(client, shared, user, secret).await.map(|_| None),
+        AuthType::Md5 => md5_exchange(client, user, md5_of(secret, user))
+            .await
+            .map(|_| Proof::Nothing),
+        AuthType::ScramSha256 => scram(client, shared, user, secret).await,
     }
 }
 
@@ -88,16 +99,18 @@ async fn by_method(
     user: &str,
     secret: Option<&Secret>,
     method: Method,
-) -> Result<(), PgError> {
+) -> Result<Proof, PgError> {
     match (method, secret) {
-        (Method::Trust, _) => Ok(()),
+        (Method::Trust, _) => Ok(Proof::Nothing),
         (Method::Md5, Some(Secret::Scram(_))) | (Method::ScramSha256, _) => scram(client, shared, user, secret).await,
-        (Method::Md5, _) => md5_exchange(client, user, md5_of(secret, user)).await,
+        (Method::Md5, _) => md5_exchange(client, user, md5_of(secret, user))
+            .await
+            .map(|_| Proof::Nothing),
         (Method::Password, _) => {
             let given = ask_password(client, msg::AUTH_CLEARTEXT, &[]).await?;
             let given = String::from_utf8(given).map_err(|_| failed(user))?;
             match secret {
-                Some(secret) if password_matches(secret, user, &given) => Ok(()),
+                Some(secret) if password_matches(secret, user, &given) => Ok(Proof::Nothing),
                 _ => Err(failed(user)),
             }
         }
@@ -133,10 +146,16 @@ fn md5_of(secret: Option<&Secret>, user: &str) -> Option<[u8; 16]> {
 }
 
 /// SCRAM against the user's secret (a decoy for an unknown user, so it fails like a wrong
-/// password); an md5 secret cannot answer SCRAM, so md5 runs instead.
-async fn scram(client: &mut ClientConn, shared: &Shared, user: &str, secret: Option<&Secret>) -> Result<(), PgError> {
+/// password); an md5 secret cannot answer SCRAM, so md5 runs instead. Against a stored SCRAM
+/// secret, the ClientKey the client revealed comes back.
+async fn scram(
+    client: &mut ClientConn,
+    shared: &Shared,
+    user: &str,
+    secret: Option<&Secret>,
+) -> Result<Proof, PgError> {
     if let Some(Secret::Md5(inner)) = secret {
-        return md5_exchange(client, user, Some(*inner)).await;
+        return md5_exchange(client, user, Some(*inner)).await.map(|_| Proof::Nothing);
     }
     let keys = match secret {
         Some(secret) => shared.keys.get(user, secret).await,
@@ -144,7 +163,11 @@ async fn scram(client: &mut ClientConn, shared: &Shared, user: &str, secret: Opt
     };
     let known = keys.is_some();
     let keys = keys.unwrap_or_else(|| Arc::new(ScramKeys::decoy(user, &shared.secret)));
-    scram_exchange(client, user, keys, known).await
+    let client_key = scram_exchange(client, user, keys, known).await?;
+    Ok(match (secret, client_key) {
+        (Some(Secret::Scram(_)), Some(key)) => Proof::ClientKey(key),
+        _ => Proof::Nothing,
+    })
 }
 
 /// Passthrough asks for the password in clear text: only where nobody can read it on the way
@@ -175,7 +198,13 @@ async fn ask_password(client: &mut ClientConn, code: i32, data: &[u8]) -> Result
     read_cstr(&frame, &mut pos).map(<[u8]>::to_vec).ok_or_else(malformed)
 }
 
-async fn scram_exchange(client: &mut ClientConn, user: &str, keys: Arc<ScramKeys>, known: bool) -> Result<(), PgError> {
+/// The exchange; the ClientKey the client's proof revealed.
+async fn scram_exchange(
+    client: &mut ClientConn,
+    user: &str,
+    keys: Arc<ScramKeys>,
+    known: bool,
+) -> Result<Option<[u8; 32]>, PgError> {
     let mut mechanisms = Vec::with_capacity(MECHANISM.len() + 2);
     mechanisms.extend_from_slice(MECHANISM.as_bytes());
     mechanisms.extend_from_slice(b"\0\0");
@@ -201,7 +230,8 @@ async fn scram_exchange(client: &mut ClientConn, user: &str, keys: Arc<ScramKeys
     if !known {
         return Err(failed(user));
     }
-    send_auth(client, msg::AUTH_SASL_FINAL, &server_final).await
+    send_auth(client, msg::AUTH_SASL_FINAL, &server_final).await?;
+    Ok(scram.client_key())
 }
 
 fn scram_error(user: &str, e: &ScramError) -> PgError {

@@ -1,7 +1,7 @@
 //! From accept to the first ReadyForQuery: startup, limits, authentication, the pool, and the
 //! welcome (ParameterStatus, BackendKeyData).
 
-use super::auth::authenticate;
+use super::auth::{authenticate, Proof};
 use super::cancel::{CancelHandle, ClientFacts};
 use super::conn::ClientConn;
 use super::session::{self, Session};
@@ -227,13 +227,18 @@ async fn login(
         )
         .with_hint("ENABLE it on the console (psql -p PORT -U ADMIN pgbouncer)"));
     }
-    let password = authenticate(client, shared, config, user, database).await?;
-    let pool = shared
-        .pools
-        .get_or_create(config, db, database, user, password.as_deref());
+    let proof = authenticate(client, shared, config, user, database).await?;
+    let password = match &proof {
+        Proof::Password(p) => Some(p.as_str()),
+        _ => None,
+    };
+    let pool = shared.pools.get_or_create(config, db, database, user, password);
+    if let Proof::ClientKey(key) = proof {
+        pool.learn_client_key(user, key);
+    }
     match password {
         Some(password) => {
-            if let Err(e) = verify_passthrough(&pool, shared, &password).await {
+            if let Err(e) = verify_passthrough(&pool, shared, password).await {
                 shared.pools.forget_if_unused(&pool);
                 return Err(e);
             }
@@ -275,7 +280,7 @@ async fn console_login(
     user: &str,
     database: &str,
 ) -> Result<LoggedIn, PgError> {
-    if let Some(password) = authenticate(client, shared, config, user, database).await? {
+    if let Proof::Password(password) = authenticate(client, shared, config, user, database).await? {
         admin::check_passthrough(config, user, &password)?;
     }
     let role = admin::role(config, user)?;
@@ -303,6 +308,7 @@ async fn verify_passthrough(pool: &Pool, shared: &Shared, password: &str) -> Res
     let credentials = Credentials {
         user: pool.credentials().user.clone(),
         password: Some(Secret::Plain(password.to_owned())),
+        client_key: None,
     };
     match pool.open_as(&credentials).await {
         Ok(conn) => {

@@ -256,6 +256,21 @@ impl Pool {
         self.credentials.load_full()
     }
 
+    /// SCRAM pass-through: a client of this pool's own login user proved itself against the
+    /// SCRAM secret the pool logs in with; its ClientKey lets the pool log in too.
+    pub fn learn_client_key(&self, user: &str, key: [u8; 32]) {
+        let current = self.credentials();
+        let scram = matches!(current.password, Some(crate::config::Secret::Scram(_)));
+        if current.user == user && scram && current.client_key != Some(key) {
+            self.set_credentials(Credentials {
+                client_key: Some(key),
+                ..(*current).clone()
+            });
+            // A login that failed for want of it says nothing about the next one.
+            self.login_failure.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+    }
+
     /// Passthrough: a password that just logged in replaces the one the pool knew.
     pub fn set_credentials(&self, credentials: Credentials) {
         for replica in self.replica_pools() {

@@ -190,7 +190,10 @@ impl Pools {
                 retire.push(key.clone());
                 continue;
             }
-            if credentials.password.is_some() && credentials != *pool.credentials() {
+            let old = pool.credentials();
+            if credentials.password.is_some()
+                && (&credentials.user, &credentials.password) != (&old.user, &old.password)
+            {
                 pool.set_credentials(credentials);
             }
             let settings = settings(config, db, &key.database, &key.user);
@@ -400,6 +403,7 @@ pub fn server_credentials(config: &Config, db: &DatabaseConfig, user: &str, pass
         return Credentials {
             user: forced.clone(),
             password,
+            client_key: None,
         };
     }
     let password = db
@@ -410,5 +414,6 @@ pub fn server_credentials(config: &Config, db: &DatabaseConfig, user: &str, pass
     Credentials {
         user: user.to_owned(),
         password,
+        client_key: None,
     }
 }
