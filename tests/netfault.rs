@@ -53,15 +53,14 @@
 //!    loss on the link to the primary while it is killed (`pg_ctl stop -m immediate`) and
 //!    restarted.
 //!
-//! # Known pgmux failures (the checks are marked `PGMUX BUG` / `PGMUX FINDING`)
+//! # What the suite found in pgmux (fixed)
 //!
-//! - scenarios 1 and 2: `query_timeout` does not bound a query whose server is unreachable.
-//!   pgmux sends a cancel request when it fires; the cancel cannot reach the server either, and
-//!   the client then waits for the server with no bound (until TCP delivers the answer after
-//!   the heal, or forever), instead of getting `57014` after `query_timeout`.
+//! - scenarios 1 and 2: `query_timeout` did not bound a query whose server is unreachable: the
+//!   cancel it sends could not reach the server either, and the client waited with no bound.
+//!   Now a second `query_timeout` without an answer closes the server connection (57014).
 //! - scenario 4: after a short black hole in which the pool kept its `min_pool_size` servers,
-//!   nothing opens a connection, so no probe runs: the breaker (SHOW BREAKERS,
-//!   `pgmux_breaker_state`) stays `open` for a healthy server until a client needs a new one.
+//!   nothing opened a connection, so no probe ran and the breaker stayed `open`. Now the
+//!   janitor runs the probe when it is due.
 //!
 //! # Running
 //!
@@ -516,12 +515,11 @@ async fn s1_blackholed_primary_under_load() {
         "the primary's breaker never opened within 15 s of the black hole".into()
     });
     let late: Vec<_> = stats.iter().flat_map(|s| s.late.iter()).collect();
-    // PGMUX BUG (query_timeout vs an unreachable server): on query_timeout pgmux sends a cancel
-    // request and keeps waiting for the server; when the cancel cannot reach the server (black
-    // hole) the client waits until TCP delivers the answer after the heal (26 s seen), not
-    // query_timeout (3 s) as documented ("the client gets 57014").
+    // query_timeout against an unreachable server: the cancel cannot reach it, and after a
+    // second query_timeout pgmux gives the server up (57014), so no call outlives the bound.
+    // (Before that was fixed, clients waited until TCP delivered the answer after the heal.)
     ck.check(late.is_empty(), || {
-        format!("PGMUX BUG query_timeout: calls longer than {bound:?}: {late:#?}")
+        format!("query_timeout: calls longer than {bound:?}: {late:#?}")
     });
     for (took, r) in &reads {
         ck.check(r.as_deref() == Ok("t"), || {
@@ -622,12 +620,11 @@ async fn s2_blackholed_replica_during_reads() {
     );
 
     let mut ck = Checks::default();
-    // PGMUX BUG (query_timeout vs an unreachable server, as in scenario 1): query_timeout fires
-    // at 3 s, the cancel request cannot reach the replica, and the client then waits with no
-    // bound (the test's 15 s cap ends it). The replica connection never "dies" (no FIN, no RST),
-    // so the retry on another target does not apply either.
-    ck.check(took < Duration::from_secs(3 + 3), || {
-        format!("PGMUX BUG query_timeout: the in-flight read took {took:?} (query_timeout 3 s): {answer:?}")
+    // query_timeout fires at 3 s and sends a cancel, which cannot reach the replica; after
+    // another query_timeout without an answer pgmux gives the server up: 57014, at 6 s. (The
+    // replica connection never "dies", no FIN, no RST, so the read is not retried elsewhere.)
+    ck.check(took < Duration::from_secs(3 + 3 + 1), || {
+        format!("query_timeout: the in-flight read took {took:?} (query_timeout 3 s, twice at most): {answer:?}")
     });
     match &answer {
         Ok(v) => ck.check(v == "f", || {
@@ -748,12 +745,11 @@ async fn s4_partition_healed() {
         refused.1.as_ref().is_err_and(|e| e.contains("circuit breaker open")),
         || format!("a client while the breaker is open: {refused:?}"),
     );
-    // PGMUX FINDING: when the pool still holds min_pool_size servers after the heal (the
-    // clients that hung on them got their answers), nothing opens a connection, so no probe
-    // runs and SHOW BREAKERS / pgmux_breaker_state say "open" for a healthy server until a
-    // client needs a new connection.
+    // The pool still holds min_pool_size servers after the heal (the clients that hung on
+    // them got their answers), so no client needs a new connection: the janitor runs the
+    // breaker's probe once it is due, or SHOW BREAKERS would say "open" for a healthy server.
     ck.check(closed_after.is_some(), || {
-        "PGMUX FINDING breaker: it did not close by itself within 8 s of the heal (open_timeout 1 s, no traffic)".into()
+        "breaker: it did not close by itself within 8 s of the heal (open_timeout 1 s, no traffic)".into()
     });
     ck.check(recover.is_some(), || {
         format!("SHOW POOLS / metrics / pg_stat_activity never agreed on min_pool_size 3: last {last:?}")

@@ -245,6 +245,13 @@ impl Breaker {
         inner.last_error = None;
     }
 
+    /// Open, and its probe may run now: the janitor runs it when no client asks (a pool that
+    /// kept its connections through a short partition would otherwise never probe).
+    pub fn probe_due(&self) -> bool {
+        let now = self.shared.clock.now();
+        matches!(self.lock().state, State::Open { next_probe_at } if now >= next_probe_at)
+    }
+
     pub fn state(&self) -> BreakerState {
         match self.lock().state {
             State::Closed => BreakerState::Closed,

@@ -66,6 +66,11 @@ pub struct RelayState {
 }
 
 impl RelayState {
+    /// See `Watch::rearm`.
+    pub fn rearm_timeouts(&mut self) {
+        self.watch.rearm();
+    }
+
     pub fn new(release_at_idle: bool, statement_mode: bool, timeouts: Timeouts) -> RelayState {
         RelayState {
             to_client: 0,

@@ -196,6 +196,7 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
     let mut state = RelayState::new(mode != PoolMode::Session, mode == PoolMode::Statement, timeouts);
     state.meter = Meter::new(s.shared.knobs.slow_threshold_us());
     // Session mode never sees Release: the relay runs until the client leaves.
+    let mut cancelled = false;
     let end = loop {
         let relayed = {
             let work = pin!(relay(&mut s.client, lease.conn(), &mut s.settings, &mut state, pool));
@@ -207,10 +208,16 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
             return Flow::Stop;
         };
         match end {
-            RelayEnd::Timeout(Phase::Busy) => {
+            RelayEnd::Timeout(Phase::Busy) if !cancelled => {
                 let secs = timeouts.query.as_secs_f64();
                 tracing::warn!(pool = %pool, "query running longer than query_timeout ({secs} s): cancelling it");
-                Box::pin(s.cancel.cancel_held()).await;
+                // Sent beside the relay: a cancel that cannot reach the server (it may take
+                // server_connect_timeout to fail) does not hold up the client's answer. That
+                // answer gets query_timeout again; then the server is given up.
+                let handle = s.cancel.clone();
+                tokio::spawn(async move { handle.cancel_held().await });
+                cancelled = true;
+                state.rearm_timeouts();
             }
             end => break end,
         }
@@ -248,6 +255,26 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
             .with_hint("run each statement on its own, or use pool_mode = \"transaction\" for this database or user");
             Box::pin(client.send_error(&error)).await;
             drop_frame(lease.conn());
+            clean_up(lease, client, pool, "").await;
+        }
+        RelayEnd::Timeout(Phase::Busy) => {
+            // Only after the cancel: a server that answers neither the query nor its cancel is
+            // unreachable or stuck, and its connection is closed (clean_up drops it).
+            let secs = timeouts.query.as_secs_f64();
+            let why = format!("no answer to a query nor to its cancel within twice query_timeout ({secs} s)");
+            tracing::warn!(pool = %pool, server = %lease.conn().addr, "{why}: closing the server connection");
+            pool.server_failed(crate::breaker::FailureCause::Timeout, why);
+            let error = PgError::fatal(
+                "57014",
+                format!(
+                    "canceling statement: it ran longer than query_timeout ({secs} s), and the server did not answer \
+                     the cancel within another {secs} s: the server connection is closed"
+                ),
+            )
+            .with_detail("the transaction in progress is lost")
+            .with_hint("the server may be unreachable; reconnect to get another connection");
+            pool.stats.error(error.code.as_bytes());
+            Box::pin(client.send_error(&error)).await;
             clean_up(lease, client, pool, "").await;
         }
         RelayEnd::Timeout(phase) => {

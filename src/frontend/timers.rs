@@ -67,6 +67,12 @@ impl Watch {
         }
     }
 
+    /// Starts the current phase's limit over (after query_timeout's cancel: the answer to it
+    /// gets as long again).
+    pub fn rearm(&mut self) {
+        self.phase = None;
+    }
+
     /// Ready with the phase that outlived its limit; it fires once per phase.
     pub fn poll(&mut self, cx: &mut Context<'_>, t: &Tracker) -> Poll<Phase> {
         let phase = Phase::of(t);

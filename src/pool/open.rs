@@ -320,11 +320,11 @@ impl Pool {
     /// The janitor's part for min_pool_size: when the pool holds fewer connections, a task
     /// opens them (one task per pool at a time, so a server that hangs on connect delays only
     /// its own pool).
+    /// It also runs the breaker's probe once due, so that a breaker closes by itself after a
+    /// partition heals, with or without traffic.
     pub fn spawn_fill_min(self: &Arc<Self>) {
-        if self.counts.servers.load(Ordering::Relaxed) >= self.settings.load().min_size
-            || self.paused()
-            || self.filling.swap(true, Ordering::AcqRel)
-        {
+        let short = self.counts.servers.load(Ordering::Relaxed) < self.settings.load().min_size;
+        if !(short || self.breaker.probe_due()) || self.paused() || self.filling.swap(true, Ordering::AcqRel) {
             return;
         }
         let pool = self.clone();
@@ -334,23 +334,37 @@ impl Pool {
         });
     }
 
-    /// Opens connections until the pool holds min_pool_size, without waiting for anything (a
-    /// permit, a limit) and not during server_login_retry.
+    /// Opens connections until the pool holds min_pool_size (or one, closed again, as the
+    /// breaker's probe when it is due), without waiting for anything (a permit, a limit) and
+    /// not during server_login_retry.
     async fn fill_min(&self) {
+        let mut probe_due = self.breaker.probe_due();
         loop {
-            if self.counts.servers.load(Ordering::Relaxed) >= self.settings.load().min_size {
+            let short = self.counts.servers.load(Ordering::Relaxed) < self.settings.load().min_size;
+            if !short && !std::mem::take(&mut probe_due) {
+                return;
+            }
+            // The janitor may be the breaker's probe: recovery needs no client. It asks the
+            // breaker only when it would not be turned away (refusals count clients).
+            if self.breaker.state() != BreakerState::Closed && !self.breaker.probe_due() {
                 return;
             }
             let Some(permit) = self.try_permit() else { return };
-            // The janitor may be the breaker's probe: recovery needs no client.
-            let Ok(probe) = self.admit() else {
-                return drop(permit);
+            let probe = match self.breaker.try_acquire() {
+                Admission::Allowed => None,
+                Admission::Probe(guard) => Some(guard),
+                Admission::Rejected(_) => return drop(permit),
             };
             if (probe.is_none() && self.login_blocked().is_some()) || self.take_slots().is_err() {
                 return drop(permit);
             }
             let opened = self.open_with_slots(probe).await;
             match opened {
+                // Only a probe: it closed the breaker, and the pool had all it needs.
+                Ok(conn) if !short => {
+                    self.discard(conn, "the breaker's probe succeeded", crate::stats::CloseReason::Idle);
+                    drop(permit);
+                }
                 Ok(conn) => {
                     self.add_idle(conn);
                     drop(permit);
