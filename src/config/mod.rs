@@ -52,7 +52,7 @@ macro_rules! keyword_enum {
 
 keyword_enum!(PoolMode { Session = "session", Transaction = "transaction", Statement = "statement" });
 keyword_enum!(AuthType {
-    ScramSha256 = "scram-sha-256", Md5 = "md5", Trust = "trust", Passthrough = "passthrough"
+    ScramSha256 = "scram-sha-256", Md5 = "md5", Trust = "trust", Passthrough = "passthrough", Hba = "hba"
 });
 keyword_enum!(TlsMode { Disable = "disable", Allow = "allow", Prefer = "prefer", Require = "require" });
 keyword_enum!(ServerTlsMode {
@@ -154,8 +154,25 @@ section! {
         tcp_keepcnt: u32 = 0, |v| v.u32(0);
         /// Milliseconds, as in PgBouncer (TCP_USER_TIMEOUT).
         tcp_user_timeout: u32 = 0, |v| v.u32(0);
+        /// Directory of a Unix socket `.s.PGSQL.<listen_port>` to listen on too; "" for none.
+        unix_socket_dir: String = String::new(), |v| v.string();
+        /// Permissions of that socket file (PgBouncer's default 0777, written 511 in TOML).
+        unix_socket_mode: u32 = 0o777, |v| v.u32(0);
+        /// PgBouncer's userlist.txt: `"user" "password"` lines (plain, md5 or SCRAM secrets).
+        auth_file: String = String::new(), |v| v.string();
+        /// pg_hba.conf-style rules, used when auth_type = "hba".
+        auth_hba_file: String = String::new(), |v| v.string();
+        /// Looks up the secret of a user not in [users] or auth_file, run as auth_user.
+        auth_query: String = DEFAULT_AUTH_QUERY.into(), |v| v.nonempty();
+        /// Who runs auth_query; "" turns the lookup off.
+        auth_user: String = String::new(), |v| v.string();
+        /// The database auth_query runs in; "": the client's own.
+        auth_dbname: String = String::new(), |v| v.string();
     }
 }
+
+/// PgBouncer's default auth_query.
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1";
 
 section! {
     /// `[metrics]`
@@ -199,6 +216,17 @@ section! {
         pool_size: Option<u32> = None, |v| v.u32(1).map(Some);
         min_pool_size: Option<u32> = None, |v| v.u32(0).map(Some);
         pool_mode: Option<PoolMode> = None, |v| v.keyword().map(Some);
+        /// This database's auth_user for auth_query, instead of [pooler] auth_user.
+        auth_user: Option<String> = None, |v| v.nonempty().map(Some);
+        /// Extra connections after reserve_pool_timeout, instead of [pooler] reserve_pool_size.
+        reserve_pool: Option<u32> = None, |v| v.u32(0).map(Some);
+        /// This database's limit, instead of [pooler] max_db_connections (0: unlimited).
+        max_db_connections: Option<u32> = None, |v| v.u32(0).map(Some);
+        /// Server settings every client of this database starts with (as PgBouncer's
+        /// connection string keys); a client's own startup parameters win.
+        client_encoding: Option<String> = None, |v| v.nonempty().map(Some);
+        datestyle: Option<String> = None, |v| v.nonempty().map(Some);
+        timezone: Option<String> = None, |v| v.nonempty().map(Some);
         /// (host, port); IPv6 hosts are stored without brackets.
         replicas: Vec<(String, u16)> = Vec::new(), |v| replicas(v);
         read_write_split: bool = false, |v| v.bool();
