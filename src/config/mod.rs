@@ -267,6 +267,10 @@ pub struct Config {
     pub breaker: BreakerConfig,
     pub users: BTreeMap<String, UserConfig>,
     pub databases: BTreeMap<String, DatabaseConfig>,
+    /// What reading the file found to report, once, at startup and on reload: PgBouncer
+    /// settings of a pgbouncer.ini that pgmux does not act on, each `file:line: key: what to
+    /// do instead`. Empty for pooler.toml.
+    pub notes: Vec<String>,
 }
 
 impl DatabaseConfig {
@@ -323,6 +327,7 @@ pub struct ConfigError {
 }
 
 mod inert;
+pub mod ini;
 mod parse;
 mod secret;
 mod show;

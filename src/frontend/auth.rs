@@ -25,7 +25,10 @@ pub async fn authenticate(
     match config.pooler.auth_type {
         AuthType::Trust => Ok(None),
         // Placeholder so this branch builds before the lead's hba work lands: fail closed.
-        AuthType::Hba => Err(PgError::fatal("28000", "auth_type hba is not implemented in this build")),
+        AuthType::Hba => Err(PgError::fatal(
+            "28000",
+            "auth_type hba is not implemented in this build",
+        )),
         AuthType::Passthrough => {
             if !passthrough_allowed(client) {
                 return Err(PgError::fatal(

@@ -1,0 +1,589 @@
+//! PgBouncer's `pgbouncer.ini`, read the way PgBouncer reads it and turned into pooler.toml
+//! text, so that `--config pgbouncer.ini`, `check` and `convert` share `Config::parse`.
+//!
+//! The file is scanned as PgBouncer's ini reader does: leading blanks and empty lines are
+//! skipped; a line starting with `;` or `#` is a comment (the characters mean nothing later in
+//! a line, so `key = 5 ; note` has the value `5 ; note`); `[name]` opens a section (names are
+//! case-sensitive); `key = value` takes the rest of the line, trailing blanks removed; a key is
+//! made of letters, digits and `_.-*`, or is quoted with single quotes; `%include FILE` reads
+//! FILE in place, a relative name being taken from the working directory, as PgBouncer does.
+//!
+//! Each line of the TOML written remembers the ini file, line and key it came from, so that a
+//! problem `Config::parse` finds in it is reported as `pgbouncer.ini:LINE: key: problem`.
+//! Settings pgmux does not act on become notes, `file:line: key: what to do instead`, which
+//! `Config::notes` carries to the startup log, `check` and `convert`.
+
+mod connstr;
+mod keys;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+use super::{Config, ConfigError};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// PgBouncer's limit on nested `%include`s.
+const MAX_INCLUDE_DEPTH: usize = 10;
+
+/// Whether `Config::load` should read the file as PgBouncer's format: a `.ini` name, or a
+/// `[pgbouncer]` section or `%include` line in the text (neither is valid TOML for pgmux).
+pub fn looks_like_ini(path: &Path, text: &str) -> bool {
+    let ini_name = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("ini"));
+    ini_name
+        || text.lines().map(str::trim_start).any(|l| {
+            l.starts_with("[pgbouncer]") || l.strip_prefix("%include").is_some_and(|r| r.starts_with([' ', '\t']))
+        })
+}
+
+/// Where a line of the generated TOML came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Src {
+    pub file: String,
+    pub line: usize,
+    /// The key as the ini names it: `listen_port`, `databases.foo.port`, `users.bob`.
+    pub key: String,
+}
+
+impl Src {
+    fn with_key(&self, key: impl Into<String>) -> Src {
+        Src {
+            key: key.into(),
+            ..self.clone()
+        }
+    }
+
+    pub(crate) fn err(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            origin: self.file.clone(),
+            line: Some(self.line),
+            key: self.key.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn note(&self, text: impl AsRef<str>) -> String {
+        format!("{}:{}: {}: {}", self.file, self.line, self.key, text.as_ref())
+    }
+}
+
+/// A pgbouncer.ini turned into pooler.toml text.
+#[derive(Debug, Clone)]
+pub struct Converted {
+    /// pooler.toml text, with the notes as comments at the top.
+    pub toml: String,
+    /// `file:line: key: what to do instead`, one per setting pgmux does not act on.
+    pub notes: Vec<String>,
+    origin: String,
+    /// The source of each line of `toml` (None for comments and the like).
+    lines: Vec<Option<Src>>,
+}
+
+impl Converted {
+    /// Parses the TOML as any pooler.toml; a problem names the ini file, line and key.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        let mut config = Config::parse(&self.toml, &self.origin).map_err(|e| self.locate(e))?;
+        config.notes = self.notes.clone();
+        Ok(config)
+    }
+
+    fn locate(&self, e: ConfigError) -> ConfigError {
+        let src = e
+            .line
+            .and_then(|l| self.lines.get(l.checked_sub(1)?))
+            .and_then(Option::as_ref);
+        match src {
+            Some(src) => src.err(e.message),
+            None => ConfigError {
+                origin: self.origin.clone(),
+                line: None,
+                ..e
+            },
+        }
+    }
+}
+
+/// Reads `path` (and its includes, relative to the working directory) as pgbouncer.ini.
+pub fn convert_file(path: &Path) -> Result<Converted, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        origin: origin.clone(),
+        line: None,
+        key: String::new(),
+        message: format!("cannot read file: {e}"),
+    })?;
+    let cwd = std::env::current_dir().unwrap_or_default();
+    convert(&text, path, &cwd)
+}
+
+/// `text` is the content of `path`; relative `%include` names are taken from `cwd`.
+pub(crate) fn convert(text: &str, path: &Path, cwd: &Path) -> Result<Converted, ConfigError> {
+    let origin = path.display().to_string();
+    let mut reader = Reader {
+        cwd,
+        stack: Vec::new(),
+        entries: Vec::new(),
+        section: None,
+        main: None,
+    };
+    let top = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    reader.stack.push(top);
+    reader.scan(text, &origin, 0)?;
+    let Some(main) = reader.main.clone() else {
+        return Err(ConfigError {
+            origin,
+            line: None,
+            key: String::new(),
+            message: "no [pgbouncer] section: PgBouncer requires one (an empty one will do)".into(),
+        });
+    };
+    let mut out = Out::new(main);
+    for entry in &reader.entries {
+        match entry.section {
+            Section::Pgbouncer => keys::pgbouncer(&mut out, &entry.key, &entry.value, &entry.src)?,
+            Section::Databases => connstr::database(&mut out, &entry.key, &entry.value, &entry.src)?,
+            Section::Users => connstr::user(&mut out, &entry.key, &entry.value, &entry.src)?,
+            Section::Peers => {
+                let src = entry.src.with_key(format!("peers.{}", toml_key(&entry.key)));
+                out.notes.push(src.note(
+                    "not supported: pgmux has no peering; one pgmux serves every core itself \
+                     (workers), so cancel requests reach the process that owns the query",
+                ));
+            }
+        }
+    }
+    Ok(out.finish(origin))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Section {
+    Pgbouncer,
+    Databases,
+    Users,
+    Peers,
+}
+
+struct Entry {
+    section: Section,
+    key: String,
+    value: String,
+    src: Src,
+}
+
+struct Reader<'a> {
+    cwd: &'a Path,
+    /// Files being read, outermost first (canonical paths), to refuse include loops.
+    stack: Vec<PathBuf>,
+    entries: Vec<Entry>,
+    /// The current section carries into and out of included files, as in PgBouncer.
+    section: Option<Section>,
+    /// Where the first `[pgbouncer]` header is.
+    main: Option<Src>,
+}
+
+/// C's isspace and isblank, which PgBouncer's reader uses.
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
+fn is_blank(b: u8) -> bool {
+    matches!(b, b' ' | b'\t')
+}
+
+fn is_key_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'*')
+}
+
+/// A position in the text with its line number; every read is bounds-checked.
+struct Cursor<'t> {
+    text: &'t str,
+    pos: usize,
+    line: usize,
+}
+
+impl<'t> Cursor<'t> {
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.pos).copied()
+    }
+
+    fn bump(&mut self) {
+        if let Some(b) = self.peek() {
+            self.line += usize::from(b == b'\n');
+            self.pos += 1;
+        }
+    }
+
+    fn skip_while(&mut self, f: impl Fn(u8) -> bool) {
+        while self.peek().is_some_and(&f) {
+            self.bump();
+        }
+    }
+
+    /// The text from `from` to here. Every stop is at an ASCII byte, a char boundary.
+    fn since(&self, from: usize) -> &'t str {
+        self.text.get(from..self.pos).unwrap_or("")
+    }
+
+    fn rest(&self) -> &'t str {
+        self.text.get(self.pos..).unwrap_or("")
+    }
+}
+
+impl Reader<'_> {
+    fn scan(&mut self, text: &str, origin: &str, depth: usize) -> Result<(), ConfigError> {
+        let mut c = Cursor { text, pos: 0, line: 1 };
+        loop {
+            c.skip_while(is_space);
+            let line = c.line;
+            let at = |key: &str| Src {
+                file: origin.to_string(),
+                line,
+                key: key.to_string(),
+            };
+            let syntax = |message: &str| at("").err(format!("syntax error: {message}"));
+            if c.rest().starts_with("%include") && c.text.as_bytes().get(c.pos + 8).copied().is_some_and(is_blank) {
+                (0..8).for_each(|_| c.bump());
+                c.skip_while(is_blank);
+                let start = c.pos;
+                c.skip_while(|b| b != b'\n');
+                let name = c.since(start).trim_end_matches(|ch: char| ch.is_ascii_whitespace());
+                self.include(name, &at("%include"), depth)?;
+                continue;
+            }
+            match c.peek() {
+                None => break,
+                Some(b'#' | b';') => {
+                    c.skip_while(|b| b != b'\n');
+                    continue;
+                }
+                Some(b'[') => {
+                    c.bump();
+                    let start = c.pos;
+                    c.skip_while(|b| b != b']' && b != b'\n');
+                    if c.peek() != Some(b']') {
+                        return Err(syntax("missing \"]\" after the section name"));
+                    }
+                    let name = c.since(start);
+                    c.bump();
+                    self.section(name, &at(""))?;
+                    continue;
+                }
+                _ => {}
+            }
+            let key = match c.peek() {
+                Some(b'\'') => {
+                    c.bump();
+                    let start = c.pos;
+                    c.skip_while(|b| b != b'\'');
+                    if c.peek() != Some(b'\'') {
+                        return Err(syntax("missing closing \"'\" after the key"));
+                    }
+                    let key = c.since(start);
+                    c.bump();
+                    if key.is_empty() {
+                        return Err(syntax("empty quoted key"));
+                    }
+                    key
+                }
+                Some(b'"') => {
+                    return Err(syntax("quote a name with single quotes, e.g. 'my db' = host=..."));
+                }
+                _ => {
+                    let start = c.pos;
+                    c.skip_while(is_key_char);
+                    c.since(start)
+                }
+            };
+            c.skip_while(is_blank);
+            if c.peek() != Some(b'=') {
+                let message = match key {
+                    "" => "expected key = value".to_string(),
+                    key => format!("expected \"=\" after {key:?} (keys are letters, digits and _.-*)"),
+                };
+                return Err(syntax(&message));
+            }
+            c.bump();
+            c.skip_while(is_blank);
+            let start = c.pos;
+            c.skip_while(|b| b != b'\n');
+            let value = c.since(start).trim_end_matches(|ch: char| ch.is_ascii_whitespace());
+            self.entry(key, value, at(key))?;
+        }
+        Ok(())
+    }
+
+    fn section(&mut self, name: &str, src: &Src) -> Result<(), ConfigError> {
+        let section = match name {
+            "pgbouncer" => Section::Pgbouncer,
+            "databases" => Section::Databases,
+            "users" => Section::Users,
+            "peers" => Section::Peers,
+            _ => {
+                let known = ["pgbouncer", "databases", "users", "peers"];
+                let hint = match known.iter().find(|k| k.eq_ignore_ascii_case(name.trim())) {
+                    Some(k) => format!("; section names are case-sensitive and unpadded: [{k}]"),
+                    None => format!("; expected one of [{}]", known.join("], [")),
+                };
+                return Err(src.err(format!("invalid section [{name}]{hint}")));
+            }
+        };
+        if section == Section::Pgbouncer && self.main.is_none() {
+            self.main = Some(src.with_key(""));
+        }
+        self.section = Some(section);
+        Ok(())
+    }
+
+    fn entry(&mut self, key: &str, value: &str, src: Src) -> Result<(), ConfigError> {
+        let Some(section) = self.section else {
+            return Err(src.err("a value before any section; put it under [pgbouncer]"));
+        };
+        if key.is_empty() {
+            return Err(src.err("empty key"));
+        }
+        self.entries.push(Entry {
+            section,
+            key: key.to_string(),
+            value: value.to_string(),
+            src,
+        });
+        Ok(())
+    }
+
+    fn include(&mut self, name: &str, src: &Src, depth: usize) -> Result<(), ConfigError> {
+        if name.is_empty() {
+            return Err(src.err("%include needs a file name"));
+        }
+        if depth >= MAX_INCLUDE_DEPTH {
+            let message = format!("{name}: includes nested deeper than {MAX_INCLUDE_DEPTH} levels");
+            return Err(src.err(message));
+        }
+        let path = self.cwd.join(name);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            // PgBouncer takes a relative name from the working directory, not from the file.
+            let beside = Path::new(&src.file).parent().map(|dir| dir.join(name));
+            let hint = match beside {
+                Some(b) if Path::new(name).is_relative() && b != path && b.exists() => format!(
+                    "; a relative name is taken from the working directory ({}), as in PgBouncer: \
+                     write {}",
+                    self.cwd.display(),
+                    b.display()
+                ),
+                _ => String::new(),
+            };
+            src.err(format!("cannot read {name}: {e}{hint}"))
+        })?;
+        let canonical = std::fs::canonicalize(&path).unwrap_or(path);
+        if self.stack.contains(&canonical) {
+            let chain: Vec<String> = self.stack.iter().map(|p| p.display().to_string()).collect();
+            let message = format!("include loop: {} includes {name} again", chain.join(" -> "));
+            return Err(src.err(message));
+        }
+        self.stack.push(canonical);
+        let result = self.scan(&text, name, depth + 1);
+        self.stack.pop();
+        result
+    }
+}
+
+/// One `key = value` of the TOML: the value already written as TOML.
+#[derive(Debug, Clone)]
+pub(crate) struct Item {
+    key: &'static str,
+    value: String,
+    src: Src,
+    comment: Option<String>,
+}
+
+/// A `[databases]` entry: the host is settled at the end, as it may depend on unix_socket_dir.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Db {
+    host: Option<String>,
+    items: Vec<Item>,
+    src: Option<Src>,
+}
+
+/// What the ini says, in pgmux terms.
+pub(crate) struct Out {
+    pooler: Vec<Item>,
+    users: BTreeMap<String, (Src, Vec<Item>)>,
+    databases: BTreeMap<String, Db>,
+    notes: Vec<String>,
+    /// The `[pgbouncer]` header: the source of the defaults written for keys the ini leaves out.
+    main: Src,
+    /// `[pgbouncer] unix_socket_dir` as set in the ini (PgBouncer's default: /tmp).
+    unix_socket_dir: Option<String>,
+}
+
+fn set(items: &mut Vec<Item>, item: Item) {
+    // A key set twice: the last one wins, as in PgBouncer.
+    match items.iter_mut().find(|i| i.key == item.key) {
+        Some(old) => *old = item,
+        None => items.push(item),
+    }
+}
+
+impl Out {
+    fn new(main: Src) -> Out {
+        Out {
+            pooler: Vec::new(),
+            users: BTreeMap::new(),
+            databases: BTreeMap::new(),
+            notes: Vec::new(),
+            main,
+            unix_socket_dir: None,
+        }
+    }
+
+    fn pooler(&mut self, key: &'static str, value: String, src: &Src) {
+        let item = Item {
+            key,
+            value,
+            src: src.clone(),
+            comment: None,
+        };
+        set(&mut self.pooler, item);
+    }
+
+    fn note(&mut self, src: &Src, text: impl AsRef<str>) {
+        self.notes.push(src.note(text));
+    }
+
+    /// PgBouncer's defaults where pgmux's differ, for keys the ini leaves out.
+    fn defaults(&mut self) {
+        let defaults: [(&str, &str, &str); 5] = [
+            ("pool_mode", "pool_mode", "\"session\""),
+            ("max_client_conn", "max_client_conn", "100"),
+            ("auth_type", "auth_type", "\"md5\""),
+            ("server_tls_mode", "server_tls_sslmode", "\"prefer\""),
+            ("unix_socket_dir", "unix_socket_dir", "\"/tmp\""),
+        ];
+        for (key, ini_key, value) in defaults {
+            if !self.pooler.iter().any(|i| i.key == key) {
+                self.pooler.push(Item {
+                    key,
+                    value: value.to_string(),
+                    src: self.main.with_key(ini_key),
+                    comment: Some("PgBouncer's default".into()),
+                });
+            }
+        }
+        if !self.pooler.iter().any(|i| i.key == "listen_addr") {
+            let src = self.main.with_key("listen_addr");
+            self.note(
+                &src,
+                "not set: PgBouncer would listen on its Unix socket only; pgmux also listens on \
+                 127.0.0.1 (set listen_addr to choose)",
+            );
+        }
+    }
+
+    /// A database without host: PgBouncer connects through the Unix socket in unix_socket_dir.
+    fn settle_hosts(&mut self) {
+        let socket_dir = self.unix_socket_dir.clone().unwrap_or_else(|| "/tmp".into());
+        for (name, db) in &mut self.databases {
+            if db.host.is_some() {
+                continue;
+            }
+            if socket_dir.starts_with('/') {
+                db.host = Some(socket_dir.clone());
+            } else {
+                let src = db.src.clone().unwrap_or_else(|| self.main.clone());
+                let text = "no host, and no Unix socket directory to reach the server through: \
+                            pgmux connects to 127.0.0.1";
+                self.notes
+                    .push(src.with_key(format!("databases.{}", toml_key(name))).note(text));
+                db.host = Some("127.0.0.1".into());
+            }
+        }
+    }
+
+    fn finish(mut self, origin: String) -> Converted {
+        self.defaults();
+        self.settle_hosts();
+        let mut w = Writer::default();
+        w.line(
+            &format!("# pooler.toml converted from {origin} (PgBouncer's format) by pgmux."),
+            None,
+        );
+        if !self.notes.is_empty() {
+            w.line("#", None);
+            w.line(
+                "# PgBouncer settings pgmux does not act on, or handles differently:",
+                None,
+            );
+            for note in &self.notes {
+                w.line(&format!("#   {note}"), None);
+            }
+        }
+        w.line("", None);
+        w.line("[pooler]", Some(&self.main));
+        for item in &self.pooler {
+            w.item(item);
+        }
+        for (name, (src, items)) in &self.users {
+            w.line("", None);
+            w.line(&format!("[users.{}]", toml_key(name)), Some(src));
+            for item in items {
+                w.item(item);
+            }
+        }
+        for (name, db) in &self.databases {
+            let src = db.src.clone().unwrap_or_else(|| self.main.clone());
+            w.line("", None);
+            w.line(&format!("[databases.{}]", toml_key(name)), Some(&src));
+            if let Some(host) = &db.host {
+                let host_src = src.with_key(format!("databases.{}.host", toml_key(name)));
+                w.line(&format!("host = {}", values::toml_str(host)), Some(&host_src));
+            }
+            for item in &db.items {
+                w.item(item);
+            }
+        }
+        Converted {
+            toml: w.text,
+            notes: self.notes,
+            origin,
+            lines: w.lines,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Writer {
+    text: String,
+    lines: Vec<Option<Src>>,
+}
+
+impl Writer {
+    fn line(&mut self, text: &str, src: Option<&Src>) {
+        self.text.push_str(text);
+        self.text.push('\n');
+        self.lines.push(src.cloned());
+    }
+
+    fn item(&mut self, item: &Item) {
+        let text = match &item.comment {
+            Some(c) => format!("{} = {}  # {c}", item.key, item.value),
+            None => format!("{} = {}", item.key, item.value),
+        };
+        self.line(&text, Some(&item.src));
+    }
+}
+
+/// A table name as TOML writes it: bare when it can be, quoted otherwise.
+fn toml_key(name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        name.to_string()
+    } else {
+        values::toml_str(name)
+    }
+}
