@@ -18,7 +18,7 @@ pub(crate) fn pairs(text: &str) -> Result<Vec<(String, String)>, String> {
     let mut rest = text.trim_start_matches(is_space);
     while !rest.is_empty() {
         // The key runs to "=" or a blank; blanks may stand before the "=".
-        let end = rest.find(|c: char| c == '=' || c == ' ').unwrap_or(rest.len());
+        let end = rest.find(['=', ' ']).unwrap_or(rest.len());
         let (key, after) = rest.split_at(end);
         let after = after.trim_start_matches(is_space);
         let Some(after) = after.strip_prefix('=') else {

@@ -68,11 +68,11 @@ const NOT_ACTED_ON: &[(&str, &str)] = &[
     ),
     (
         "log_connections",
-        "pgmux's log level is set with RUST_LOG (info by default; debug logs each login)",
+        "pgmux logs refused logins at info; its log level is set with RUST_LOG",
     ),
     (
         "log_disconnections",
-        "pgmux's log level is set with RUST_LOG (info by default; debug logs each logout)",
+        "pgmux's log level is set with RUST_LOG; SHOW CLIENTS lists the clients connected",
     ),
     ("log_pooler_errors", "pgmux's log level is set with RUST_LOG"),
     (
