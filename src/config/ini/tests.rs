@@ -1,6 +1,7 @@
 use super::connstr::pairs;
 use super::*;
 use crate::config::{AuthType, PoolMode, Secret, ServerTlsMode, TlsMode};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// A pgbouncer.ini in the style of PgBouncer's own etc/pgbouncer.ini: a few active settings,
