@@ -274,6 +274,15 @@ pub(super) fn all_keys() -> Vec<&'static str> {
 }
 
 pub(super) fn pgbouncer(out: &mut Out, key: &str, value: &str, src: &Src) -> Result<(), ConfigError> {
+    if key == "server_lifetime" && seconds(value, src)? == "0" {
+        out.note(
+            src,
+            "0 closes each server connection after one use in PgBouncer (in pgmux 0 would mean \
+             never): written as 1 microsecond, which does the same",
+        );
+        out.pooler("server_lifetime", "0.000001".into(), src);
+        return Ok(());
+    }
     if let Some(name) = SAME_SECONDS.iter().find(|k| **k == key) {
         out.pooler(name, seconds(value, src)?, src);
         return Ok(());

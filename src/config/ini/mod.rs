@@ -224,6 +224,78 @@ impl Out {
         self.notes.push(src.note(text));
     }
 
+    /// Settings PgBouncer accepts with a meaning pgmux spells differently.
+    fn fix_up(&mut self) {
+        let number = |items: &[Item], key: &str| -> Option<u32> {
+            items.iter().find(|i| i.key == key).and_then(|i| i.value.parse().ok())
+        };
+        // reserve_pool_timeout = 0 turns PgBouncer's reserve off; pgmux's would be at once.
+        let no_reserve = self
+            .pooler
+            .iter()
+            .find(|i| i.key == "reserve_pool_timeout" && i.value == "0")
+            .map(|i| i.src.clone());
+        if let Some(src) = no_reserve {
+            let had = number(&self.pooler, "reserve_pool_size").is_some_and(|n| n > 0)
+                || self
+                    .databases
+                    .values()
+                    .any(|d| number(&d.items, "reserve_pool").is_some_and(|n| n > 0));
+            if had {
+                self.note(
+                    &src,
+                    "0 turns the reserve pool off in PgBouncer (in pgmux it would be used at once): \
+                     reserve_pool_size and every database's reserve_pool are set to 0",
+                );
+            }
+            self.pooler("reserve_pool_size", "0".into(), &src);
+            for db in self.databases.values_mut() {
+                db.items.retain(|i| i.key != "reserve_pool");
+            }
+        }
+        // PgBouncer caps min_pool_size at the pool size; pgmux refuses a larger one.
+        let size = number(&self.pooler, "default_pool_size").unwrap_or(20);
+        let min = number(&self.pooler, "min_pool_size").unwrap_or(0);
+        let capped = |min: u32, size: u32| {
+            format!("{min} is larger than the pool size {size}: capped at {size}, as PgBouncer does")
+        };
+        if min > size {
+            if let Some(item) = self.pooler.iter_mut().find(|i| i.key == "min_pool_size") {
+                item.value = size.to_string();
+                let note = item.src.note(capped(min, size));
+                self.notes.push(note);
+            }
+        }
+        let min = min.min(size);
+        for db in self.databases.values_mut() {
+            let db_size = number(&db.items, "pool_size").unwrap_or(size);
+            let db_min = number(&db.items, "min_pool_size");
+            let Some(at) = db.src.clone() else { continue };
+            match db_min {
+                Some(m) if m > db_size => {
+                    if let Some(item) = db.items.iter_mut().find(|i| i.key == "min_pool_size") {
+                        item.value = db_size.to_string();
+                        self.notes.push(item.src.note(capped(m, db_size)));
+                    }
+                }
+                None if min > db_size => {
+                    let src = at.with_key(format!("{}.min_pool_size", at.key));
+                    self.notes.push(src.note(capped(min, db_size)));
+                    set(
+                        &mut db.items,
+                        Item {
+                            key: "min_pool_size",
+                            value: db_size.to_string(),
+                            src,
+                            comment: None,
+                        },
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// PgBouncer's defaults where pgmux's differ, for keys the ini leaves out.
     fn defaults(&mut self) {
         let defaults: [(&str, &str, &str); 5] = [
@@ -274,6 +346,7 @@ impl Out {
     }
 
     fn finish(mut self, origin: String) -> Converted {
+        self.fix_up();
         self.defaults();
         self.settle_hosts();
         let mut w = Writer::default();

@@ -267,11 +267,6 @@ fn bad_connection_strings_are_refused_with_their_line() {
         ),
         // Checked by the TOML stage, reported at the ini line all the same.
         ("d = host=h pool_size=0", "databases.d.pool_size", "at least 1"),
-        (
-            "d = host=h min_pool_size=30",
-            "databases.d.min_pool_size",
-            "larger than",
-        ),
     ];
     for (line, key, needle) in cases {
         let e = err(&format!("; comment\n[databases]\n{line}\n[pgbouncer]\n"));
@@ -539,11 +534,6 @@ fn unknown_keys_sections_and_syntax_errors_name_their_line() {
         ("[pgbouncer]\nauth_dbname = pgbouncer\n", 2, "reserved"),
         // Found by the TOML stage: reported at the ini key.
         ("[pgbouncer]\n\n\nmax_packet_size = 100\n", 4, "at least 1024"),
-        (
-            "[pgbouncer]\ndefault_pool_size = 5\nmin_pool_size = 10\n",
-            3,
-            "larger than",
-        ),
         ("[pgbouncer]\nclient_tls_sslmode = require\n", 2, "tls_cert_file"),
         (
             "[pgbouncer]\nserver_tls_sslmode = verify-full\n",
@@ -725,4 +715,46 @@ fn load_reads_ini_by_name_or_content() {
     assert_eq!((c.pooler.listen_port, c.notes.len()), (7300, 0));
     assert!(looks_like_ini(Path::new("x"), "  %include\tother.ini\n"));
     assert!(!looks_like_ini(Path::new("x.toml"), "[pooler]\n# [pgbouncer]\n"));
+}
+
+#[test]
+fn pgbouncer_meanings_pgmux_spells_differently() {
+    // min_pool_size above the pool size: PgBouncer caps it, so does the conversion.
+    let c = load(
+        "[databases]\nd = host=h min_pool_size=30\ne = host=h pool_size=3\nf = host=h\n\
+         [pgbouncer]\nlisten_addr = 127.0.0.1\ndefault_pool_size = 5\nmin_pool_size = 10\n",
+    );
+    assert_eq!(c.pooler.min_pool_size, 5);
+    assert_eq!(c.databases["d"].min_pool_size, Some(5));
+    assert_eq!(c.databases["e"].min_pool_size, Some(3));
+    assert_eq!(c.databases["f"].min_pool_size, None);
+    let joined = c.notes.join("\n");
+    for needle in [
+        "pgbouncer.ini:2: databases.d.min_pool_size: 30 is larger than the pool size 5",
+        "pgbouncer.ini:3: databases.e.min_pool_size: 5 is larger than the pool size 3",
+        "pgbouncer.ini:8: min_pool_size: 10 is larger than the pool size 5",
+    ] {
+        assert!(joined.contains(needle), "{needle}:\n{joined}");
+    }
+    // server_lifetime = 0: one use per connection in PgBouncer, never expiring in pgmux.
+    let c = pgb("listen_addr = 127.0.0.1\nserver_lifetime = 0");
+    assert_eq!(c.pooler.server_lifetime, Duration::from_micros(1));
+    assert!(
+        c.notes.iter().any(|n| n.contains("server_lifetime: 0 closes")),
+        "{:?}",
+        c.notes
+    );
+    // reserve_pool_timeout = 0: no reserve in PgBouncer, an immediate one in pgmux.
+    let c = load(
+        "[databases]\nd = host=h reserve_pool=5\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
+         reserve_pool_size = 3\nreserve_pool_timeout = 0\n",
+    );
+    assert_eq!((c.pooler.reserve_pool_size, c.databases["d"].reserve_pool), (0, None));
+    assert!(
+        c.notes
+            .iter()
+            .any(|n| n.starts_with("pgbouncer.ini:6: reserve_pool_timeout: ")),
+        "{:?}",
+        c.notes
+    );
 }
