@@ -97,10 +97,6 @@ const NOT_ACTED_ON: &[(&str, &str)] = &[
         "not yet: pgmux reuses the most recently used server connection (PgBouncer's default)",
     ),
     (
-        "track_extra_parameters",
-        "nothing to do: pgmux tracks every parameter the server reports and restores it on the next server",
-    ),
-    (
         "ignore_startup_parameters",
         "nothing to do: pgmux passes every startup parameter through to the server",
     ),
@@ -137,7 +133,7 @@ const NOT_ACTED_ON: &[(&str, &str)] = &[
     ),
     (
         "server_fast_close",
-        "not yet: in session mode a changed server is closed when its client leaves",
+        "not yet: in session mode pgmux keeps a server connection until its client leaves",
     ),
     (
         "autodb_idle_timeout",
@@ -264,6 +260,7 @@ pub(super) const MAPPED: &[&str] = &[
     "tcp_keepalive",
     "tcp_keepidle",
     "tcp_keepintvl",
+    "track_extra_parameters",
 ];
 
 #[cfg(test)]
@@ -398,6 +395,22 @@ pub(super) fn pgbouncer(out: &mut Out, key: &str, value: &str, src: &Src) -> Res
                 m => m,
             };
             out.pooler("server_tls_mode", toml_str(mode), src);
+        }
+        "track_extra_parameters" => {
+            let reported = crate::backend::settings::REPORTED;
+            let other: Vec<String> = list(value)
+                .into_iter()
+                .filter(|p| !reported.iter().any(|r| r.eq_ignore_ascii_case(p)))
+                .collect();
+            let text = match other.as_slice() {
+                [] => "nothing to do: pgmux follows these parameters from server to server".to_string(),
+                other => format!(
+                    "pgmux restores every startup parameter, but follows a SET only of {}; not of {}",
+                    reported.join(", "),
+                    other.join(", ")
+                ),
+            };
+            out.note(src, text);
         }
         "max_packet_size" => out.pooler("max_message_size", uint(value, src)?.to_string(), src),
         "tcp_keepalive" => out.pooler("tcp_keepalive", flag(value, src)?.to_string(), src),

@@ -757,4 +757,9 @@ fn pgbouncer_meanings_pgmux_spells_differently() {
         "{:?}",
         c.notes
     );
+    // track_extra_parameters: fine for the parameters pgmux follows, said otherwise.
+    let n = notes("[pgbouncer]\nlisten_addr = 127.0.0.1\ntrack_extra_parameters = IntervalStyle\n");
+    assert!(n.len() == 1 && n[0].contains("nothing to do"), "{n:?}");
+    let n = notes("[pgbouncer]\nlisten_addr = 127.0.0.1\ntrack_extra_parameters = IntervalStyle, search_path\n");
+    assert!(n.len() == 1 && n[0].ends_with("not of search_path"), "{n:?}");
 }
