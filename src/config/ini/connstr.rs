@@ -22,7 +22,8 @@ pub(crate) fn pairs(text: &str) -> Result<Vec<(String, String)>, String> {
         let (key, after) = rest.split_at(end);
         let after = after.trim_start_matches(is_space);
         let Some(after) = after.strip_prefix('=') else {
-            return Err(format!("expected key=value, found {key:?} without \"=\""));
+            // The word is not shown: it may be part of a password with a blank in it.
+            return Err("a word without \"=\"; quote a value that holds blanks: key='a b'".into());
         };
         if key.is_empty() {
             return Err("a value without a key (\"=\" at the start of a pair)".into());

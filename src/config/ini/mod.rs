@@ -351,7 +351,10 @@ impl Out {
         self.settle_hosts();
         let mut w = Writer::default();
         w.line(
-            &format!("# pooler.toml converted from {origin} (PgBouncer's format) by pgmux."),
+            &format!(
+                "# pooler.toml converted from {} (PgBouncer's format) by pgmux.",
+                origin.replace(['\n', '\r'], " ")
+            ),
             None,
         );
         if !self.notes.is_empty() {
@@ -361,7 +364,8 @@ impl Out {
                 None,
             );
             for note in &self.notes {
-                w.line(&format!("#   {note}"), None);
+                // A quoted ini key may hold a line break; a comment must not.
+                w.line(&format!("#   {}", note.replace(['\n', '\r'], " ")), None);
             }
         }
         w.line("", None);
@@ -428,6 +432,6 @@ fn toml_key(name: &str) -> String {
     if bare {
         name.to_string()
     } else {
-        values::toml_str(name)
+        values::toml_key_str(name)
     }
 }

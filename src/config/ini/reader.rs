@@ -172,6 +172,9 @@ impl Reader<'_> {
                 let known = ["pgbouncer", "databases", "users", "peers"];
                 let hint = match known.iter().find(|k| k.eq_ignore_ascii_case(name.trim())) {
                     Some(k) => format!("; section names are case-sensitive and unpadded: [{k}]"),
+                    None if name == "pooler" || name.starts_with("databases.") || name.starts_with("users.") => {
+                        "; this looks like a pooler.toml: give it a name not ending in .ini".to_string()
+                    }
                     None => format!("; expected one of [{}]", known.join("], [")),
                 };
                 return Err(src.err(format!("invalid section [{name}]{hint}")));

@@ -171,6 +171,8 @@ fn connection_strings_split_as_pgbouncer_splits_them() {
     // The message never holds a value (it may be a password).
     let e = pairs("password='hunter2").unwrap_err();
     assert!(!e.contains("hunter2"), "{e}");
+    let e = pairs("password=hunter2 correct horse").unwrap_err();
+    assert!(!e.contains("correct") && e.contains("quote"), "{e}");
 }
 
 #[test]
@@ -518,6 +520,7 @@ fn unknown_keys_sections_and_syntax_errors_name_their_line() {
         ("[pgbouncer]\nListen_Port = 6432\n", 2, "unknown parameter"),
         ("[pgbouncer]\n[PgBouncer]\n", 2, "case-sensitive"),
         ("[pgbouncer]\n[sections]\n", 2, "invalid section"),
+        ("[pooler]\nlisten_port = 6432\n", 1, "looks like a pooler.toml"),
         ("listen_port = 6432\n[pgbouncer]\n", 1, "before any section"),
         ("[pgbouncer]\n[databases\nd = host=h\n", 2, "missing \"]\""),
         ("[pgbouncer]\nlisten port = 6432\n", 2, "expected \"=\""),
@@ -578,6 +581,12 @@ fn reader_rules() {
     // A section header with text after it on the same line: PgBouncer reads on.
     let c = load("[pgbouncer] listen_port = 7002\nlisten_addr = 127.0.0.1\n");
     assert_eq!(c.pooler.listen_port, 7002);
+    // A quoted name may hold a line break; the TOML comments stay comments.
+    let c = load("[databases]\n'two\nlines' = host=h port=1 pool_size=-1 max_db_client_connections=5\n[pgbouncer]\n");
+    assert_eq!(c.databases["two\nlines"].port, 1);
+    assert_eq!(c.notes.len(), 2, "{:?}", c.notes);
+    let c = load("[databases]\n'a\"b\\c\td' = host=h\n[pgbouncer]\nlisten_addr = 127.0.0.1\n");
+    assert_eq!(c.databases["a\"b\\c\td"].host, "h");
 }
 
 #[test]

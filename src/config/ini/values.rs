@@ -8,6 +8,24 @@ pub(super) fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 
+/// A TOML basic string on one line, as a key must be: quotes, backslashes and control
+/// characters escaped.
+pub(super) fn toml_key_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// A TOML array of strings.
 pub(super) fn toml_strs(items: &[String]) -> String {
     let items: Vec<String> = items.iter().map(|s| toml_str(s)).collect();
