@@ -9,6 +9,8 @@
 #      (packages postgresql-15 and postgresql-client-15; pgbench ships in
 #      postgresql-15). Needs root; without root it stops and says what is missing.
 #      No default cluster is created and no service is started by the install.
+#   1b. iproute2 and nftables (`ip`, `nft`) for tests/netfault.rs, with apt when
+#      missing, as root only (without them, or without root, those tests skip).
 #   2. An OS user `postgres`: PostgreSQL refuses to run as root, so the test
 #      support runs it as `postgres` when the tests run as root.
 #   3. The open-file limit raised to the hard limit (tests open many clients).
@@ -73,6 +75,22 @@ else
   say "PostgreSQL: $("$PGBIN/postgres" --version) in $PGBIN"
 fi
 export PATH="$PGBIN:$PATH"
+
+# --- 1b. ip and nft for tests/netfault.rs ---------------------------------------
+# Network namespaces and nftables rules (tests/netfault.rs skips itself without them or
+# without root). Installed only when missing, and only as root.
+net_missing=()
+command -v ip >/dev/null || net_missing+=(iproute2)
+command -v nft >/dev/null || net_missing+=(nftables)
+if [ ${#net_missing[@]} -gt 0 ]; then
+  if is_root && command -v apt-get >/dev/null; then
+    say "installing ${net_missing[*]} with apt (tests/netfault.rs)"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --no-upgrade "${net_missing[@]}"
+  else
+    say "missing ${net_missing[*]}: tests/netfault.rs will skip its scenarios"
+  fi
+fi
 
 # --- 2. the postgres OS user --------------------------------------------------
 if ! id -u postgres >/dev/null 2>&1; then

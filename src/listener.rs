@@ -1,34 +1,64 @@
 //! The accept loop.
 
 use crate::frontend::{login, Shared};
-use std::net::SocketAddr;
+use crate::stream::Stream;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// Binds the listening sockets, one per worker (SO_REUSEADDR, a deep backlog for connection
-/// storms). Several workers share the address through SO_REUSEPORT, and the kernel spreads new
-/// connections over them; a plain bind first makes sure nobody else holds the port (another
-/// process's SO_REUSEPORT group would otherwise take us in silently).
-pub fn bind(addr: &str, port: u16, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let ip: std::net::IpAddr = addr.parse().map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("listen_addr {addr:?} is not an IP address"),
-        )
-    })?;
-    let addr = SocketAddr::new(ip, port);
-    if workers <= 1 {
-        return Ok(vec![socket(addr, false)?]);
+/// The addresses `listen_addr` names: an IP, a comma-separated list of them, or `*` (every
+/// IPv4 and IPv6 address), as PgBouncer reads it.
+pub fn addresses(listen_addr: &str) -> std::io::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for part in listen_addr.split(',').map(str::trim) {
+        if part == "*" {
+            out.extend([IpAddr::from([0u8; 4]), IpAddr::from([0u16; 8])]);
+            continue;
+        }
+        let ip = part.parse().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("listen_addr {part:?} is not an IP address (or *)"),
+            )
+        })?;
+        out.push(ip);
     }
-    drop(socket(addr, false)?);
-    (0..workers).map(|_| socket(addr, true)).collect()
+    out.dedup();
+    Ok(out)
+}
+
+/// Binds the listening sockets: for each worker, one per address (SO_REUSEADDR, a deep backlog
+/// for connection storms). Several workers share an address through SO_REUSEPORT, and the
+/// kernel spreads new connections over them; a plain bind first makes sure nobody else holds
+/// the port (another process's SO_REUSEPORT group would otherwise take us in silently).
+pub fn bind(listen_addr: &str, port: u16, workers: usize) -> std::io::Result<Vec<Vec<std::net::TcpListener>>> {
+    let addrs: Vec<SocketAddr> = addresses(listen_addr)?
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect();
+    if workers <= 1 {
+        return Ok(vec![addrs
+            .iter()
+            .map(|&a| socket(a, false))
+            .collect::<Result<_, _>>()?]);
+    }
+    for &addr in &addrs {
+        drop(socket(addr, false)?);
+    }
+    (0..workers)
+        .map(|_| addrs.iter().map(|&a| socket(a, true)).collect())
+        .collect()
 }
 
 fn socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // `::` beside `0.0.0.0` (listen_addr = *): each family on its own socket.
+        socket.set_only_v6(true)?;
+    }
     socket.set_reuse_port(reuse_port)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
@@ -36,9 +66,50 @@ fn socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpLi
     Ok(socket.into())
 }
 
+/// The Unix socket `DIR/.s.PGSQL.PORT`, as PostgreSQL and PgBouncer name it, with `mode` as
+/// its permissions. A socket file nobody answers on (left by a process that died) is replaced;
+/// one that answers is another server's, and is an error.
+pub fn bind_unix(dir: &str, port: u16, mode: u32) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = unix_path(dir, port);
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by another server", path.display()),
+            ));
+        }
+        std::fs::remove_file(&path)?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Where the Unix socket of `unix_socket_dir` lives.
+pub fn unix_path(dir: &str, port: u16) -> std::path::PathBuf {
+    std::path::Path::new(dir).join(format!(".s.PGSQL.{port}"))
+}
+
+/// Something clients connect to: a TCP listener or the Unix socket.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(tokio::net::UnixListener, std::path::PathBuf),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Stream> {
+        match self {
+            Listener::Tcp(l) => l.accept().await.map(|(s, _)| Stream::Plain(s)),
+            Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
+        }
+    }
+}
+
 /// Accepts clients, one tracked task each, until a shutdown starts; then the listening socket
-/// closes, so new connections are refused.
-pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
+/// closes, so new connections are refused (the Unix socket's file is removed).
+pub async fn run(listener: Listener, shared: Arc<Shared>) {
     loop {
         let accepted = tokio::select! {
             biased;
@@ -46,11 +117,8 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                shared
-                    .shutdown
-                    .tracker
-                    .spawn(login::serve(stream, peer, shared.clone()));
+            Ok(stream) => {
+                shared.shutdown.tracker.spawn(login::serve(stream, shared.clone()));
             }
             Err(e) => {
                 // Out of file descriptors, usually: back off instead of spinning.
@@ -59,6 +127,55 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
             }
         }
     }
+    if let Listener::Unix(_, path) = &listener {
+        let _ = std::fs::remove_file(path);
+    }
     drop(listener);
     tracing::info!("listener closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addr_forms() {
+        let ips = |s: &str| {
+            addresses(s)
+                .unwrap()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ips("127.0.0.1"), ["127.0.0.1"]);
+        assert_eq!(ips("*"), ["0.0.0.0", "::"]);
+        assert_eq!(ips("127.0.0.1, ::1"), ["127.0.0.1", "::1"]);
+        assert!(addresses("localhost")
+            .unwrap_err()
+            .to_string()
+            .contains("not an IP address"));
+    }
+
+    #[test]
+    fn star_binds_both_families_on_one_port() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        match bind("*", port, 2) {
+            Ok(workers) => {
+                assert_eq!(workers.len(), 2);
+                assert!(
+                    workers.iter().all(|w| w.len() == 2),
+                    "each worker listens on 0.0.0.0 and ::"
+                );
+            }
+            // A machine without IPv6 cannot bind `::`; that is its answer, not a bug here.
+            Err(e) => assert!(
+                e.kind() == std::io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(97),
+                "{e}"
+            ),
+        }
+    }
 }

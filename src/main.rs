@@ -127,6 +127,16 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let unix = match config.pooler.unix_socket_dir.as_str() {
+        "" => None,
+        dir => match listener::bind_unix(dir, port, config.pooler.unix_socket_mode) {
+            Ok(l) => Some((l, listener::unix_path(dir, port))),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen on the Unix socket in {dir}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let mut signals = match Signals::new() {
         Ok(signals) => signals,
         Err(e) => {
@@ -139,8 +149,12 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
     } else {
         format!("{workers} worker threads")
     };
+    let socket = unix
+        .as_ref()
+        .map(|(_, path)| format!(" and {}", path.display()))
+        .unwrap_or_default();
     tracing::info!(
-        "pgmux {} listening on {addr}:{port} ({threads})",
+        "pgmux {} listening on {addr}:{port}{socket} ({threads})",
         env!("CARGO_PKG_VERSION")
     );
     for note in &config.notes {
@@ -157,7 +171,7 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
     tokio::spawn(pool::janitor::run(shared.pools.clone()));
     tokio::spawn(stats::period::run(shared.clone()));
     tokio::spawn(stats::metrics::serve(shared.clone()));
-    let accepting = match pgmux::worker::start(listeners, &shared) {
+    let accepting = match pgmux::worker::start(listeners, unix, &shared) {
         Ok(accepting) => accepting,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the worker threads");

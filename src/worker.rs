@@ -36,12 +36,15 @@ pub fn default_count() -> usize {
 /// Starts one worker thread per listening socket. Each resolves its receiver once its
 /// listener has closed (a shutdown began); its runtime keeps serving the clients it holds
 /// until the process exits.
+/// The Unix socket, when there is one, is the first worker's too.
 pub fn start(
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<Vec<std::net::TcpListener>>,
+    mut unix: Option<(std::os::unix::net::UnixListener, std::path::PathBuf)>,
     shared: &Arc<Shared>,
 ) -> std::io::Result<Vec<tokio::sync::oneshot::Receiver<()>>> {
     let mut closed = Vec::with_capacity(listeners.len());
     for (id, listener) in listeners.into_iter().enumerate() {
+        let unix = unix.take();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .on_thread_unpark(crate::stats::clock::tick)
@@ -54,9 +57,25 @@ pub fn start(
                 WORKER.with(|w| w.set(id as u16));
                 crate::stats::clock::tick();
                 runtime.block_on(async move {
-                    match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => crate::listener::run(listener, shared).await,
-                        Err(e) => tracing::error!(error = %e, worker = id, "cannot watch the listening socket"),
+                    use crate::listener::{run, Listener};
+                    let unix = unix.and_then(|(l, path)| match tokio::net::UnixListener::from_std(l) {
+                        Ok(l) => Some(Listener::Unix(l, path)),
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot watch the Unix socket");
+                            None
+                        }
+                    });
+                    let mut all: Vec<Listener> = unix.into_iter().collect();
+                    for l in listener {
+                        match tokio::net::TcpListener::from_std(l) {
+                            Ok(l) => all.push(Listener::Tcp(l)),
+                            Err(e) => tracing::error!(error = %e, worker = id, "cannot watch a listening socket"),
+                        }
+                    }
+                    // Each listener its own task on this worker's runtime; done when all closed.
+                    let tasks: Vec<_> = all.into_iter().map(|l| tokio::spawn(run(l, shared.clone()))).collect();
+                    for task in tasks {
+                        let _ = task.await;
                     }
                     let _ = done.send(());
                     // Clients of this worker finish their transactions here while pgmux drains.

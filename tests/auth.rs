@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -46,30 +44,6 @@ fn fatal(err: &tokio_postgres::Error, code: &str) -> String {
     let db = err.as_db_error().expect("a server error");
     assert_eq!(db.severity(), "FATAL", "{err:?}");
     db.message().to_owned()
-}
-
-/// Sends a StartupMessage and returns the code of the first Authentication message pgmux sends
-/// back (the method it asks the client for); panics on anything else (such as an ErrorResponse).
-fn first_auth_request(port: u16, user: &str, db: &str) -> i32 {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to pgmux");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut buf = bytes::BytesMut::new();
-    let params = [("user", user), ("database", db)];
-    postgres_protocol::message::frontend::startup_message(params.iter().copied(), &mut buf).unwrap();
-    stream.write_all(&buf).expect("send startup");
-    let mut header = [0u8; 5];
-    stream.read_exact(&mut header).expect("read the answer to startup");
-    let len = i32::from_be_bytes(header[1..5].try_into().unwrap()) as usize;
-    let mut body = vec![0u8; len.saturating_sub(4)];
-    stream.read_exact(&mut body).expect("read message body");
-    assert_eq!(
-        header[0] as char,
-        'R',
-        "expected an Authentication message, got {:?}: {}",
-        header[0] as char,
-        String::from_utf8_lossy(&body)
-    );
-    i32::from_be_bytes(body[..4].try_into().unwrap())
 }
 
 fn scram_pgmux(rest: &str) -> Pgmux {

@@ -157,6 +157,8 @@ pub struct ScramServer {
     keys: Arc<ScramKeys>,
     server_nonce: String,
     state: State,
+    /// After a valid proof: the ClientKey it revealed (for SCRAM pass-through).
+    client_key: Option<[u8; 32]>,
 }
 
 impl ScramServer {
@@ -167,7 +169,13 @@ impl ScramServer {
             keys,
             server_nonce: STANDARD.encode(raw),
             state: State::Initial,
+            client_key: None,
         }
+    }
+
+    /// The ClientKey of the client whose proof `client_final` accepted.
+    pub fn client_key(&self) -> Option<[u8; 32]> {
+        self.client_key
     }
 
     /// Handles SASLInitialResponse; returns the server-first-message to send in
@@ -272,6 +280,7 @@ impl ScramServer {
         if !ct_eq(&Sha256::digest(client_key), &self.keys.stored_key) {
             return Err(ScramError::InvalidProof);
         }
+        self.client_key = Some(client_key);
         let server_signature = hmac(&self.keys.server_key, &auth_message);
         Ok(format!("v={}", STANDARD.encode(server_signature)).into_bytes())
     }

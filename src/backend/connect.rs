@@ -80,6 +80,15 @@ impl Socket {
 pub struct Credentials {
     pub user: String,
     pub password: Option<Secret>,
+    /// With a SCRAM secret as `password`: the ClientKey a client of this user revealed when it
+    /// authenticated against that secret, which logs in to a server holding the same secret.
+    pub client_key: Option<[u8; 32]>,
+}
+
+/// A SASL exchange in progress: with the password, or with a ClientKey (`scram_key`).
+enum Sasl<'a> {
+    Password(ScramSha256),
+    Key(super::scram_key::KeyClient<'a>),
 }
 
 /// A logged-in server connection and the ParameterStatus values the server reported.
@@ -121,7 +130,7 @@ async fn login(
     frontend::startup_message(params.iter().copied(), &mut out).map_err(|e| conn.io(e))?;
     conn.send(&mut out).await?;
 
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<Sasl<'_>> = None;
     let mut reported = Vec::new();
     let (mut process_id, mut secret_key) = (0, 0);
     loop {
@@ -152,24 +161,48 @@ async fn login(
                 if !offered {
                     return Err(conn.unsupported("SASL without SCRAM-SHA-256"));
                 }
-                let password = conn.plain_password(creds)?;
-                let client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-                frontend::sasl_initial_response(SCRAM_SHA_256, client.message(), &mut out).map_err(|e| conn.io(e))?;
+                let client = match (&creds.password, creds.client_key) {
+                    (Some(Secret::Plain(p)), _) => {
+                        Sasl::Password(ScramSha256::new(p.as_bytes(), ChannelBinding::unsupported()))
+                    }
+                    (Some(Secret::Scram(secret)), Some(key)) => {
+                        Sasl::Key(super::scram_key::KeyClient::new(secret, key))
+                    }
+                    _ => return Err(conn.no_password(creds)),
+                };
+                let first = match &client {
+                    Sasl::Password(c) => c.message().to_vec(),
+                    Sasl::Key(c) => c.first(),
+                };
+                frontend::sasl_initial_response(SCRAM_SHA_256, &first, &mut out).map_err(|e| conn.io(e))?;
                 conn.send(&mut out).await?;
                 scram = Some(client);
             }
             Message::AuthenticationSaslContinue(body) => {
-                let client = scram
-                    .as_mut()
-                    .ok_or_else(|| conn.protocol("unexpected SASL continue"))?;
-                client.update(body.data()).map_err(|e| conn.protocol(&e.to_string()))?;
-                frontend::sasl_response(client.message(), &mut out).map_err(|e| conn.io(e))?;
+                let reply = match scram.as_mut() {
+                    Some(Sasl::Password(c)) => {
+                        c.update(body.data()).map_err(|e| conn.protocol(&e.to_string()))?;
+                        c.message().to_vec()
+                    }
+                    Some(Sasl::Key(c)) => match c.respond(body.data()).map_err(|e| conn.protocol(&e))? {
+                        Some(reply) => reply,
+                        None => {
+                            return Err(BackendError::SecretMismatch {
+                                addr: conn.addr.clone(),
+                                user: creds.user.clone(),
+                            })
+                        }
+                    },
+                    None => return Err(conn.protocol("unexpected SASL continue")),
+                };
+                frontend::sasl_response(&reply, &mut out).map_err(|e| conn.io(e))?;
                 conn.send(&mut out).await?;
             }
-            Message::AuthenticationSaslFinal(body) => {
-                let client = scram.as_mut().ok_or_else(|| conn.protocol("unexpected SASL final"))?;
-                client.finish(body.data()).map_err(|e| conn.protocol(&e.to_string()))?;
-            }
+            Message::AuthenticationSaslFinal(body) => match scram.as_mut() {
+                Some(Sasl::Password(c)) => c.finish(body.data()).map_err(|e| conn.protocol(&e.to_string()))?,
+                Some(Sasl::Key(c)) => c.verify(body.data()).map_err(|e| conn.protocol(&e))?,
+                None => return Err(conn.protocol("unexpected SASL final")),
+            },
             Message::ParameterStatus(body) => {
                 let name = body.name().map_err(|e| conn.io(e))?;
                 let value = body.value().map_err(|e| conn.io(e))?;

@@ -14,6 +14,10 @@ pub enum BackendError {
     Refused { addr: String, error: Box<PgError> },
     #[error("server {addr} asks for a password for user {user:?}, and pgmux has none for it")]
     NoPassword { addr: String, user: String },
+    #[error(
+        "server {addr} holds another SCRAM secret for user {user:?} than pgmux (salt or iteration count differ), so the client's proof cannot log in for it"
+    )]
+    SecretMismatch { addr: String, user: String },
     #[error("server {addr} asks for an authentication method pgmux does not support ({method})")]
     UnsupportedAuth { addr: String, method: String },
     #[error("server {addr} broke the protocol: {what}")]
@@ -35,8 +39,12 @@ impl BackendError {
     pub fn to_pg(&self) -> PgError {
         match self {
             BackendError::Refused { error, .. } => (**error).clone(),
-            BackendError::NoPassword { .. } => PgError::fatal("08006", self.to_string())
-                .with_hint("set a plain-text password in [users.NAME] or [databases.NAME] of pooler.toml"),
+            BackendError::NoPassword { .. } => PgError::fatal("08006", self.to_string()).with_hint(
+                "set a plain-text password in [users.NAME], [databases.NAME] or auth_file; or store the server's own \
+                 SCRAM secret (from pg_authid) there, and pgmux logs in with the proof of the first client that logs in with SCRAM",
+            ),
+            BackendError::SecretMismatch { .. } => PgError::fatal("08006", self.to_string())
+                .with_hint("copy the user's secret from pg_authid again: the password was changed on the server"),
             BackendError::Tls {
                 mode: ServerTlsMode::VerifyFull,
                 ..

@@ -3,6 +3,7 @@
 pub mod cancel;
 pub mod connect;
 pub mod error;
+mod scram_key;
 pub mod server;
 pub mod settings;
 

@@ -45,6 +45,7 @@ impl FailureCause {
             BackendError::Protocol { .. } => Some(FailureCause::Protocol),
             // Configuration mismatches: every attempt fails the same way on a healthy server.
             BackendError::NoPassword { .. }
+            | BackendError::SecretMismatch { .. }
             | BackendError::UnsupportedAuth { .. }
             | BackendError::Tls { .. }
             | BackendError::NoTls { .. } => None,

@@ -4,8 +4,8 @@
 use super::Config;
 
 impl Config {
-    /// Keys set to something other than their default that this build ignores: none at
-    /// present (every key of pooler.toml.example acts); kept so the next inert key has a home.
+    /// Keys set to something other than their default that this build ignores, each with
+    /// what to do instead: none at present; kept so the next inert key has a home.
     pub fn inert_settings(&self) -> Vec<String> {
         Vec::new()
     }

@@ -265,8 +265,11 @@ pub struct Config {
     pub pooler: PoolerConfig,
     pub metrics: MetricsConfig,
     pub breaker: BreakerConfig,
+    /// `[users]`, with the users of `auth_file` added (see `read_auth_files`).
     pub users: BTreeMap<String, UserConfig>,
     pub databases: BTreeMap<String, DatabaseConfig>,
+    /// The rules of `auth_hba_file`, read with the file when auth_type = "hba".
+    pub hba: Option<hba::Hba>,
     /// What reading the file found to report, once, at startup and on reload: PgBouncer
     /// settings of a pgbouncer.ini that pgmux does not act on, each `file:line: key: what to
     /// do instead`. Empty for pooler.toml.
@@ -326,6 +329,7 @@ pub struct ConfigError {
     pub message: String,
 }
 
+pub mod hba;
 mod inert;
 pub mod ini;
 mod parse;
@@ -333,3 +337,4 @@ mod secret;
 mod show;
 #[cfg(test)]
 mod tests;
+pub mod userlist;

@@ -28,9 +28,11 @@ impl Config {
             // PgBouncer's format, by name or by content (see `ini::looks_like_ini`).
             Ok(text) if ini::looks_like_ini(path, &text) => {
                 let cwd = std::env::current_dir().unwrap_or_default();
-                ini::convert(&text, path, &cwd)?.config()
+                let converted = ini::convert(&text, path, &cwd)?;
+                let config = converted.config()?;
+                config.read_auth_files(path).map_err(|e| converted.locate_pooler_key(e))
             }
-            Ok(text) => Config::parse(&text, &origin),
+            Ok(text) => Config::parse(&text, &origin)?.read_auth_files(path),
             Err(e) => {
                 let message = format!("cannot read file: {e}");
                 Err(ConfigError {
@@ -45,6 +47,48 @@ impl Config {
 }
 
 impl Config {
+    /// Reads the files the configuration names: `auth_file`'s users join `[users]` (a password
+    /// set there wins, as the file is the more specific place), and with auth_type = "hba" the
+    /// rules of `auth_hba_file`. Relative paths are taken from the directory of `config_path`,
+    /// the configuration file.
+    pub fn read_auth_files(mut self, config_path: &Path) -> Result<Config, ConfigError> {
+        let dir = config_path.parent().unwrap_or(Path::new("."));
+        let file_err = |key: &str, message: String| ConfigError {
+            origin: config_path.display().to_string(),
+            line: None,
+            key: format!("pooler.{key}"),
+            message,
+        };
+        let resolve = |name: &str| {
+            let path = Path::new(name);
+            if path.is_absolute() {
+                path.to_path_buf()
+            } else {
+                dir.join(path)
+            }
+        };
+        if !self.pooler.auth_file.is_empty() {
+            let path = resolve(&self.pooler.auth_file);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| file_err("auth_file", format!("cannot read {}: {e}", path.display())))?;
+            let users = userlist::parse(&text, &path.display().to_string()).map_err(|e| file_err("auth_file", e))?;
+            for (name, secret) in users {
+                let user = self.users.entry(name).or_default();
+                if user.password.is_none() {
+                    user.password = Some(secret);
+                }
+            }
+        }
+        if self.pooler.auth_type == AuthType::Hba {
+            if self.pooler.auth_hba_file.is_empty() {
+                return Err(file_err("auth_type", "\"hba\" needs auth_hba_file".into()));
+            }
+            let path = resolve(&self.pooler.auth_hba_file);
+            self.hba = Some(hba::Hba::load(&path).map_err(|e| file_err("auth_hba_file", e))?);
+        }
+        Ok(self)
+    }
+
     /// The console's `SET key = value`: one `[pooler]` key, its value written as in the file
     /// (a bare word is taken as a string), with the checks a file gets. Returns the new config.
     pub fn with_pooler_key(&self, key: &str, value: &str) -> Result<Config, ConfigError> {
@@ -222,10 +266,18 @@ impl<'v, 'i> Val<'v, 'i> {
     }
 }
 
+/// An IP address, a comma-separated list of them, or `*`.
 pub(super) fn listen_addr(v: &Val) -> Result<String, ConfigError> {
     let addr = v.nonempty()?;
-    if addr.parse::<std::net::SocketAddr>().is_ok() {
-        return Err(v.err("expected an address without a port; set the port with listen_port"));
+    for part in addr.split(',').map(str::trim) {
+        if part.parse::<std::net::SocketAddr>().is_ok() {
+            return Err(v.err("expected an address without a port; set the port with listen_port"));
+        }
+        if part != "*" && part.parse::<std::net::IpAddr>().is_err() {
+            return Err(v.err(format!(
+                "{part:?} is not an IP address; expected an IP address, a comma-separated list of them, or *"
+            )));
+        }
     }
     Ok(addr)
 }

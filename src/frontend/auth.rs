@@ -1,9 +1,11 @@
-//! Authenticating a client: trust, md5, SCRAM-SHA-256, or passthrough to the server.
+//! Authenticating a client: trust, md5, SCRAM-SHA-256, passthrough to the server, or the
+//! method a rule of `auth_hba_file` names.
 
 use super::conn::ClientConn;
 use super::Shared;
 use crate::auth::md5::{md5_inner, md5_verify};
 use crate::auth::scram::{ScramError, ScramKeys, ScramServer, MECHANISM};
+use crate::config::hba::{self, Method};
 use crate::config::{AuthType, Config, Secret};
 use crate::protocol::frame::{read_cstr, read_i32, HEADER_LEN};
 use crate::protocol::messages::{self as msg, PgError};
@@ -13,22 +15,66 @@ use std::sync::Arc;
 /// Authentication messages are small; anything bigger is not one.
 const MAX_AUTH_MESSAGE: usize = 64 * 1024;
 
-/// Verifies the client. For passthrough, returns the password it gave, which the caller checks
-/// by logging in to the server with it.
+/// What a client proved, beyond who it is, that pgmux can use to log in to a server.
+pub enum Proof {
+    Nothing,
+    /// Passthrough: the password it gave, which the caller checks by a server login.
+    Password(String),
+    /// SCRAM against a stored SCRAM secret: the ClientKey the exchange revealed, which logs in
+    /// to a server that holds the same secret (SCRAM pass-through).
+    ClientKey([u8; 32]),
+    /// The secret came from auth_query: the pool logs in with it (and the ClientKey, if any).
+    Looked {
+        secret: Secret,
+        client_key: Option<[u8; 32]>,
+    },
+}
+
+/// Verifies the client.
 pub async fn authenticate(
     client: &mut ClientConn,
     shared: &Shared,
     config: &Config,
     user: &str,
-) -> Result<Option<String>, PgError> {
-    let secret = config.users.get(user).and_then(|u| u.password.as_ref());
+    database: &str,
+) -> Result<Proof, PgError> {
+    let configured = config.users.get(user).and_then(|u| u.password.as_ref());
+    let looked = match (configured, config.pooler.auth_type) {
+        (None, AuthType::ScramSha256 | AuthType::Md5 | AuthType::Hba) => {
+            super::auth_query::lookup(shared, config, database, user).await?
+        }
+        _ => None,
+    };
+    let secret = configured.or(looked.as_ref());
+    let proof = verify(client, shared, config, user, database, secret).await?;
+    Ok(match (looked, proof) {
+        (Some(secret), Proof::ClientKey(key)) => Proof::Looked {
+            secret,
+            client_key: Some(key),
+        },
+        (Some(secret), _) => Proof::Looked {
+            secret,
+            client_key: None,
+        },
+        (None, proof) => proof,
+    })
+}
+
+/// The exchange auth_type (or the hba rule) asks for, against `secret`.
+async fn verify(
+    client: &mut ClientConn,
+    shared: &Shared,
+    config: &Config,
+    user: &str,
+    database: &str,
+    secret: Option<&Secret>,
+) -> Result<Proof, PgError> {
     match config.pooler.auth_type {
-        AuthType::Trust => Ok(None),
-        // Placeholder so this branch builds before the lead's hba work lands: fail closed.
-        AuthType::Hba => Err(PgError::fatal(
-            "28000",
-            "auth_type hba is not implemented in this build",
-        )),
+        AuthType::Hba => {
+            let method = hba_method(client, config, user, database)?;
+            by_method(client, shared, user, secret, method).await
+        }
+        AuthType::Trust => Ok(Proof::Nothing),
         AuthType::Passthrough => {
             if !passthrough_allowed(client) {
                 return Err(PgError::fatal(
@@ -39,35 +85,130 @@ pub async fn authenticate(
             }
             let password = ask_password(client, msg::AUTH_CLEARTEXT, &[]).await?;
             let password = String::from_utf8(password).map_err(|_| failed(user))?;
-            Ok(Some(password))
+            Ok(Proof::Password(password))
         }
-        AuthType::Md5 => {
-            let inner = match secret {
-                Some(Secret::Plain(p)) => Some(md5_inner(p, user)),
-                Some(Secret::Md5(inner)) => Some(*inner),
-                _ => None,
-            };
-            md5_exchange(client, user, inner).await.map(|_| None)
-        }
-        AuthType::ScramSha256 => {
-            if let Some(Secret::Md5(inner)) = secret {
-                // An md5 secret cannot answer SCRAM: fall back to md5, as PgBouncer does.
-                return md5_exchange(client, user, Some(*inner)).await.map(|_| None);
+        AuthType::Md5 => md5_exchange(client, user, md5_of(secret, user))
+            .await
+            .map(|_| Proof::Nothing),
+        AuthType::ScramSha256 => scram(client, shared, user, secret).await,
+    }
+}
+
+/// The method the first matching `auth_hba_file` rule gives; PostgreSQL's 28000 refusals for
+/// no rule and for a `reject` rule.
+fn hba_method(client: &ClientConn, config: &Config, user: &str, database: &str) -> Result<Method, PgError> {
+    let addr = match &client.stream {
+        crate::stream::Stream::Unix(_) => None,
+        _ => Some(
+            client
+                .peer()
+                .ip()
+                .ok_or_else(|| PgError::fatal("08006", "client went away during login"))?,
+        ),
+    };
+    let who = hba::Client {
+        addr,
+        tls: client.stream.is_tls(),
+        database,
+        user,
+    };
+    // Group membership (+role) is not looked up: such a rule matches only the role itself.
+    let decision = match &config.hba {
+        Some(rules) => rules.decide(&who, &|_, _| false),
+        None => hba::Decision::NoEntry,
+    };
+    match decision {
+        hba::Decision::NoEntry => Err(PgError::fatal("28000", hba::no_entry_message(&who))),
+        hba::Decision::Method(Method::Reject, _) => Err(PgError::fatal("28000", hba::rejected_message(&who))),
+        hba::Decision::Method(method, _) => Ok(method),
+    }
+}
+
+/// Authenticates with one method of `auth_hba_file`, as PostgreSQL does: `md5` with a SCRAM
+/// secret runs SCRAM; `scram-sha-256` with an md5 secret falls back to md5 (as the plain
+/// auth_type does, and PgBouncer); `password` takes the clear text and checks it against any
+/// kind of secret.
+async fn by_method(
+    client: &mut ClientConn,
+    shared: &Shared,
+    user: &str,
+    secret: Option<&Secret>,
+    method: Method,
+) -> Result<Proof, PgError> {
+    match (method, secret) {
+        (Method::Trust, _) => Ok(Proof::Nothing),
+        (Method::Md5, Some(Secret::Scram(_))) | (Method::ScramSha256, _) => scram(client, shared, user, secret).await,
+        (Method::Md5, _) => md5_exchange(client, user, md5_of(secret, user))
+            .await
+            .map(|_| Proof::Nothing),
+        (Method::Password, _) => {
+            let given = ask_password(client, msg::AUTH_CLEARTEXT, &[]).await?;
+            let given = String::from_utf8(given).map_err(|_| failed(user))?;
+            match secret {
+                Some(secret) if password_matches(secret, user, &given) => Ok(Proof::Nothing),
+                _ => Err(failed(user)),
             }
-            let keys = match secret {
-                Some(secret) => shared.keys.get(user, secret).await,
-                None => None,
-            };
-            let known = keys.is_some();
-            let keys = keys.unwrap_or_else(|| Arc::new(ScramKeys::decoy(user, &shared.secret)));
-            scram_exchange(client, user, keys, known).await.map(|_| None)
+        }
+        (Method::Cert, _) => Err(PgError::fatal(
+            "28000",
+            format!(
+                "certificate authentication failed for user \"{user}\": pgmux does not ask clients for certificates"
+            ),
+        )
+        .with_hint("use scram-sha-256 for this rule of auth_hba_file")),
+        (Method::Reject, _) => Err(failed(user)),
+    }
+}
+
+/// Whether a clear-text password is the one the secret was made from.
+fn password_matches(secret: &Secret, user: &str, given: &str) -> bool {
+    match secret {
+        Secret::Plain(p) => crate::auth::ct_eq(p.as_bytes(), given.as_bytes()),
+        Secret::Md5(inner) => crate::auth::ct_eq(&md5_inner(given, user), inner),
+        Secret::Scram(s) => {
+            let keys = ScramKeys::derive(given, &s.salt, s.iterations);
+            crate::auth::ct_eq(&keys.stored_key, &s.stored_key)
         }
     }
 }
 
-/// Passthrough asks for the password in clear text: only where nobody can read it on the way.
+fn md5_of(secret: Option<&Secret>, user: &str) -> Option<[u8; 16]> {
+    match secret {
+        Some(Secret::Plain(p)) => Some(md5_inner(p, user)),
+        Some(Secret::Md5(inner)) => Some(*inner),
+        _ => None,
+    }
+}
+
+/// SCRAM against the user's secret (a decoy for an unknown user, so it fails like a wrong
+/// password); an md5 secret cannot answer SCRAM, so md5 runs instead. Against a stored SCRAM
+/// secret, the ClientKey the client revealed comes back.
+async fn scram(
+    client: &mut ClientConn,
+    shared: &Shared,
+    user: &str,
+    secret: Option<&Secret>,
+) -> Result<Proof, PgError> {
+    if let Some(Secret::Md5(inner)) = secret {
+        return md5_exchange(client, user, Some(*inner)).await.map(|_| Proof::Nothing);
+    }
+    let keys = match secret {
+        Some(secret) => shared.keys.get(user, secret).await,
+        None => None,
+    };
+    let known = keys.is_some();
+    let keys = keys.unwrap_or_else(|| Arc::new(ScramKeys::decoy(user, &shared.secret)));
+    let client_key = scram_exchange(client, user, keys, known).await?;
+    Ok(match (secret, client_key) {
+        (Some(Secret::Scram(_)), Some(key)) => Proof::ClientKey(key),
+        _ => Proof::Nothing,
+    })
+}
+
+/// Passthrough asks for the password in clear text: only where nobody can read it on the way
+/// (loopback, the Unix socket, TLS).
 fn passthrough_allowed(client: &ClientConn) -> bool {
-    client.peer().is_loopback() || client.stream.is_tls()
+    client.peer().is_local() || client.stream.is_tls()
 }
 
 /// The single message for every failed login, so that unknown users look like wrong passwords.
@@ -92,7 +233,13 @@ async fn ask_password(client: &mut ClientConn, code: i32, data: &[u8]) -> Result
     read_cstr(&frame, &mut pos).map(<[u8]>::to_vec).ok_or_else(malformed)
 }
 
-async fn scram_exchange(client: &mut ClientConn, user: &str, keys: Arc<ScramKeys>, known: bool) -> Result<(), PgError> {
+/// The exchange; the ClientKey the client's proof revealed.
+async fn scram_exchange(
+    client: &mut ClientConn,
+    user: &str,
+    keys: Arc<ScramKeys>,
+    known: bool,
+) -> Result<Option<[u8; 32]>, PgError> {
     let mut mechanisms = Vec::with_capacity(MECHANISM.len() + 2);
     mechanisms.extend_from_slice(MECHANISM.as_bytes());
     mechanisms.extend_from_slice(b"\0\0");
@@ -118,7 +265,8 @@ async fn scram_exchange(client: &mut ClientConn, user: &str, keys: Arc<ScramKeys
     if !known {
         return Err(failed(user));
     }
-    send_auth(client, msg::AUTH_SASL_FINAL, &server_final).await
+    send_auth(client, msg::AUTH_SASL_FINAL, &server_final).await?;
+    Ok(scram.client_key())
 }
 
 fn scram_error(user: &str, e: &ScramError) -> PgError {

@@ -10,7 +10,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 pub struct ClientConn {
@@ -31,20 +30,39 @@ pub struct ClientConn {
 }
 
 /// A client's address as logs show it.
-pub struct Peer(Option<SocketAddr>);
+pub enum Peer {
+    Tcp(SocketAddr),
+    /// On the Unix socket of `unix_socket_dir`.
+    Unix,
+    /// The socket has no peer any more.
+    Gone,
+}
 
 impl std::fmt::Display for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(addr) => addr.fmt(f),
-            None => f.write_str("(gone)"),
+        match self {
+            Peer::Tcp(addr) => addr.fmt(f),
+            Peer::Unix => f.write_str("unix"),
+            Peer::Gone => f.write_str("(gone)"),
         }
     }
 }
 
 impl Peer {
-    pub fn is_loopback(&self) -> bool {
-        self.0.is_some_and(|a| a.ip().is_loopback())
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            Peer::Tcp(a) => Some(a.ip()),
+            _ => None,
+        }
+    }
+
+    /// On this machine: loopback TCP, or the Unix socket.
+    pub fn is_local(&self) -> bool {
+        match self {
+            Peer::Tcp(a) => a.ip().is_loopback(),
+            Peer::Unix => true,
+            Peer::Gone => false,
+        }
     }
 }
 
@@ -74,9 +92,10 @@ pub enum Request {
 }
 
 impl ClientConn {
-    pub fn new(stream: TcpStream, max_message_size: u32) -> ClientConn {
+    /// `stream` is plain TCP or a Unix socket.
+    pub fn new(stream: Stream, max_message_size: u32) -> ClientConn {
         ClientConn {
-            stream: Stream::Plain(stream),
+            stream,
             // Room for the login messages; an idle client gives its buffer back (`spare`).
             buf: BytesMut::with_capacity(1024),
             ready: 0,
@@ -195,7 +214,11 @@ impl ClientConn {
     /// The client's address, for logs. Asked of the socket, not stored: every idle client
     /// would carry it.
     pub fn peer(&self) -> Peer {
-        Peer(self.stream.peer_addr().ok())
+        match (&self.stream, self.stream.peer_addr()) {
+            (Stream::Unix(_), _) => Peer::Unix,
+            (_, Ok(addr)) => Peer::Tcp(addr),
+            (_, Err(_)) => Peer::Gone,
+        }
     }
 
     pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {

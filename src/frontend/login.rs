@@ -1,7 +1,7 @@
 //! From accept to the first ReadyForQuery: startup, limits, authentication, the pool, and the
 //! welcome (ParameterStatus, BackendKeyData).
 
-use super::auth::authenticate;
+use super::auth::{authenticate, Proof};
 use super::cancel::{CancelHandle, ClientFacts};
 use super::conn::ClientConn;
 use super::session::{self, Session};
@@ -13,20 +13,19 @@ use crate::config::{Config, Secret, TlsMode};
 use crate::pool::Pool;
 use crate::protocol::messages::{self as msg, PgError};
 use crate::route::choose::Preference;
+use crate::stream::Stream;
 use bytes::BytesMut;
 use sha2::{Digest, Sha256};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// Serves one client connection from accept to close.
-pub fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> impl Future<Output = ()> + Send {
+pub fn serve(stream: Stream, shared: Arc<Shared>) -> impl Future<Output = ()> + Send {
     // Boxed: startup, TLS and authentication state is freed once the client is in, so the
     // task of an idle client holds only its session. (Not an async fn: its arguments would
     // stay in the task's state for its whole life.)
-    let admitting = Box::pin(admit(stream, peer, shared));
+    let admitting = Box::pin(admit(stream, shared));
     async move {
         let Some(session) = admitting.await else {
             return;
@@ -38,15 +37,19 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> impl F
 /// Startup, TLS and authentication: the session of a client that got in, or None when it
 /// was refused (it got its error), left, sent a cancel request, or was a console user (served
 /// to the end in here, so the task of an idle pool client does not make room for it).
-async fn admit(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Option<Session> {
+async fn admit(stream: Stream, shared: Arc<Shared>) -> Option<Session> {
     let (slot, connected) = ClientSlot::take(&shared);
     let config = shared.config.load_full();
-    crate::tcp::current().apply(socket2::SockRef::from(&stream));
+    if let Stream::Plain(tcp) = &stream {
+        crate::tcp::current().apply(socket2::SockRef::from(tcp));
+    }
     let mut client = ClientConn::new(stream, config.pooler.max_message_size);
-    // Without certificates loaded, SSL requests get `N` whatever the (reloaded) setting says.
-    let tls_mode = match shared.tls {
-        Some(_) => config.pooler.tls_mode,
-        None => TlsMode::Disable,
+    let peer = client.peer();
+    // Without certificates loaded, SSL requests get `N` whatever the (reloaded) setting says;
+    // and on the Unix socket, as PostgreSQL and PgBouncer answer there.
+    let tls_mode = match (&shared.tls, &client.stream) {
+        (Some(_), Stream::Plain(_)) => config.pooler.tls_mode,
+        _ => TlsMode::Disable,
     };
     let deadline = Deadline::new(config.pooler.client_login_timeout);
     let mut startup = deadline.run(read_startup(&mut client, tls_mode)).await;
@@ -179,7 +182,7 @@ async fn login(
                 .with_hint("connect replication clients to PostgreSQL directly"),
         );
     }
-    let settings = Settings::from_startup(&params)?;
+    let mut settings = Settings::from_startup(&params)?;
     // Checked before authentication: a bad startup packet costs no password exchange.
     let route = match param("pgmux.route") {
         None => Preference::Auto,
@@ -190,7 +193,7 @@ async fn login(
     };
     let mut out = BytesMut::new();
     if admin::is_console(database) && !config.databases.contains_key(database) {
-        return console_login(client, shared, config, user).await.map(Some);
+        return console_login(client, shared, config, user, database).await.map(Some);
     }
     let unknown: Vec<&str> = params
         .iter()
@@ -207,6 +210,16 @@ async fn login(
         PgError::fatal("3D000", format!("database \"{database}\" does not exist in pgmux"))
             .with_hint("add a [databases.NAME] entry (or a \"*\" entry) to pooler.toml")
     })?;
+    // The database's client_encoding, datestyle and timezone, where the client sent none.
+    for (name, value) in [
+        ("client_encoding", &db.client_encoding),
+        ("datestyle", &db.datestyle),
+        ("timezone", &db.timezone),
+    ] {
+        if let (Some(value), None) = (value, settings.get(name)) {
+            settings.set(name, value);
+        }
+    }
     if shared.pools.find_gate(database).is_some_and(|g| g.disabled()) {
         return Err(PgError::fatal(
             "57P03",
@@ -214,13 +227,20 @@ async fn login(
         )
         .with_hint("ENABLE it on the console (psql -p PORT -U ADMIN pgbouncer)"));
     }
-    let password = authenticate(client, shared, config, user).await?;
-    let pool = shared
-        .pools
-        .get_or_create(config, db, database, user, password.as_deref());
+    let proof = authenticate(client, shared, config, user, database).await?;
+    let password = match &proof {
+        Proof::Password(p) => Some(p.as_str()),
+        _ => None,
+    };
+    let pool = shared.pools.get_or_create(config, db, database, user, password);
+    match &proof {
+        Proof::ClientKey(key) => pool.learn_client_key(user, *key),
+        Proof::Looked { secret, client_key } => pool.learn_secret(user, secret.clone(), *client_key),
+        Proof::Nothing | Proof::Password(_) => {}
+    }
     match password {
         Some(password) => {
-            if let Err(e) = verify_passthrough(&pool, shared, &password).await {
+            if let Err(e) = verify_passthrough(&pool, shared, password).await {
                 shared.pools.forget_if_unused(&pool);
                 return Err(e);
             }
@@ -260,8 +280,9 @@ async fn console_login(
     shared: &Shared,
     config: &Config,
     user: &str,
+    database: &str,
 ) -> Result<LoggedIn, PgError> {
-    if let Some(password) = authenticate(client, shared, config, user).await? {
+    if let Proof::Password(password) = authenticate(client, shared, config, user, database).await? {
         admin::check_passthrough(config, user, &password)?;
     }
     let role = admin::role(config, user)?;
@@ -289,6 +310,7 @@ async fn verify_passthrough(pool: &Pool, shared: &Shared, password: &str) -> Res
     let credentials = Credentials {
         user: pool.credentials().user.clone(),
         password: Some(Secret::Plain(password.to_owned())),
+        client_key: None,
     };
     match pool.open_as(&credentials).await {
         Ok(conn) => {

@@ -1,6 +1,7 @@
 //! One tokio task per client: startup, authentication, then the session loop.
 
 pub mod auth;
+pub mod auth_query;
 pub mod cancel;
 pub mod conn;
 pub mod drain;
@@ -45,6 +46,8 @@ pub struct Shared {
     pub cancels: cancel::CancelRegistry,
     /// Reload outcomes, for the metrics.
     pub reloads: crate::reload::ReloadStats,
+    /// auth_query's recent answers.
+    pub auth_cache: auth_query::Cache,
 }
 
 impl Shared {
@@ -58,6 +61,7 @@ impl Shared {
             tls: tls.to_clients,
             cancels: cancel::CancelRegistry::default(),
             reloads: crate::reload::ReloadStats::default(),
+            auth_cache: auth_query::Cache::default(),
             keys: KeyCache::default(),
             clients: AtomicU32::new(0),
             next_client: AtomicU64::new(1),

@@ -256,6 +256,38 @@ impl Pool {
         self.credentials.load_full()
     }
 
+    /// SCRAM pass-through: a client of this pool's own login user proved itself against the
+    /// SCRAM secret the pool logs in with; its ClientKey lets the pool log in too.
+    pub fn learn_client_key(&self, user: &str, key: [u8; 32]) {
+        let current = self.credentials();
+        let scram = matches!(current.password, Some(crate::config::Secret::Scram(_)));
+        if current.user == user && scram && current.client_key != Some(key) {
+            self.set_credentials(Credentials {
+                client_key: Some(key),
+                ..(*current).clone()
+            });
+            // A login that failed for want of it says nothing about the next one.
+            self.login_failure.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+    }
+
+    /// auth_query found this secret for the pool's own login user (pgmux has none configured):
+    /// the pool logs in with it, and with the ClientKey where the client proved itself by SCRAM.
+    pub fn learn_secret(&self, user: &str, secret: crate::config::Secret, client_key: Option<[u8; 32]>) {
+        let current = self.credentials();
+        // A key proven against another (older) secret cannot answer for this one.
+        let same = current.password.as_ref() == Some(&secret);
+        let fresh = Credentials {
+            user: current.user.clone(),
+            password: Some(secret),
+            client_key: client_key.or(if same { current.client_key } else { None }),
+        };
+        if current.user == user && *current != fresh {
+            self.set_credentials(fresh);
+            self.login_failure.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+    }
+
     /// Passthrough: a password that just logged in replaces the one the pool knew.
     pub fn set_credentials(&self, credentials: Credentials) {
         for replica in self.replica_pools() {

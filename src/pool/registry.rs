@@ -190,7 +190,10 @@ impl Pools {
                 retire.push(key.clone());
                 continue;
             }
-            if credentials.password.is_some() && credentials != *pool.credentials() {
+            let old = pool.credentials();
+            if credentials.password.is_some()
+                && (&credentials.user, &credentials.password) != (&old.user, &old.password)
+            {
                 pool.set_credentials(credentials);
             }
             let settings = settings(config, db, &key.database, &key.user);
@@ -216,7 +219,7 @@ impl Pools {
             }
         }
         for limit in self.db_limits.iter() {
-            limit.set_max(config.pooler.max_db_connections);
+            limit.set_max(max_db_connections(config, limit.key()));
         }
         for breaker in self.breakers.iter() {
             breaker.set_config(&config.breaker);
@@ -261,7 +264,7 @@ impl Pools {
                 Arc::new(Limit::new(
                     LimitKind::Database,
                     database,
-                    config.pooler.max_db_connections,
+                    max_db_connections(config, database),
                 ))
             })
             .clone();
@@ -363,7 +366,7 @@ pub fn settings(config: &Config, db: &DatabaseConfig, database: &str, user: &str
         mode: config.pool_mode_for(database, user),
         size,
         min_size: db.min_pool_size.unwrap_or(p.min_pool_size).min(size),
-        reserve_size: p.reserve_pool_size,
+        reserve_size: db.reserve_pool.unwrap_or(p.reserve_pool_size),
         reserve_timeout: p.reserve_pool_timeout,
         query_wait_timeout: p.query_wait_timeout,
         server_idle_timeout: p.server_idle_timeout,
@@ -375,6 +378,12 @@ pub fn settings(config: &Config, db: &DatabaseConfig, database: &str, user: &str
         server_check_query: p.server_check_query.clone(),
         max_prepared_statements: p.max_prepared_statements,
     }
+}
+
+/// The database's own `max_db_connections`, else `pooler.max_db_connections` (0: unlimited).
+fn max_db_connections(config: &Config, database: &str) -> u32 {
+    let own = config.database(database).and_then(|d| d.max_db_connections);
+    own.unwrap_or(config.pooler.max_db_connections)
 }
 
 /// `[users.NAME] max_user_connections`, else `pooler.max_user_connections` (0: unlimited).
@@ -394,6 +403,7 @@ pub fn server_credentials(config: &Config, db: &DatabaseConfig, user: &str, pass
         return Credentials {
             user: forced.clone(),
             password,
+            client_key: None,
         };
     }
     let password = db
@@ -404,5 +414,6 @@ pub fn server_credentials(config: &Config, db: &DatabaseConfig, user: &str, pass
     Credentials {
         user: user.to_owned(),
         password,
+        client_key: None,
     }
 }

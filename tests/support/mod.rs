@@ -183,3 +183,28 @@ pub fn ensure_database(name: &str) {
         );
     }
 }
+
+/// Sends a StartupMessage and returns the code of the first Authentication message pgmux sends
+/// back (the method it asks the client for); panics on anything else (such as an ErrorResponse).
+pub fn first_auth_request(port: u16, user: &str, db: &str) -> i32 {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to pgmux");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let params = [("user", user), ("database", db)];
+    postgres_protocol::message::frontend::startup_message(params.iter().copied(), &mut buf).unwrap();
+    stream.write_all(&buf).expect("send startup");
+    let mut header = [0u8; 5];
+    stream.read_exact(&mut header).expect("read the answer to startup");
+    let len = i32::from_be_bytes(header[1..5].try_into().unwrap()) as usize;
+    let mut body = vec![0u8; len.saturating_sub(4)];
+    stream.read_exact(&mut body).expect("read message body");
+    assert_eq!(
+        header[0] as char,
+        'R',
+        "expected an Authentication message, got {:?}: {}",
+        header[0] as char,
+        String::from_utf8_lossy(&body)
+    );
+    i32::from_be_bytes(body[..4].try_into().unwrap())
+}

@@ -288,6 +288,13 @@ pub(super) fn pgbouncer(out: &mut Out, key: &str, value: &str, src: &Src) -> Res
         out.pooler(name, uint(value, src)?.to_string(), src);
         return Ok(());
     }
+    if matches!(key, "auth_file" | "auth_hba_file") && !value.is_empty() && !value.starts_with('/') {
+        out.note(
+            src,
+            "a relative path: pgmux takes it from the directory of the configuration file, \
+             PgBouncer from its working directory",
+        );
+    }
     if let Some(name) = SAME_STRINGS.iter().find(|k| **k == key) {
         out.pooler(name, toml_str(value), src);
         return Ok(());

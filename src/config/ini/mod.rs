@@ -93,6 +93,18 @@ impl Converted {
         Ok(config)
     }
 
+    /// An error about a `[pooler]` key found after parsing (e.g. reading auth_file), moved to
+    /// the ini line that set the key.
+    pub fn locate_pooler_key(&self, e: ConfigError) -> ConfigError {
+        let key = e.key.strip_prefix("pooler.").unwrap_or(&e.key);
+        let prefix = format!("{key} = ");
+        let at = self.toml.lines().zip(&self.lines).find(|(l, _)| l.starts_with(&prefix));
+        match at {
+            Some((_, Some(src))) => src.err(e.message),
+            _ => e,
+        }
+    }
+
     fn locate(&self, e: ConfigError) -> ConfigError {
         let src = e
             .line

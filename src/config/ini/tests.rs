@@ -722,6 +722,25 @@ fn load_reads_ini_by_name_or_content() {
     let path = dir.write("pooler.toml", "[pooler]\nlisten_port = 7300\n");
     let c = Config::load(&path).unwrap();
     assert_eq!((c.pooler.listen_port, c.notes.len()), (7300, 0));
+    // auth_file: read as for pooler.toml (relative to the file, noted); its errors at the ini line.
+    dir.write("userlist.txt", "\"app\" \"secret\"\n");
+    let path = dir.write(
+        "auth.ini",
+        "[pgbouncer]\nlisten_addr = 127.0.0.1\nauth_file = userlist.txt\n",
+    );
+    let c = Config::load(&path).unwrap();
+    assert_eq!(c.users["app"].password, Some(Secret::Plain("secret".into())));
+    assert!(
+        c.notes.iter().any(|n| n.contains(":3: auth_file: a relative path")),
+        "{:?}",
+        c.notes
+    );
+    let path = dir.write("noauth.ini", "[pgbouncer]\n\nauth_file = missing.txt\n");
+    let e = Config::load(&path).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (Some(3), "auth_file"), "{e}");
+    let path = dir.write("hba.ini", "[pgbouncer]\nauth_type = hba\n");
+    let e = Config::load(&path).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (Some(2), "auth_type"), "{e}");
     assert!(looks_like_ini(Path::new("x"), "  %include\tother.ini\n"));
     assert!(!looks_like_ini(Path::new("x.toml"), "[pooler]\n# [pgbouncer]\n"));
 }
