@@ -473,6 +473,11 @@ fn listen_addr(out: &mut Out, value: &str, src: &Src) -> Result<(), ConfigError>
     Ok(())
 }
 
+/// Where pgmux's md5 differs from PgBouncer's (said for the default too, see `Out::defaults`).
+pub(super) const MD5_NOTE: &str = "md5: pgmux refuses a user whose secret is a SCRAM one (as auth_query \
+     returns from PostgreSQL 14 on), where PgBouncer switches to SCRAM; scram-sha-256 takes every \
+     secret (md5 ones with md5)";
+
 fn auth_type(out: &mut Out, value: &str, src: &Src) -> Result<(), ConfigError> {
     let words = [
         "any",
@@ -486,7 +491,10 @@ fn auth_type(out: &mut Out, value: &str, src: &Src) -> Result<(), ConfigError> {
         "scram-sha-256",
     ];
     let pgmux = match lookup(value, &words, src)? {
-        "md5" => "md5",
+        "md5" => {
+            out.note(src, MD5_NOTE);
+            "md5"
+        }
         "scram-sha-256" => "scram-sha-256",
         "hba" => "hba",
         "trust" => {
