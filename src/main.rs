@@ -12,8 +12,9 @@ use std::sync::Arc;
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// pooler.toml, or PgBouncer's pgbouncer.ini, to use; without it, the embedded default (listen on 127.0.0.1:6432, serve
-    /// every database of the PostgreSQL on 127.0.0.1:5432, passthrough authentication).
+    /// pooler.toml, or PgBouncer's pgbouncer.ini, to use; without it, the embedded default
+    /// (listen on 127.0.0.1:6432, serve every database of the PostgreSQL on 127.0.0.1:5432,
+    /// passthrough authentication).
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
