@@ -12,8 +12,9 @@ use std::sync::Arc;
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// pooler.toml to use; without it, the embedded default (listen on 127.0.0.1:6432, serve
-    /// every database of the PostgreSQL on 127.0.0.1:5432, passthrough authentication).
+    /// pooler.toml, or PgBouncer's pgbouncer.ini, to use; without it, the embedded default
+    /// (listen on 127.0.0.1:6432, serve every database of the PostgreSQL on 127.0.0.1:5432,
+    /// passthrough authentication).
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -24,6 +25,12 @@ struct Cli {
 enum Command {
     /// Validate a configuration file and exit (non-zero, naming the key and line, on an error).
     Check,
+    /// Print the pooler.toml equivalent of PgBouncer's pgbouncer.ini FILE; settings pgmux does
+    /// not act on are listed on stderr (and as comments in the output).
+    Convert {
+        /// The pgbouncer.ini to read (its %include files are taken from the working directory).
+        file: PathBuf,
+    },
 }
 
 /// jemalloc: its size classes keep the 128-byte-aligned objects tokio allocates for every
@@ -34,6 +41,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Convert { file }) = &cli.command {
+        return convert(file);
+    }
     let config = match &cli.config {
         Some(path) => match Config::load(path) {
             Ok(config) => config,
@@ -58,6 +68,9 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::Check) = cli.command {
+        for note in &config.notes {
+            eprintln!("note: {note}");
+        }
         println!("{}: ok", cli.config.unwrap_or_default().display());
         return ExitCode::SUCCESS;
     }
@@ -81,6 +94,25 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(serve(config, tls, cli.config))
+}
+
+/// `pgmux convert FILE`: the TOML on stdout, the notes on stderr; 2 on a malformed file.
+fn convert(file: &std::path::Path) -> ExitCode {
+    let converted = pgmux::config::ini::convert_file(file);
+    // The TOML must also read back as a pooler.toml: the same check `--config` makes.
+    match converted.and_then(|c| c.config().map(|_| c)) {
+        Ok(converted) => {
+            print!("{}", converted.toml);
+            for note in &converted.notes {
+                eprintln!("# {note}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pgmux: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
@@ -126,6 +158,9 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
         "pgmux {} listening on {addr}:{port}{socket} ({threads})",
         env!("CARGO_PKG_VERSION")
     );
+    for note in &config.notes {
+        tracing::warn!("{note}");
+    }
     let inert = config.inert_settings();
     if !inert.is_empty() {
         tracing::warn!(

@@ -85,6 +85,9 @@ fn try_reload(shared: &Shared) -> Result<Reconfigured, ReloadError> {
     if config.metrics.listen != old.metrics.listen {
         tracing::warn!("metrics.listen takes effect at the next start, not on reload");
     }
+    for note in &config.notes {
+        tracing::warn!("{note}");
+    }
     let inert = config.inert_settings();
     if !inert.is_empty() {
         tracing::warn!(

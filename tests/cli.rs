@@ -1,4 +1,7 @@
-//! The pgmux command line: `check`, `--help`, `--version`, and a listen port that is taken.
+//! The pgmux command line: `check`, `convert`, `--help`, `--version`, a listen port that is
+//! taken, and serving from PgBouncer's pgbouncer.ini.
+
+mod support;
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -279,4 +282,119 @@ fn serving_on_a_taken_port_exits_with_an_error() {
     assert!(text.contains("cannot listen"), "output: {text}");
     assert!(text.contains(&port.to_string()), "the port is not named: {text}");
     drop(held);
+}
+
+/// A pgbouncer.ini in a scratch directory with an included file, removed on drop.
+struct IniDir(PathBuf);
+
+impl IniDir {
+    fn new(main: &str, included: &str) -> IniDir {
+        let dir = TempConfig::new("").0.with_extension("d");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pgbouncer.ini"), main.replace("{dir}", dir.to_str().unwrap())).unwrap();
+        std::fs::write(dir.join("databases.ini"), included).unwrap();
+        IniDir(dir)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for IniDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn convert_and_check_a_pgbouncer_ini() {
+    let ini = IniDir::new(
+        ";; PgBouncer's format\n[pgbouncer]\nlisten_addr = *\nlisten_port = 6499\nauth_type = md5\n\
+         logfile = /var/log/pgbouncer.log\nadmin_users = admin, ops\n%include {dir}/databases.ini\n",
+        "[databases]\napp = host=db1 port=5433 dbname=app_prod pool_size=10\n* = host=db2\n",
+    );
+    let file = ini.path("pgbouncer.ini");
+    let (code, toml, notes) = pgmux(&["convert", &file]);
+    assert_eq!(code, 0, "stderr: {notes}");
+    for line in [
+        "listen_addr = \"0.0.0.0\"",
+        "listen_port = 6499",
+        "auth_type = \"md5\"",
+        "admin_users = [\"admin\", \"ops\"]",
+        "pool_mode = \"session\"",
+        "[databases.app]",
+        "dbname = \"app_prod\"",
+        "[databases.\"*\"]",
+    ] {
+        assert!(toml.lines().any(|l| l.starts_with(line)), "{line} missing:\n{toml}");
+    }
+    assert!(
+        notes.contains(&format!("{file}:6: logfile: pgmux logs to stderr")),
+        "{notes}"
+    );
+    assert!(notes.contains(&format!("{file}:3: listen_addr: ")), "{notes}");
+    // The output is a pooler.toml that check accepts.
+    let converted = TempConfig::new(&toml);
+    let (code, out, err) = pgmux(&["check", "--config", converted.path()]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}\n{toml}");
+    // check reads the ini itself, and prints the notes.
+    let (code, out, err) = pgmux(&["check", "--config", &file]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains(&file) && out.contains("ok"), "{out}");
+    assert!(err.contains("logfile: pgmux logs to stderr"), "{err}");
+
+    // A malformed ini: exit 2 and one line naming the file and line, for both.
+    let bad = IniDir::new("[pgbouncer]\nlisten_port = 6499\n\nmax_client_conn = lots\n", "");
+    let file = bad.path("pgbouncer.ini");
+    for args in [vec!["convert", file.as_str()], vec!["check", "--config", file.as_str()]] {
+        let (code, out, err) = pgmux(&args);
+        assert_eq!(code, 2, "{args:?}: stdout: {out}\nstderr: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(&format!("{file}:4: max_client_conn: ")), "{err}");
+    }
+    let (code, _, err) = pgmux(&["convert", &ini.path("missing.ini")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("missing.ini") && err.contains("cannot read"), "{err}");
+}
+
+#[tokio::test]
+async fn serves_from_a_pgbouncer_ini_and_keeps_it_on_a_bad_reload() {
+    let ini = "[databases]\nviaini = host=127.0.0.1 port={pg_port} dbname=postgres\n\
+               [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = trust\n\
+               pool_mode = transaction\nunix_socket_dir = {dir}\nlogfile = {dir}/pgbouncer.log\n";
+    let px = support::Pgmux::start_file("pgbouncer.ini", ini);
+    assert!(
+        px.wait_for_log("logfile: pgmux logs to stderr", Duration::from_secs(5)),
+        "the note is not logged:\n{}",
+        px.log()
+    );
+    let client = support::connect(&px.url("postgres", "x", "viaini")).await;
+    let row = client.query_one("SELECT current_database()", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "postgres");
+
+    // A malformed file on SIGHUP: refused, naming the ini line; the running config stays.
+    px.write_file(&ini.replace("pool_mode = transaction", "pool_mode = pooled"));
+    px.signal("HUP");
+    assert!(
+        px.wait_for_log("reload refused", Duration::from_secs(5)),
+        "{}",
+        px.log()
+    );
+    assert!(px.log().contains("pgbouncer.ini:7: pool_mode: "), "{}", px.log());
+    let client = support::connect(&px.url("postgres", "x", "viaini")).await;
+    client.simple_query("SELECT 1").await.unwrap();
+
+    // A good one takes effect: a new database name.
+    px.write_file(&format!(
+        "{ini}[databases]\nalso = host=127.0.0.1 port={{pg_port}} dbname=postgres\n"
+    ));
+    px.signal("HUP");
+    assert!(
+        px.wait_for_log("configuration reloaded", Duration::from_secs(5)),
+        "{}",
+        px.log()
+    );
+    let client = support::connect(&px.url("postgres", "x", "also")).await;
+    client.simple_query("SELECT 1").await.unwrap();
 }

@@ -270,6 +270,10 @@ pub struct Config {
     pub databases: BTreeMap<String, DatabaseConfig>,
     /// The rules of `auth_hba_file`, read with the file when auth_type = "hba".
     pub hba: Option<hba::Hba>,
+    /// What reading the file found to report, once, at startup and on reload: PgBouncer
+    /// settings of a pgbouncer.ini that pgmux does not act on, each `file:line: key: what to
+    /// do instead`. Empty for pooler.toml.
+    pub notes: Vec<String>,
 }
 
 impl DatabaseConfig {
@@ -327,6 +331,7 @@ pub struct ConfigError {
 
 pub mod hba;
 mod inert;
+pub mod ini;
 mod parse;
 mod secret;
 mod show;

@@ -20,9 +20,18 @@ impl Config {
         Ok(config)
     }
 
+    /// Reads pooler.toml, or PgBouncer's pgbouncer.ini (a `.ini` name, or a `[pgbouncer]`
+    /// section in the text), whose problems name the ini file and line.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();
         match std::fs::read_to_string(path) {
+            // PgBouncer's format, by name or by content (see `ini::looks_like_ini`).
+            Ok(text) if ini::looks_like_ini(path, &text) => {
+                let cwd = std::env::current_dir().unwrap_or_default();
+                let converted = ini::convert(&text, path, &cwd)?;
+                let config = converted.config()?;
+                config.read_auth_files(path).map_err(|e| converted.locate_pooler_key(e))
+            }
             Ok(text) => Config::parse(&text, &origin)?.read_auth_files(path),
             Err(e) => {
                 let message = format!("cannot read file: {e}");

@@ -100,6 +100,71 @@ impl Pgmux {
         unreachable!()
     }
 
+    /// Start pgmux against `cluster()` on a config file named `file_name` (so any format,
+    /// e.g. "pgbouncer.ini"), written from `text`, where `{port}` becomes the listen port, `{dir}`
+    /// pgmux's own directory, and `{pg_port}`, `{pg_socket_dir}` as in `start_with`. Nothing
+    /// is added to the text: it must set the listen address and port itself.
+    pub fn start_file(file_name: &str, text: &str) -> Pgmux {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let cluster = cluster();
+        for attempt in 1..=3 {
+            let dir = cluster
+                .dir
+                .join(format!("pgmux-file-{}", N.fetch_add(1, Ordering::Relaxed)));
+            fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+            let port = free_port();
+            let vars = vec![
+                ("{pg_port}", cluster.port.to_string()),
+                ("{pg_socket_dir}", cluster.dir.to_str().unwrap().to_owned()),
+                ("{port}", port.to_string()),
+                ("{dir}", dir.to_str().unwrap().to_owned()),
+            ];
+            let config_path = dir.join(file_name);
+            let log_path = dir.join("pgmux.log");
+            let subst = |s: &str| vars.iter().fold(s.to_owned(), |s, (k, v)| s.replace(k, v));
+            fs::write(&config_path, subst(text)).expect("write config");
+            let log = fs::File::create(&log_path).expect("create pgmux log");
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgmux"));
+            cmd.arg("--config").arg(&config_path);
+            cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+            if std::env::var_os("RUST_LOG").is_none() {
+                cmd.env("RUST_LOG", "info");
+            }
+            let child = cmd.spawn().expect("spawn pgmux");
+            let pid_file = cluster.dir.join("pids").join(child.id().to_string());
+            let _ = fs::write(&pid_file, "");
+            let mut me = Pgmux {
+                port,
+                config_path,
+                log_path,
+                dir,
+                child,
+                pid_file,
+                vars,
+            };
+            let why = match me.wait_listening() {
+                Ok(()) => return me,
+                Err(why) => why,
+            };
+            let log = me.log();
+            drop(me);
+            if attempt < 3 && log.to_lowercase().contains("in use") {
+                continue;
+            }
+            panic!(
+                "pgmux did not start: {why}; last 50 lines of its log:\n{}",
+                tail(&log, 50)
+            );
+        }
+        unreachable!()
+    }
+
+    /// Rewrite the file of `start_file`, with the same substitutions.
+    pub fn write_file(&self, text: &str) {
+        let text = self.vars.iter().fold(text.to_owned(), |s, (k, v)| s.replace(k, v));
+        fs::write(&self.config_path, text).expect("write pgmux config");
+    }
+
     /// (Re)write the config file, same format and port as at start (e.g. before `signal("HUP")`).
     pub fn write_config(&self, pooler_extra: &str, rest: &str) {
         let text = config_text(self.port, &self.vars, pooler_extra, rest);
