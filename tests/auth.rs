@@ -96,7 +96,10 @@ async fn scram_with_scram_secret() {
     let px = scram_pgmux(&format!("[users.app]\npassword = \"{secret}\"\n{}", bench_db()));
     let err = refused(&px.url("app", "app", "bench")).await;
     let message = fatal(&err, "08006");
-    assert!(message.contains("holds another SCRAM secret for user \"app\""), "{message}");
+    assert!(
+        message.contains("holds another SCRAM secret for user \"app\""),
+        "{message}"
+    );
     let hint = err.as_db_error().and_then(|e| e.hint()).unwrap_or_default();
     assert!(hint.contains("pg_authid"), "hint: {hint:?}");
     // A wrong password is still refused as such.

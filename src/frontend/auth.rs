@@ -87,6 +87,8 @@ async fn verify(
             let password = String::from_utf8(password).map_err(|_| failed(user))?;
             Ok(Proof::Password(password))
         }
+        // A SCRAM secret cannot answer md5: SCRAM runs instead, as in PgBouncer and PostgreSQL.
+        AuthType::Md5 if matches!(secret, Some(Secret::Scram(_))) => scram(client, shared, user, secret).await,
         AuthType::Md5 => md5_exchange(client, user, md5_of(secret, user))
             .await
             .map(|_| Proof::Nothing),

@@ -445,38 +445,23 @@ fn listen_addr(out: &mut Out, value: &str, src: &Src) -> Result<(), ConfigError>
         );
         return Ok(());
     };
-    let addr = match first.as_str() {
-        "*" => {
-            out.note(
-                src,
-                "* is 0.0.0.0 in pgmux (every IPv4 address); write \"::\" to take IPv6 clients too",
-            );
-            "0.0.0.0".to_string()
-        }
-        "localhost" => "127.0.0.1".to_string(),
-        a if a.parse::<std::net::IpAddr>().is_ok() => a.to_string(),
-        a => {
-            let message = format!("{a:?}: pgmux listens on an IP address, not a host name; write its address");
-            return Err(src.err(message));
-        }
-    };
-    if let Some(rest) = addrs.get(1..).filter(|r| !r.is_empty()) {
-        out.note(
-            src,
-            format!(
-                "pgmux listens on one address: {addr}, not on {}; use 0.0.0.0 or :: to take them all",
-                rest.join(", ")
-            ),
-        );
+    let _ = first;
+    // `*` (every IPv4 and IPv6 address) and lists mean the same in pgmux; host names do not.
+    let mut mapped = Vec::with_capacity(addrs.len());
+    for a in &addrs {
+        mapped.push(match a.as_str() {
+            "*" => "*".to_string(),
+            "localhost" => "127.0.0.1".to_string(),
+            a if a.parse::<std::net::IpAddr>().is_ok() => a.to_string(),
+            a => {
+                let message = format!("{a:?}: pgmux listens on an IP address, not a host name; write its address");
+                return Err(src.err(message));
+            }
+        });
     }
-    out.pooler("listen_addr", toml_str(&addr), src);
+    out.pooler("listen_addr", toml_str(&mapped.join(",")), src);
     Ok(())
 }
-
-/// Where pgmux's md5 differs from PgBouncer's (said for the default too, see `Out::defaults`).
-pub(super) const MD5_NOTE: &str = "md5: pgmux refuses a user whose secret is a SCRAM one (as auth_query \
-     returns from PostgreSQL 14 on), where PgBouncer switches to SCRAM; scram-sha-256 takes every \
-     secret (md5 ones with md5)";
 
 fn auth_type(out: &mut Out, value: &str, src: &Src) -> Result<(), ConfigError> {
     let words = [
@@ -491,10 +476,7 @@ fn auth_type(out: &mut Out, value: &str, src: &Src) -> Result<(), ConfigError> {
         "scram-sha-256",
     ];
     let pgmux = match lookup(value, &words, src)? {
-        "md5" => {
-            out.note(src, MD5_NOTE);
-            "md5"
-        }
+        "md5" => "md5",
         "scram-sha-256" => "scram-sha-256",
         "hba" => "hba",
         "trust" => {

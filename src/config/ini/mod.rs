@@ -327,10 +327,6 @@ impl Out {
                 });
             }
         }
-        let default_auth = self.pooler.iter().find(|i| i.key == "auth_type" && i.comment.is_some());
-        if let Some(src) = default_auth.map(|i| i.src.clone()) {
-            self.note(&src, keys::MD5_NOTE);
-        }
         if !self.pooler.iter().any(|i| i.key == "listen_addr") {
             let src = self.main.with_key("listen_addr");
             self.note(
