@@ -683,7 +683,7 @@ fn include_loops_and_depth_are_refused() {
 #[test]
 fn the_example_converts_and_parses() {
     let c = conv(EXAMPLE).unwrap();
-    let mut config = c.config().unwrap();
+    let config = c.config().unwrap();
     assert!(!config.notes.iter().any(|n| is_md5_note(n)), "{:?}", config.notes);
     let p = &config.pooler;
     assert_eq!((p.listen_addr.as_str(), p.listen_port), ("127.0.0.1", 6432));
