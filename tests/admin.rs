@@ -542,3 +542,24 @@ async fn shutdown_from_console() {
         "the port still accepts"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_passthrough_and_no_admin_users_a_postgresql_superuser_gets_the_console() {
+    // The embedded default's shape: passthrough, a "*" database, no admin_users.
+    let px = Pgmux::start("auth_type = \"passthrough\"", "[databases.\"*\"]\nport = {pg_port}\n");
+    // postgres is a superuser (trusted by the test cluster from 127.0.0.1).
+    let su = connect(&px.url("postgres", "whatever", "pgbouncer")).await;
+    let (cols, _) = within("SHOW POOLS", show(&su, "SHOW POOLS")).await;
+    assert!(cols.iter().any(|c| c == "cl_active"), "{cols:?}");
+    ok(&su, "PAUSE").await;
+    ok(&su, "RESUME").await;
+    // app logs in to PostgreSQL with its password but is no superuser: refused, and told why.
+    let Err(e) = try_connect(&px.url("app", "app", "pgbouncer")).await else {
+        panic!("app got the console")
+    };
+    assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e:?}");
+    let msg = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+    assert!(msg.ends_with("and is not a PostgreSQL superuser"), "{msg}");
+    // A wrong password is a wrong password.
+    assert_eq!(refused(&px.url("app", "nope", "pgbouncer")).await, "28P01");
+}

@@ -318,7 +318,7 @@ fn convert_and_check_a_pgbouncer_ini() {
     let (code, toml, notes) = pgmux(&["convert", &file]);
     assert_eq!(code, 0, "stderr: {notes}");
     for line in [
-        "listen_addr = \"0.0.0.0\"",
+        "listen_addr = \"*\"",
         "listen_port = 6499",
         "auth_type = \"md5\"",
         "admin_users = [\"admin\", \"ops\"]",

@@ -35,26 +35,34 @@ pub enum Role {
 }
 
 /// The role of `user`, or the refusal that names the settings.
-pub fn role(config: &Config, user: &str) -> Result<Role, PgError> {
+/// `superuser`: the server said the user is a PostgreSQL superuser (passthrough only), which
+/// lets it in as an admin where admin_users does not name it.
+pub fn role(config: &Config, user: &str, superuser: bool) -> Result<Role, PgError> {
     let p = &config.pooler;
-    if p.admin_users.iter().any(|u| u == user) {
+    if p.admin_users.iter().any(|u| u == user) || superuser {
         Ok(Role::Admin)
     } else if p.stats_users.iter().any(|u| u == user) {
         Ok(Role::Stats)
     } else {
-        Err(PgError::fatal(
-            "42501",
-            format!("user \"{user}\" may not use the pgmux console: it is in neither admin_users nor stats_users"),
+        let passthrough = p.auth_type == crate::config::AuthType::Passthrough;
+        let who = if passthrough {
+            "it is in neither admin_users nor stats_users, and is not a PostgreSQL superuser"
+        } else {
+            "it is in neither admin_users nor stats_users"
+        };
+        Err(
+            PgError::fatal("42501", format!("user \"{user}\" may not use the pgmux console: {who}")).with_hint(
+                "add the user to pooler.admin_users (every command) or pooler.stats_users (SHOW only) in pooler.toml; \
+                 with auth_type = \"passthrough\" (the default without a configuration file) a PostgreSQL superuser may log in too",
+            ),
         )
-        .with_hint(
-            "add the user to pooler.admin_users (every command) or pooler.stats_users (SHOW only) in pooler.toml",
-        ))
     }
 }
 
-/// auth_type passthrough has no server to ask for the console: the password the client gave
-/// must match the user's own in [users].
-pub fn check_passthrough(config: &Config, user: &str, password: &str) -> Result<(), PgError> {
+/// auth_type passthrough, for the console: the password must match the user's own in [users];
+/// a user with none there is asked of the server (`superuser`). Ok(true) for a verified
+/// PostgreSQL superuser.
+pub async fn check_passthrough(shared: &Shared, config: &Config, user: &str, password: &str) -> Result<bool, PgError> {
     let refused = || PgError::fatal("28P01", format!("password authentication failed for user \"{user}\""));
     let ok = match config.users.get(user).and_then(|u| u.password.as_ref()) {
         Some(Secret::Plain(p)) => ct_eq(p.as_bytes(), password.as_bytes()),
@@ -63,13 +71,48 @@ pub fn check_passthrough(config: &Config, user: &str, password: &str) -> Result<
             let keys = ScramKeys::derive(password, &s.salt, s.iterations);
             ct_eq(&keys.stored_key, &s.stored_key)
         }
-        None => {
-            return Err(refused().with_hint(
-                "with auth_type = \"passthrough\" the console checks the password in [users.NAME] password",
+        None => return superuser(shared, config, user, password).await,
+    };
+    ok.then_some(false).ok_or_else(refused)
+}
+
+/// Logs in to the server (the `postgres` database, or the `*` entry's server) with the
+/// client's password and asks whether the user is a superuser. A refused login is the client's
+/// wrong password.
+async fn superuser(shared: &Shared, config: &Config, user: &str, password: &str) -> Result<bool, PgError> {
+    let no_server = || {
+        PgError::fatal("28P01", format!("password authentication failed for user \"{user}\"")).with_hint(
+            "with auth_type = \"passthrough\" the console checks the password in [users.NAME] password, \
+             or, for a user not listed there, with the server of the \"postgres\" (or \"*\") database",
+        )
+    };
+    let Some(db) = config.database("postgres") else {
+        return Err(no_server());
+    };
+    let mut target = shared.pools.target_of(config, db, "postgres");
+    if target.connect_timeout.is_zero() {
+        target.connect_timeout = std::time::Duration::from_secs(10);
+    }
+    let credentials = crate::backend::Credentials {
+        user: user.to_owned(),
+        password: Some(Secret::Plain(password.to_owned())),
+        client_key: None,
+    };
+    let (mut conn, _) = match crate::backend::connect(&target, &credentials).await {
+        Ok(c) => c,
+        Err(e) if e.is_auth_failure() => {
+            return Err(PgError::fatal(
+                "28P01",
+                format!("password authentication failed for user \"{user}\""),
             ))
         }
+        Err(e) => return Err(e.to_pg()),
     };
-    ok.then_some(()).ok_or_else(refused)
+    let outcome = conn
+        .run("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user")
+        .await
+        .map_err(|e| e.to_pg())?;
+    Ok(outcome.row.first() == Some(&Some("t".to_owned())))
 }
 
 /// The welcome after a console login (ParameterStatus as PgBouncer's console sends them).

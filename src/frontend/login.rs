@@ -282,10 +282,11 @@ async fn console_login(
     user: &str,
     database: &str,
 ) -> Result<LoggedIn, PgError> {
-    if let Proof::Password(password) = authenticate(client, shared, config, user, database).await? {
-        admin::check_passthrough(config, user, &password)?;
-    }
-    let role = admin::role(config, user)?;
+    let superuser = match authenticate(client, shared, config, user, database).await? {
+        Proof::Password(password) => admin::check_passthrough(shared, config, user, &password).await?,
+        _ => false,
+    };
+    let role = admin::role(config, user, superuser)?;
     let mut out = BytesMut::new();
     let process_id = (shared.next_client_id() % i32::MAX as u64) as i32 + 1;
     admin::welcome(&mut out, process_id);

@@ -113,6 +113,11 @@ impl Pools {
     }
 
     /// The gate of a database if one was made (a login must not make one per name tried).
+    /// Where a connection to `database` of `db` goes (host, port, TLS), outside any pool.
+    pub fn target_of(&self, config: &Config, db: &DatabaseConfig, database: &str) -> Target {
+        target(config, db, database, &self.server_tls)
+    }
+
     pub fn find_gate(&self, database: &str) -> Option<Arc<Gate>> {
         self.gates.get(database).map(|g| g.clone())
     }
