@@ -333,7 +333,10 @@ fn convert_and_check_a_pgbouncer_ini() {
         notes.contains(&format!("{file}:6: logfile: pgmux logs to stderr")),
         "{notes}"
     );
-    assert!(!notes.contains("listen_addr"), "listen_addr = * means the same in pgmux: {notes}");
+    assert!(
+        !notes.contains("listen_addr"),
+        "listen_addr = * means the same in pgmux: {notes}"
+    );
     // The output is a pooler.toml that check accepts.
     let converted = TempConfig::new(&toml);
     let (code, out, err) = pgmux(&["check", "--config", converted.path()]);

@@ -181,6 +181,37 @@ async fn the_check_waits_for_server_check_delay() {
     assert!(!px.log().contains("server_check_query"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_server_check_query_turns_the_check_off() {
+    // Issue 22: "" sent an empty query; in PgBouncer it means no check, and a runbook that says
+    // so must mean the same here. An idle server due for a check shows as "used" in SHOW
+    // SERVERS (PgBouncer's name for it); with no check, none is.
+    ensure_database("nocheck");
+    let state_of_idle = |check: &'static str| async move {
+        let px = Pgmux::start(
+            &format!(
+                "auth_type = \"scram-sha-256\"\nadmin_users = [\"admin\"]\ndefault_pool_size = 1\n\
+                 server_check_delay = 0\nserver_check_query = \"{check}\""
+            ),
+            &format!("{APP}[users.admin]\npassword = \"admin\"\n[databases.nocheck]\nport = {{pg_port}}\n"),
+        );
+        let client = connect(&px.url("app", "app", "nocheck")).await;
+        assert_eq!(value(&client, "SELECT 1").await, "1");
+        let admin = connect(&px.url("admin", "admin", "pgbouncer")).await;
+        let rows = admin.simple_query("SHOW SERVERS").await.unwrap();
+        let states: Vec<String> = rows
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get("state").map(str::to_owned),
+                _ => None,
+            })
+            .collect();
+        states
+    };
+    assert_eq!(state_of_idle("SELECT 1").await, ["used"]);
+    assert_eq!(state_of_idle("").await, ["idle"]);
+}
+
 // ---- reload ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

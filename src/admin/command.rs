@@ -112,14 +112,16 @@ fn clip(s: &str) -> String {
 /// `key = value` or `key TO value`; the value a word or a '' string.
 fn parse_set(rest: &str) -> Result<Command, PgError> {
     let bad = || syntax("expected SET key = value".into());
-    let (key, after) = match rest.find(['=', ' ', '\t']) {
-        Some(i) => (&rest[..i], rest[i..].trim_start()),
+    let (key, after) = match rest.split_once(['=', ' ', '\t']) {
+        Some((key, _)) => (key, rest.get(key.len()..).unwrap_or("").trim_start()),
         None => return Err(bad()),
     };
+    // Client text: cut only at char boundaries (`get`), never by a byte index that may split one.
+    let to = after.get(..2).filter(|w| w.eq_ignore_ascii_case("to"));
     let value = if let Some(v) = after.strip_prefix('=') {
         v.trim()
-    } else if after.len() > 2 && after[..2].eq_ignore_ascii_case("to") {
-        after[2..].trim()
+    } else if let (Some(_), Some(v)) = (to, after.get(2..).filter(|v| v.starts_with(char::is_whitespace))) {
+        v.trim()
     } else {
         return Err(bad());
     };
@@ -157,7 +159,7 @@ fn split_word(s: &str) -> (&str, &str) {
     } else {
         s.find(char::is_whitespace).unwrap_or(s.len())
     };
-    (&s[..end], s[end..].trim())
+    (s.get(..end).unwrap_or(s), s.get(end..).unwrap_or("").trim())
 }
 
 fn unquote(word: &str) -> String {
@@ -202,6 +204,36 @@ mod tests {
     }
 
     #[test]
+    fn multibyte_text_is_refused_not_a_panic() {
+        // Issue 22: `SET x €` once sliced the input at byte 2, inside the euro sign.
+        for text in [
+            "SET x €",
+            "SET x t€",
+            "SET x \u{1F600}",
+            "SET €x = 1",
+            "set é",
+            "SET x\t€€ = 1",
+            "SET x = €",
+        ] {
+            let _ = parse(text);
+        }
+        assert!(parse("SET x €").is_err());
+        assert_eq!(
+            parse("SET x TO '€'").unwrap(),
+            Command::Set {
+                key: "x".into(),
+                value: "€".into()
+            }
+        );
+        // Every prefix and suffix of a mix of one- to four-byte characters.
+        let mixed = "SET clé TO 'ñ€😀' ; SHOW ß";
+        for (i, _) in mixed.char_indices() {
+            let _ = parse(&mixed[..i]);
+            let _ = parse(&mixed[i..]);
+        }
+    }
+
+    #[test]
     fn refusals() {
         for bad in [
             "select 1",
@@ -219,6 +251,7 @@ mod tests {
             assert!(!e.fatal);
         }
         assert!(parse("select 1").unwrap_err().message.contains("not SQL"));
+        assert!(parse("set x tomato").is_err(), "TO is a word of its own");
         assert!(parse("frobnicate").unwrap_err().hint.unwrap().contains("SHOW HELP"));
     }
 }

@@ -100,6 +100,12 @@ fn period(stats: &PoolStats) -> Report {
     stats.period.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
+/// load_balance_hosts: how reads are spread over the replicas of a database that splits them
+/// (`load_balancing`); NULL where there is no list of servers to spread over.
+fn load_balance(db: &crate::config::DatabaseConfig) -> Option<String> {
+    (db.read_write_split && !db.replicas.is_empty()).then(|| db.load_balancing.to_string())
+}
+
 fn pools(shared: &Shared) -> Rows {
     let mut rows = Rows::new(&[("database", Ty::Text), ("user", Ty::Text)]);
     for name in [
@@ -127,6 +133,7 @@ fn pools(shared: &Shared) -> Rows {
         rows.add_column(name, Ty::Int8);
     }
     let waits = shared.cancels.max_waits();
+    let config = shared.config.load();
     for pool in shared.pools.all() {
         let c = &pool.counts;
         let get = |n: &std::sync::atomic::AtomicU32| n.load(Ordering::Relaxed);
@@ -135,6 +142,10 @@ fn pools(shared: &Shared) -> Rows {
         let used = idle.iter().filter(|s| s.used).count();
         let wait = waits.get(&Arc::as_ptr(&pool)).copied().unwrap_or(0);
         let settings = pool.settings();
+        let balance = config.database(&pool.database).and_then(load_balance);
+        // A cancel request is forwarded at once, on a connection of its own: clients waiting
+        // for its answer and the connections carrying it are one count, and none waits to be
+        // forwarded (cl_waiting_cancel_req).
         let mut row = vec![
             text(&pool.database),
             text(&pool.user),
@@ -144,7 +155,7 @@ fn pools(shared: &Shared) -> Rows {
             num(0),
             num(get(&c.active)),
             num(cancels),
-            num(cancels),
+            num(get(&c.settling)),
             num(idle.len() - used),
             num(used),
             num(get(&c.testing)),
@@ -152,7 +163,7 @@ fn pools(shared: &Shared) -> Rows {
             num(wait / 1_000_000),
             num(wait % 1_000_000),
             text(settings.mode.as_str()),
-            None,
+            balance,
             num(settings.size),
             num(u8::from(pool.paused())),
         ];
@@ -309,11 +320,11 @@ fn databases(shared: &Shared) -> Rows {
             db.user.clone(),
             num(config.pool_size_for(&name)),
             num(config.min_pool_size_for(&name)),
-            num(config.pooler.reserve_pool_size),
+            num(db.reserve_pool.unwrap_or(config.pooler.reserve_pool_size)),
             num(config.pooler.server_lifetime.as_secs()),
             db.pool_mode.map(|m| m.to_string()),
-            None,
-            num(config.pooler.max_db_connections),
+            load_balance(db),
+            num(db.max_db_connections.unwrap_or(config.pooler.max_db_connections)),
             num(servers),
             num(0),
             num(clients),

@@ -191,32 +191,87 @@ pub struct CancelRegistry {
 }
 
 impl CancelRegistry {
-    pub fn register(&self, process_id: i32, pool: Arc<Pool>, facts: ClientFacts) -> Arc<CancelHandle> {
-        let secret_key = rand::random();
-        let now = now_us();
-        let handle = Arc::new(CancelHandle {
-            process_id,
-            secret_key,
-            pool,
-            attached: Mutex::new(Attached {
-                held: None,
-                socket: facts.socket,
-                waker: None,
-            }),
-            tls: facts.tls,
-            settings: facts.settings,
-            connected_s: (now / 1_000_000) as u32,
-            request_s: AtomicU32::new((now / 1_000_000) as u32),
-            wait_since: AtomicU64::new(0),
-            killed: AtomicBool::new(false),
-            waker_left: AtomicBool::new(false),
-            wrote_at: AtomicU64::new(0),
-            route: facts.route,
-        });
-        self.clients.insert(process_id, handle.clone());
-        handle
+    /// Registers a logged-in client under the first id `next` gives that no registered client
+    /// holds (ids wrap after 2^31 logins; a long-lived client keeps its own). The entry goes
+    /// when the returned guard is dropped, unless it is kept (`Registered::keep`).
+    pub fn register(&self, next: impl FnMut() -> i32, pool: Arc<Pool>, facts: ClientFacts) -> Registered<'_> {
+        let handle = vacant(&self.clients, next, |process_id| new_handle(process_id, pool, facts));
+        Registered {
+            registry: self,
+            handle,
+            kept: false,
+        }
+    }
+}
+
+/// The handle of a client logging in now.
+fn new_handle(process_id: i32, pool: Arc<Pool>, facts: ClientFacts) -> Arc<CancelHandle> {
+    let secret_key = rand::random();
+    let now = now_us();
+    Arc::new(CancelHandle {
+        process_id,
+        secret_key,
+        pool,
+        attached: Mutex::new(Attached {
+            held: None,
+            socket: facts.socket,
+            waker: None,
+        }),
+        tls: facts.tls,
+        settings: facts.settings,
+        connected_s: (now / 1_000_000) as u32,
+        request_s: AtomicU32::new((now / 1_000_000) as u32),
+        wait_since: AtomicU64::new(0),
+        killed: AtomicBool::new(false),
+        waker_left: AtomicBool::new(false),
+        wrote_at: AtomicU64::new(0),
+        route: facts.route,
+    })
+}
+
+/// Inserts `make(id)` under the first id from `next` that `map` does not hold; returns it.
+fn vacant<V: Clone>(map: &DashMap<i32, V>, mut next: impl FnMut() -> i32, make: impl FnOnce(i32) -> V) -> V {
+    loop {
+        let id = next();
+        if let dashmap::Entry::Vacant(slot) = map.entry(id) {
+            let value = make(id);
+            slot.insert(value.clone());
+            return value;
+        }
+    }
+}
+
+/// A client's entry in the registry, from login on: dropped unkept (a login cut by
+/// client_login_timeout after registering, a session that ended or panicked), it forgets the
+/// socket and leaves the registry, so no descriptor outlives its socket there.
+pub struct Registered<'a> {
+    registry: &'a CancelRegistry,
+    handle: Arc<CancelHandle>,
+    kept: bool,
+}
+
+impl Registered<'_> {
+    pub fn handle(&self) -> &Arc<CancelHandle> {
+        &self.handle
     }
 
+    /// The login finished: the session owns the entry now (and removes it, see `Session`).
+    pub fn keep(mut self) -> Arc<CancelHandle> {
+        self.kept = true;
+        self.handle.clone()
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.handle.forget_socket();
+            self.registry.unregister(&self.handle);
+        }
+    }
+}
+
+impl CancelRegistry {
     /// A shutdown started: every session waiting for its client or its server looks at it.
     pub fn wake_all(&self) {
         let handles: Vec<_> = self.clients.iter().map(|e| e.value().clone()).collect();
@@ -232,8 +287,10 @@ impl CancelRegistry {
         }
     }
 
-    pub fn unregister(&self, process_id: i32) {
-        self.clients.remove(&process_id);
+    /// Removes this client's entry (not another's that took its id since).
+    pub fn unregister(&self, handle: &Arc<CancelHandle>) {
+        self.clients
+            .remove_if(&handle.process_id, |_, v| Arc::ptr_eq(v, handle));
     }
 
     /// Every logged-in client, in login order.
@@ -266,5 +323,63 @@ impl CancelRegistry {
     pub fn find(&self, process_id: i32, secret_key: i32) -> Option<Arc<CancelHandle>> {
         let handle = self.clients.get(&process_id)?.clone();
         crate::auth::ct_eq(&handle.secret_key.to_be_bytes(), &secret_key.to_be_bytes()).then_some(handle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_still_in_use_are_skipped() {
+        // Issue 22: after 2^31 logins the ids wrap, and a long-lived client's id came round
+        // again: its entry was replaced (its cancels stopped working, it left SHOW CLIENTS).
+        let map: DashMap<i32, &str> = DashMap::new();
+        map.insert(1, "long-lived");
+        map.insert(2, "another");
+        let mut ids = [i32::MAX, 1, 2, 3].into_iter();
+        let mut next = || ids.next().unwrap_or(0);
+        assert_eq!(vacant(&map, &mut next, |_| "first"), "first");
+        assert_eq!(map.get(&i32::MAX).map(|v| *v), Some("first"));
+        assert_eq!(
+            vacant(&map, &mut next, |id| if id == 3 { "new" } else { "wrong" }),
+            "new"
+        );
+        assert_eq!(map.get(&1).map(|v| *v), Some("long-lived"));
+        assert_eq!(map.get(&2).map(|v| *v), Some("another"));
+        assert_eq!(map.len(), 4);
+    }
+
+    #[test]
+    fn an_entry_not_kept_leaves_the_registry() {
+        // Issue 22: a login cut between register and the welcome (client_login_timeout) left
+        // its entry, with a descriptor number a later socket could reuse.
+        let config = crate::config::Config::embedded_default();
+        let pools = crate::pool::Pools::new(None);
+        let Some(db) = config.database("d") else {
+            panic!("the embedded default serves every database")
+        };
+        let pool = pools.get_or_create(&config, db, "d", "u", None);
+        let facts = || ClientFacts {
+            route: Preference::Auto,
+            tls: false,
+            settings: Settings::default(),
+            socket: 12345,
+        };
+        let registry = CancelRegistry::default();
+        let cut = registry.register(|| 7, pool.clone(), facts());
+        assert_eq!(registry.all().len(), 1);
+        let cut_handle = cut.handle().clone();
+        drop(cut);
+        assert!(registry.all().is_empty());
+        assert_eq!(cut_handle.attached().socket, -1, "the descriptor is forgotten");
+
+        let kept = registry.register(|| 7, pool.clone(), facts()).keep();
+        assert_eq!(registry.all().len(), 1);
+        // A stale handle with the same id removes nothing of the new client's.
+        registry.unregister(&cut_handle);
+        assert_eq!(registry.all().len(), 1);
+        registry.unregister(&kept);
+        assert!(registry.all().is_empty());
     }
 }

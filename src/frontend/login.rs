@@ -78,6 +78,7 @@ async fn admit(stream: Stream, shared: Arc<Shared>) -> Option<Session> {
             settings,
             cancel,
             shared: slot.into_session().unwrap_or(shared),
+            counted: false,
         }),
         Ok(Some(LoggedIn::Console { role, user })) => {
             // A console connection does not count against max_client_conn, nor keep a drain waiting.
@@ -254,8 +255,6 @@ async fn login(
         let own = settings.get(&name.to_ascii_lowercase());
         msg::parameter_status(&mut out, name, own.unwrap_or(value));
     }
-    // Process ids stay positive, as PostgreSQL's do; they wrap after 2^31 logins.
-    let process_id = (shared.next_client_id() % i32::MAX as u64) as i32 + 1;
     let settings = pool.share_settings(settings);
     let facts = ClientFacts {
         route,
@@ -263,15 +262,18 @@ async fn login(
         settings: settings.clone(),
         socket: client.stream.raw_fd(),
     };
-    let cancel = shared.cancels.register(process_id, pool.clone(), facts);
-    msg::backend_key_data(&mut out, process_id, cancel.secret_key());
+    // Dropped on any way out before the end (an error, client_login_timeout), it unregisters.
+    let registered = shared
+        .cancels
+        .register(|| shared.next_process_id(), pool.clone(), facts);
+    let cancel = registered.handle();
+    msg::backend_key_data(&mut out, cancel.process_id, cancel.secret_key());
     msg::ready_for_query(&mut out, b'I');
-    if client.write(&out).await.is_err() {
-        cancel.forget_socket();
-        shared.cancels.unregister(process_id);
-        return Err(gone());
-    }
-    Ok(Some(LoggedIn::Pool { settings, cancel }))
+    client.write(&out).await.map_err(|_| gone())?;
+    Ok(Some(LoggedIn::Pool {
+        settings,
+        cancel: registered.keep(),
+    }))
 }
 
 /// The console: authenticated like any client, then its role decides (42501 for neither).
@@ -288,8 +290,7 @@ async fn console_login(
     };
     let role = admin::role(config, user, superuser)?;
     let mut out = BytesMut::new();
-    let process_id = (shared.next_client_id() % i32::MAX as u64) as i32 + 1;
-    admin::welcome(&mut out, process_id);
+    admin::welcome(&mut out, shared.next_process_id());
     client.write(&out).await.map_err(|_| gone())?;
     Ok(LoggedIn::Console {
         role,

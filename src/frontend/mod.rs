@@ -84,8 +84,10 @@ impl Shared {
         self.config.store(config);
     }
 
-    pub fn next_client_id(&self) -> u64 {
-        self.next_client.fetch_add(1, Ordering::Relaxed)
+    /// The next process id a client is told (BackendKeyData): positive, as PostgreSQL's, and
+    /// wrapping after 2^31 logins (the registry skips one still in use).
+    pub fn next_process_id(&self) -> i32 {
+        (self.next_client.fetch_add(1, Ordering::Relaxed) % i32::MAX as u64) as i32 + 1
     }
 }
 

@@ -31,15 +31,23 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Session {
     pub client: ClientConn,
     pub settings: Settings,
-    /// Also the client's pool (`cancel.pool`).
+    /// Also the client's pool (`cancel.pool`). Registered until the session is dropped.
     pub cancel: Arc<CancelHandle>,
     pub shared: Arc<Shared>,
+    /// Counted in its pool's clients (from `run` on).
+    pub counted: bool,
 }
 
 impl Drop for Session {
+    /// However the session ends (its task finished, cancelled, or panicked), its registry
+    /// entry, its pool's client count and its max_client_conn slot go with it.
     fn drop(&mut self) {
         // Before the socket closes (the fields drop after this).
         self.cancel.forget_socket();
+        self.shared.cancels.unregister(&self.cancel);
+        if std::mem::take(&mut self.counted) {
+            self.cancel.pool.counts.clients.fetch_sub(1, Ordering::Relaxed);
+        }
         ClientSlot::release(&self.shared);
     }
 }
@@ -49,7 +57,7 @@ impl Drop for Session {
 #[allow(clippy::manual_async_fn)] // the arguments would be stored twice
 pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
     async move {
-        logged_in(&s);
+        logged_in(&mut s);
         // The session loop, inline: an idle client's task waits in `next_request`, holding its
         // session and the two polls of that wait, nothing else.
         let invalid = loop {
@@ -87,16 +95,15 @@ pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
             s.cancel.pool.stats.error(e.code.as_bytes());
             Box::pin(s.client.send_error(&e)).await;
         }
-        s.shared.cancels.unregister(s.cancel.process_id);
-        s.cancel.pool.counts.clients.fetch_sub(1, Ordering::Relaxed);
         tracing::info!(client = %s.client.peer(), pool = %s.cancel.pool, "client logged out");
     }
 }
 
-fn logged_in(s: &Session) {
+fn logged_in(s: &mut Session) {
     let tls = s.client.stream.is_tls();
     tracing::info!(client = %s.client.peer(), pool = %s.cancel.pool, tls, "client logged in");
     s.cancel.pool.counts.clients.fetch_add(1, Ordering::Relaxed);
+    s.counted = true;
 }
 
 /// Whether the session goes on after a transaction.
@@ -471,14 +478,21 @@ async fn checkout(pool: &Arc<Pool>, settings: &Settings) -> Result<Lease, PgErro
 
 /// Returns a server whose transaction ended, once any cancel aimed at it has landed.
 async fn give_back(mut lease: Lease) {
+    let pool = lease.pool().clone();
     let server = lease.conn();
     // Bytes after the last ReadyForQuery: the server is not in a state we know.
     if !server.buf.is_empty() {
         return;
     }
-    // Boxed (only when a cancel is in flight): the wait would weigh on every idle client's task.
-    if server.in_flight.count() > 0 && !Box::pin(server.in_flight.settled(CLEANUP_TIMEOUT)).await {
-        return;
+    if server.in_flight.count() > 0 {
+        // SHOW POOLS' sv_being_canceled: it waits for the cancels aimed at it to land.
+        pool.counts.settling.fetch_add(1, Ordering::Relaxed);
+        // Boxed (only when a cancel is in flight): the wait would weigh on every idle client's task.
+        let settled = Box::pin(server.in_flight.settled(CLEANUP_TIMEOUT)).await;
+        pool.counts.settling.fetch_sub(1, Ordering::Relaxed);
+        if !settled {
+            return;
+        }
     }
     lease.release();
 }

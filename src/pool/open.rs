@@ -87,8 +87,9 @@ impl Pool {
         Box::pin(self.open_new(deadline)).await
     }
 
-    /// Runs server_check_query ("" sends an empty query) on a connection that sat idle longer
-    /// than server_check_delay; one that fails is closed, and the client never hears of it.
+    /// Runs server_check_query on a connection that sat idle longer than server_check_delay
+    /// (never when it is "", as in PgBouncer); one that fails is closed, and the client never
+    /// hears of it.
     pub(super) async fn check(&self, mut conn: Box<ServerConn>) -> Option<Box<ServerConn>> {
         let settings = self.settings();
         let limit = match settings.server_connect_timeout {

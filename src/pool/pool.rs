@@ -105,6 +105,8 @@ pub struct PoolCounts {
     pub testing: AtomicU32,
     /// Cancel requests on their way to a server of this pool.
     pub cancels: AtomicU32,
+    /// Returned by their clients, waiting for cancels aimed at them to land (sv_being_canceled).
+    pub settling: AtomicU32,
     /// Connections a RECONNECT marked for closing that are still open (WAIT_CLOSE).
     pub stale: AtomicU32,
 }
@@ -563,7 +565,11 @@ impl Pool {
 
     /// The idle connections as the console lists them.
     pub fn idle_servers(&self) -> Vec<IdleServer> {
-        let check_delay = self.settings.load().server_check_delay;
+        let settings = self.settings.load();
+        let check_delay = match settings.server_check_query.is_empty() {
+            true => Duration::MAX,
+            false => settings.server_check_delay,
+        };
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.iter()
             .map(|conn| IdleServer {
@@ -622,7 +628,12 @@ impl HotSettings {
         self.max_prepared_statements
             .store(s.max_prepared_statements, Ordering::Relaxed);
         self.lifetime_us.store(us(s.server_lifetime), Ordering::Relaxed);
-        self.check_delay_us.store(us(s.server_check_delay), Ordering::Relaxed);
+        // An empty server_check_query turns the check off, as in PgBouncer.
+        let check_delay = match s.server_check_query.is_empty() {
+            true => u64::MAX,
+            false => us(s.server_check_delay),
+        };
+        self.check_delay_us.store(check_delay, Ordering::Relaxed);
     }
 
     fn mode(&self) -> PoolMode {

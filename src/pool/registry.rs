@@ -188,6 +188,14 @@ impl Pools {
                 }
                 None => db.replicas.is_empty(),
             };
+            if let (Some(route), true) = (&pool.route, same_replicas) {
+                // The monitor follows the primary and its login, kept even when the pool is not.
+                let mut source = (*pool.credentials()).clone();
+                if credentials.password.is_some() || credentials.user != source.user {
+                    source = credentials.clone();
+                }
+                route.set.set_source((target.clone(), source));
+            }
             if !same_server || !same_replicas || credentials.user != pool.credentials().user {
                 if !same_replicas {
                     self.replica_sets.remove(&key.database);

@@ -59,6 +59,8 @@ pub struct Replicas {
     settings: Mutex<Settings>,
     /// The monitor task runs (started by the first pool of the database).
     monitoring: AtomicBool,
+    /// The primary the monitor reads and its credentials (`set_source`).
+    source: Mutex<Option<(Target, Credentials)>>,
     /// Failover: the replica that takes the writes (`NO_FAILOVER`: the configured primary).
     pub write_target: AtomicUsize,
     /// Two listed servers claim to be primary (logged once when it starts).
@@ -120,6 +122,7 @@ impl Replicas {
             next: AtomicUsize::new(0),
             settings: Mutex::new(Settings::of(db)),
             monitoring: AtomicBool::new(false),
+            source: Mutex::new(None),
             write_target: AtomicUsize::new(NO_FAILOVER),
             split_brain: AtomicBool::new(false),
         }
@@ -176,8 +179,18 @@ impl Replicas {
         if self.monitoring.load(Ordering::Relaxed) || self.monitoring.swap(true, Ordering::AcqRel) {
             return;
         }
-        let (primary, credentials) = how();
-        tokio::spawn(run(Arc::downgrade(self), primary, credentials));
+        self.set_source(how());
+        tokio::spawn(run(Arc::downgrade(self)));
+    }
+
+    /// Where the monitor reads the primary, and as whom: a reload that moves the primary or
+    /// changes the password reaches the running monitor through this, at its next check.
+    pub fn set_source(&self, source: (Target, Credentials)) {
+        *self.source.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
+    }
+
+    fn source(&self) -> Option<(Target, Credentials)> {
+        self.source.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -230,24 +243,33 @@ const REPLICA_SQL: &str = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn():
      COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)::float8::text, \
      CASE WHEN pg_is_in_recovery() THEN NULL ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END";
 
-async fn run(weak: Weak<Replicas>, primary: Target, credentials: Credentials) {
-    let mut primary = Probe {
-        target: primary,
+/// Probes to the primary and to each replica, for one source (target and credentials).
+fn probes_for(set: &Replicas, primary: &Target) -> (Probe, Vec<Probe>) {
+    let replicas = set
+        .list
+        .iter()
+        .map(|r| Probe {
+            target: Target {
+                host: r.host.clone(),
+                port: r.port,
+                ..primary.clone()
+            },
+            conn: None,
+        })
+        .collect();
+    let primary = Probe {
+        target: primary.clone(),
         conn: None,
     };
-    let mut probes: Vec<Probe> = match weak.upgrade() {
-        Some(set) => set
-            .list
-            .iter()
-            .map(|r| Probe {
-                target: Target {
-                    host: r.host.clone(),
-                    port: r.port,
-                    ..primary.target.clone()
-                },
-                conn: None,
-            })
-            .collect(),
+    (primary, replicas)
+}
+
+async fn run(weak: Weak<Replicas>) {
+    let Some((target, mut credentials)) = weak.upgrade().and_then(|set| set.source()) else {
+        return;
+    };
+    let (mut primary, mut probes) = match weak.upgrade() {
+        Some(set) => probes_for(&set, &target),
         None => return,
     };
     let mut last_primary_lsn = 0;
@@ -257,6 +279,14 @@ async fn run(weak: Weak<Replicas>, primary: Target, credentials: Credentials) {
         };
         tokio::time::sleep(settings.interval).await;
         let Some(set) = weak.upgrade() else { return };
+        // A reload may have moved the primary or changed the credentials: new connections.
+        if let Some((target, now)) = set.source() {
+            if target != primary.target || now != credentials {
+                (primary, probes) = probes_for(&set, &target);
+                credentials = now;
+                last_primary_lsn = 0;
+            }
+        }
         let limit = settings.interval.max(Duration::from_secs(1));
         let sent = now_us();
         let (primary_lsn, primary_timeline) = match primary.row(&credentials, PRIMARY_SQL, limit).await {

@@ -352,13 +352,7 @@ pub(super) fn pgbouncer(out: &mut Out, key: &str, value: &str, src: &Src) -> Res
             out.pooler(name, toml_strs(&list(value)), src);
         }
         "server_check_query" => {
-            if value.is_empty() {
-                out.note(
-                    src,
-                    "empty, which turns PgBouncer's check off: pgmux cannot turn it off and sends an \
-                     empty query after server_check_delay (a larger server_check_delay checks less)",
-                );
-            }
+            // Empty turns the check off, in PgBouncer as in pgmux.
             let query = if value == "<empty>" { "" } else { value };
             out.pooler("server_check_query", toml_str(query), src);
         }

@@ -310,8 +310,9 @@ impl Out {
 
     /// PgBouncer's defaults where pgmux's differ, for keys the ini leaves out.
     fn defaults(&mut self) {
-        let defaults: [(&str, &str, &str); 5] = [
+        let defaults: [(&str, &str, &str); 6] = [
             ("pool_mode", "pool_mode", "\"session\""),
+            ("server_check_query", "server_check_query", "\"select 1\""),
             ("max_client_conn", "max_client_conn", "100"),
             ("auth_type", "auth_type", "\"md5\""),
             ("server_tls_mode", "server_tls_sslmode", "\"prefer\""),

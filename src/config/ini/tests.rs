@@ -465,7 +465,6 @@ fn values_mapped_with_a_note() {
             "client_tls_sslmode = verify-full\nclient_tls_key_file = k\nclient_tls_cert_file = c",
             |c| c.pooler.tls_mode == TlsMode::Require,
         ),
-        ("server_check_query =", |c| c.pooler.server_check_query.is_empty()),
         ("unix_socket_dir = @pgbouncer", |c| c.pooler.unix_socket_dir.is_empty()),
     ];
     for (lines, check) in cases {
