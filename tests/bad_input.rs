@@ -1361,3 +1361,92 @@ fn fuzzed_input_never_crashes_or_hangs_pgmux() {
     healthy.finish();
     assert_serving(&mut px);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_after_the_last_sync_leaves_the_server_free() {
+    // Issue 23: a Flush after the last Sync (psycopg ends a pipeline block with one) marked the
+    // transaction unsynced, so the server stayed with the client; with a pool of one, the next
+    // client waited out query_wait_timeout.
+    let px = pgmux("default_pool_size = 1\nquery_wait_timeout = 3");
+    let mut raw = Raw::login(&px).unwrap();
+    let mut bytes = frame(b'P', b"\0select 1\0\0\0");
+    bytes.extend(frame(b'B', b"\0\0\0\0\0\0\0\0"));
+    bytes.extend(frame(b'E', b"\0\0\0\0\0"));
+    bytes.extend(frame(b'S', b""));
+    bytes.extend(frame(b'H', b""));
+    raw.send(&bytes).unwrap();
+    raw.expect_ready(b'I').unwrap();
+    // And a Flush on its own, later, while the client holds no server.
+    raw.send(&frame(b'H', b"")).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let other = connect(&px.url("app", "app", "bench")).await;
+    let t0 = Instant::now();
+    assert_eq!(support::value(&other, "SELECT 7").await, "7");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "the other client waited {:?}",
+        t0.elapsed()
+    );
+    drop(other);
+    // The first client goes on as before.
+    raw.send(&query("select 1")).unwrap();
+    raw.expect_ready(b'I').unwrap();
+}
+
+/// Logs in with `extra` startup parameters; the ParameterStatus pairs pgmux sent.
+fn reported_at_login(px: &Pgmux, extra: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut raw = Raw::connect(px);
+    raw.send(&startup_with(extra)).unwrap();
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    let mut reported = HashMap::new();
+    loop {
+        let msg = raw.read_msg(deadline).unwrap().expect("closed during login");
+        match msg.tag {
+            b'S' => {
+                let mut parts = msg.body.split(|&b| b == 0);
+                let name = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                let value = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                reported.insert(name, value);
+            }
+            b'Z' => return reported,
+            b'E' => panic!("login failed: {}", msg.describe()),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameter_status_reports_values_as_the_server_spells_them() {
+    // Issue 23: pgmux repeated the client's raw startup value (iso,dmy) where a direct
+    // connection is told the server's (ISO, DMY); psycopg then rejects every date.
+    let px = pgmux("");
+    let extra = [
+        ("options", "-c DateStyle=iso,dmy -c IntervalStyle=iso_8601"),
+        ("TimeZone", "europe/rome"),
+        ("client_encoding", "utf8"),
+    ];
+    for round in 0..2 {
+        // The second login finds the spellings learnt by the first.
+        let got = reported_at_login(&px, &extra);
+        assert_eq!(
+            got.get("DateStyle").map(String::as_str),
+            Some("ISO, DMY"),
+            "round {round}: {got:?}"
+        );
+        assert_eq!(
+            got.get("TimeZone").map(String::as_str),
+            Some("Europe/Rome"),
+            "round {round}: {got:?}"
+        );
+        assert_eq!(
+            got.get("IntervalStyle").map(String::as_str),
+            Some("iso_8601"),
+            "round {round}"
+        );
+        assert_eq!(
+            got.get("client_encoding").map(String::as_str),
+            Some("UTF8"),
+            "round {round}"
+        );
+    }
+}

@@ -265,3 +265,57 @@ async fn star_database_gives_each_name_its_own_pool() {
     };
     assert_eq!(sqlstate(&err).as_deref(), Some("3D000"), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_cut_while_its_server_logs_in_gives_the_slots_back() {
+    // Issue 23: a client that left while pgmux was logging in to a slow server left the
+    // `opening` count (sv_login) and its max_db_connections slot taken, for good.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    // Accepts and never answers: every server login hangs.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().take(20).flatten() {
+            held.push(stream);
+        }
+        std::thread::sleep(Duration::from_secs(60));
+    });
+    let px = Pgmux::start(
+        "auth_type = \"scram-sha-256\"\nadmin_users = [\"admin\"]\nmax_db_connections = 2\n\
+         client_login_timeout = 1\nserver_connect_timeout = 30",
+        &format!("{USERS}[users.admin]\npassword = \"admin\"\n[databases.hangs]\nport = {port}\n"),
+    );
+    let url = px.url("app", "app", "hangs");
+    for _ in 0..2 {
+        let e = try_connect(&url)
+            .await
+            .err()
+            .map(|e| error_text(&e))
+            .unwrap_or_default();
+        assert!(e.contains("client_login_timeout"), "{e}");
+    }
+    // Both logins were dropped with their clients: nothing is logging in, no slot is held.
+    let console = connect(&px.url("admin", "admin", "pgbouncer")).await;
+    let t0 = Instant::now();
+    let sv_login = loop {
+        let rows = console.simple_query("SHOW POOLS").await.unwrap();
+        let n = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get("database") == Some("hangs") => {
+                r.get("sv_login").map(str::to_owned)
+            }
+            _ => None,
+        });
+        if n.as_deref() == Some("0") || t0.elapsed() > Duration::from_secs(3) {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(sv_login.as_deref(), Some("0"));
+    // A third client is not told the limit is reached: its own login times out the same way.
+    let e = try_connect(&url)
+        .await
+        .err()
+        .map(|e| error_text(&e))
+        .unwrap_or_default();
+    assert!(!e.contains("max_db_connections"), "{e}");
+}

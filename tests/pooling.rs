@@ -428,3 +428,32 @@ async fn a_socket_directory_host_uses_the_unix_socket() {
     assert_eq!(sqlstate(&err).as_deref(), Some("08006"), "{text}");
     assert!(text.contains("/nonexistent-pgmux-dir"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_phase_commit_passes_through_in_transaction_mode() {
+    // Issue 23: PREPARE TRANSACTION was taken for SQL PREPARE and refused in transaction mode.
+    ensure_database("twophase");
+    let px = Pgmux::start_app("default_pool_size = 2", "twophase");
+    let url = px.url("app", "app", "twophase");
+    let c = connect(&url).await;
+    c.batch_execute("CREATE TABLE IF NOT EXISTS tpc(x int); TRUNCATE tpc")
+        .await
+        .unwrap();
+    for (gid, x) in [("pgmux-tpc-commit", 1), ("pgmux-tpc-rollback", 2)] {
+        // Statement by statement, as psycopg's tpc_prepare() sends it.
+        c.batch_execute(&format!("BEGIN; INSERT INTO tpc VALUES ({x})"))
+            .await
+            .unwrap();
+        c.batch_execute(&format!("PREPARE TRANSACTION '{gid}'"))
+            .await
+            .unwrap_or_else(|e| panic!("PREPARE TRANSACTION: {e} [{e:?}]"));
+    }
+    // Prepared transactions belong to no session: another client ends them.
+    let other = connect(&url).await;
+    other.batch_execute("COMMIT PREPARED 'pgmux-tpc-commit'").await.unwrap();
+    other
+        .batch_execute("ROLLBACK PREPARED 'pgmux-tpc-rollback'")
+        .await
+        .unwrap();
+    assert_eq!(value(&c, "SELECT string_agg(x::text, ',') FROM tpc").await, "1");
+}

@@ -65,6 +65,9 @@ pub struct Outcome {
     pub status: u8,
     /// The first row's values, as text (NULL as None); empty when no row came.
     pub row: Vec<Option<String>>,
+    /// ParameterStatus the server sent meanwhile (a SET of a reported setting), as it
+    /// normalised the values: `DateStyle` `ISO, DMY` for `iso,dmy`.
+    pub reported: Vec<(String, String)>,
 }
 
 impl ServerConn {
@@ -90,6 +93,7 @@ impl ServerConn {
         self.stream.flush().await.map_err(|e| io(&self.addr, e))?;
         let mut error = None;
         let mut row = None;
+        let mut reported = Vec::new();
         loop {
             let frame = peek_header(&self.buf, usize::MAX >> 1).map_err(|e| super::BackendError::Protocol {
                 addr: self.addr.clone(),
@@ -102,10 +106,16 @@ impl ServerConn {
                         b'Z' => {
                             let status = frame.get(5).copied().unwrap_or(b'?');
                             let row = row.unwrap_or_default();
-                            return Ok(Outcome { error, status, row });
+                            return Ok(Outcome {
+                                error,
+                                status,
+                                row,
+                                reported,
+                            });
                         }
                         b'E' if error.is_none() => error = Some(parse_error(&frame[5..])),
                         b'D' if row.is_none() => row = Some(data_row(&frame[5..])),
+                        b'S' => reported.extend(parameter_status(&frame[5..])),
                         _ => {}
                     }
                 }
@@ -123,6 +133,14 @@ impl ServerConn {
             }
         }
     }
+}
+
+/// A ParameterStatus body: name and value; None when malformed.
+fn parameter_status(body: &[u8]) -> Option<(String, String)> {
+    let mut parts = body.split(|&b| b == 0);
+    let name = std::str::from_utf8(parts.next()?).ok()?;
+    let value = std::str::from_utf8(parts.next()?).ok()?;
+    Some((name.to_owned(), value.to_owned()))
 }
 
 /// The values of a DataRow body, as text; tolerant of anything malformed (it stops there).

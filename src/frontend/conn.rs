@@ -139,6 +139,13 @@ impl ClientConn {
                 }
                 Err(e) => return Poll::Ready(Request::Invalid(Box::new(protocol_violation(&e)))),
             }
+            if self.ready > 0 && self.tracker.quiet() && only_flushes(self.buf.get(..self.ready).unwrap_or_default()) {
+                // Flushes with nothing before them to flush (after the last Sync): no server
+                // is needed, and one taken for them would stay with an idle client.
+                self.buf.advance(self.ready);
+                self.ready = 0;
+                continue;
+            }
             if self.ready > 0 {
                 return Poll::Ready(Request::Ready);
             }
@@ -242,6 +249,26 @@ impl ClientConn {
 async fn write_flush(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
     stream.write_all(bytes).await?;
     stream.flush().await
+}
+
+/// Whether `frames` (complete ones) are all Flush messages.
+fn only_flushes(frames: &[u8]) -> bool {
+    let mut pos = 0;
+    while let Ok(Some((tag, total))) = frame_len_of(frames.get(pos..).unwrap_or_default()) {
+        if tag != b'H' {
+            return false;
+        }
+        pos += total;
+    }
+    pos == frames.len()
+}
+
+/// (tag, total length) of the frame at the start of `bytes`, if complete.
+fn frame_len_of(bytes: &[u8]) -> Result<Option<(u8, usize)>, FrameError> {
+    match crate::protocol::frame::peek_header(bytes, usize::MAX >> 1)? {
+        Some((tag, total)) if bytes.len() >= total && total > 0 => Ok(Some((tag, total))),
+        _ => Ok(None),
+    }
 }
 
 pub fn protocol_violation(e: &FrameError) -> PgError {

@@ -251,9 +251,40 @@ async fn login(
     }
 
     msg::authentication(&mut out, msg::AUTH_OK, &[]);
-    for (name, value) in pool.welcome().iter().flat_map(|w| w.iter()) {
-        let own = settings.get(&name.to_ascii_lowercase());
-        msg::parameter_status(&mut out, name, own.unwrap_or(value));
+    let welcome = pool.welcome().unwrap_or_default();
+    // The client's own values as the server spells them (ISO, DMY for iso,dmy), as a direct
+    // connection reports them: learnt from a server the first time a value is seen.
+    let unknown = |w: &[(String, String)]| {
+        w.iter().any(|(name, _)| {
+            let lower = name.to_ascii_lowercase();
+            settings
+                .get(&lower)
+                .is_some_and(|raw| pool.normalized(&lower, raw).is_none())
+        })
+    };
+    if unknown(&welcome) {
+        let mut lease = super::session::checkout(&pool, &settings).await?;
+        // A value the server already had is not reported again: asked for instead.
+        for (name, _) in welcome.iter() {
+            let lower = name.to_ascii_lowercase();
+            let Some(raw) = settings.get(&lower) else { continue };
+            if pool.normalized(&lower, raw).is_some() {
+                continue;
+            }
+            let sql = format!("SHOW \"{}\"", lower.replace('"', "\"\""));
+            let outcome = lease.conn().run(&sql).await.map_err(|e| e.to_pg())?;
+            if let (None, Some(Some(value))) = (&outcome.error, outcome.row.first()) {
+                pool.learn_normalized(lower, raw.to_owned(), value.clone());
+            }
+        }
+        lease.release();
+    }
+    for (name, value) in welcome.iter() {
+        let lower = name.to_ascii_lowercase();
+        let own = settings
+            .get(&lower)
+            .map(|raw| pool.normalized(&lower, raw).unwrap_or_else(|| raw.to_owned()));
+        msg::parameter_status(&mut out, name, own.as_deref().unwrap_or(value));
     }
     let settings = pool.share_settings(settings);
     let facts = ClientFacts {

@@ -84,11 +84,22 @@ impl Shared {
         self.config.store(config);
     }
 
-    /// The next process id a client is told (BackendKeyData): positive, as PostgreSQL's, and
-    /// wrapping after 2^31 logins (the registry skips one still in use).
+    /// The next process id a client is told (BackendKeyData): positive, as PostgreSQL's, but
+    /// above any pid a server can have (Linux's pid_max is at most 2^22), so a driver that
+    /// calls pg_terminate_backend(its backend_pid) kills nothing rather than an unrelated
+    /// backend; wrapping after about 2^31 logins (the registry skips one still in use).
     pub fn next_process_id(&self) -> i32 {
-        (self.next_client.fetch_add(1, Ordering::Relaxed) % i32::MAX as u64) as i32 + 1
+        process_id(self.next_client.fetch_add(1, Ordering::Relaxed))
     }
+}
+
+/// Process ids start above the largest pid a PostgreSQL backend can have.
+const FIRST_PROCESS_ID: u64 = (1 << 22) + 1;
+
+/// The `n`th process id handed out.
+fn process_id(n: u64) -> i32 {
+    let span = i32::MAX as u64 - FIRST_PROCESS_ID + 1;
+    i32::try_from(FIRST_PROCESS_ID + n % span).unwrap_or(i32::MAX)
 }
 
 /// The [pooler] settings a session reads at every transaction, kept as atomics beside the
@@ -165,5 +176,21 @@ impl Drop for ClientSlot {
         if let Some(shared) = &self.0 {
             ClientSlot::release(shared);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_ids_stay_above_any_server_pid_and_wrap() {
+        // Issue 23: small sequential ids looked like real backend pids.
+        assert_eq!(process_id(0), (1 << 22) + 1);
+        assert!(process_id(0) > 4_194_304, "above Linux's largest pid_max");
+        let span = i32::MAX as u64 - FIRST_PROCESS_ID + 1;
+        assert_eq!(process_id(span - 1), i32::MAX);
+        assert_eq!(process_id(span), process_id(0), "wraps");
+        assert!((0..1000u64).map(|n| process_id(n * 7_919_113)).all(|id| id > 4_194_304));
     }
 }

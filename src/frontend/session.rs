@@ -456,13 +456,22 @@ fn timeout_error(phase: Phase, t: &Timeouts) -> PgError {
 }
 
 /// Takes a server and brings its session settings to the client's.
-async fn checkout(pool: &Arc<Pool>, settings: &Settings) -> Result<Lease, PgError> {
+pub async fn checkout(pool: &Arc<Pool>, settings: &Settings) -> Result<Lease, PgError> {
     let mut lease = pool.checkout().await.map_err(|e| e.to_pg())?;
     let server = lease.conn();
     if let Some(sql) = settings.apply_sql(&server.settings) {
         // Boxed, as is clean_up: rare paths whose state would weigh on every idle client's task.
         match Box::pin(server.run(&sql)).await {
-            Ok(outcome) if outcome.error.is_none() && outcome.status == b'I' => server.settings = settings.clone(),
+            Ok(outcome) if outcome.error.is_none() && outcome.status == b'I' => {
+                server.settings = settings.clone();
+                // The server's spelling of the values just set, for later welcomes.
+                for (name, value) in outcome.reported {
+                    let name = name.to_ascii_lowercase();
+                    if let Some(raw) = settings.get(&name) {
+                        pool.learn_normalized(name, raw.to_owned(), value);
+                    }
+                }
+            }
             Ok(outcome) => {
                 let mut error = outcome
                     .error

@@ -98,7 +98,9 @@ pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Resu
                 t.unsynced = true;
                 t.syncs_in_copy = 0;
             }
-            b'H' => t.unsynced = true,
+            // A Flush asks for output and opens nothing: after the last Sync it must not keep
+            // the server (psycopg sends one at the end of a pipeline block).
+            b'H' => {}
             b'p' => return Err(FrameError::Malformed("password message outside authentication")),
             _ => {}
         }

@@ -243,11 +243,13 @@ impl Pool {
         let settings = self.settings();
         let mut target = self.target.clone();
         target.connect_timeout = settings.server_connect_timeout;
-        self.counts.opening.fetch_add(1, Ordering::Relaxed);
+        // Given back on every way out, a dropped future (the client left, client_login_timeout)
+        // included; a connection that logged in keeps its slots.
+        let opening = Opening::new(self);
         let connected = connect(&target, &self.credentials()).await;
-        self.counts.opening.fetch_sub(1, Ordering::Relaxed);
         match connected {
             Ok((conn, reported)) => {
+                opening.keep_slots();
                 match probe {
                     Some(probe) => probe.success(),
                     None => self.breaker.record_success(),
@@ -265,8 +267,7 @@ impl Pool {
                     None => {}
                 }
                 self.after_failure();
-                self.db_limit.put_back(1);
-                self.user_limit.put_back(1);
+                drop(opening);
                 if counted {
                     let b = self.breaker.snapshot();
                     tracing::warn!(pool = %self, error = %e,
@@ -372,6 +373,34 @@ impl Pool {
                 }
                 Err(_) => return drop(permit),
             }
+        }
+    }
+}
+
+/// A login in progress: counted in `opening` (sv_login), holding a slot under each limit.
+struct Opening<'a> {
+    pool: &'a Pool,
+    slots: bool,
+}
+
+impl<'a> Opening<'a> {
+    fn new(pool: &'a Pool) -> Opening<'a> {
+        pool.counts.opening.fetch_add(1, Ordering::Relaxed);
+        Opening { pool, slots: true }
+    }
+
+    /// The login succeeded: the connection holds the slots from now on.
+    fn keep_slots(mut self) {
+        self.slots = false;
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.pool.counts.opening.fetch_sub(1, Ordering::Relaxed);
+        if self.slots {
+            self.pool.db_limit.put_back(1);
+            self.pool.user_limit.put_back(1);
         }
     }
 }

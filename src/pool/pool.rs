@@ -138,6 +138,9 @@ pub struct Pool {
     pub(super) filling: AtomicBool,
     /// Settings its clients logged in with, shared among clients that agree.
     shared_settings: Mutex<Vec<Settings>>,
+    /// How the server writes the settings clients give raw: (lower-case name, raw value) to the
+    /// value its ParameterStatus reports, for the welcome of later clients (issue 23).
+    normalized: Mutex<std::collections::HashMap<(String, String), String>>,
     /// Prepared statements some server of the pool parsed without error.
     pub known_statements: Arc<crate::prepared::local::Known>,
     pub counts: PoolCounts,
@@ -197,6 +200,7 @@ impl Pool {
             filling: AtomicBool::new(false),
             shared_settings: Mutex::new(Vec::new()),
             known_statements: Arc::default(),
+            normalized: Mutex::default(),
             counts: PoolCounts::default(),
             stats: PoolStats::default(),
             gates,
@@ -309,6 +313,22 @@ impl Pool {
             shared.push(settings.clone());
         }
         settings
+    }
+
+    /// The server's spelling of `raw` for setting `name` (lower case), once a server reported it.
+    pub fn normalized(&self, name: &str, raw: &str) -> Option<String> {
+        let known = self.normalized.lock().unwrap_or_else(|e| e.into_inner());
+        known.get(&(name.to_owned(), raw.to_owned())).cloned()
+    }
+
+    /// A server reported `value` for setting `name` (lower case) after a client's `raw` was set.
+    pub fn learn_normalized(&self, name: String, raw: String, value: String) {
+        let mut known = self.normalized.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: a client sending ever new spellings cannot grow it without end.
+        if known.len() >= 1024 {
+            known.clear();
+        }
+        known.insert((name, raw), value);
     }
 
     pub fn welcome(&self) -> Option<Arc<Vec<(String, String)>>> {

@@ -37,6 +37,15 @@ pub fn classify(text: &[u8]) -> Option<Command> {
     let first = word(text, i);
     i += first.len();
     if first.eq_ignore_ascii_case(b"prepare") {
+        // PREPARE TRANSACTION 'gid' is two-phase commit, not a prepared statement: it passes.
+        let j = skip_space(text, i);
+        let second = word(text, j);
+        let after = skip_space(text, j + second.len());
+        let literal = matches!(text.get(after), Some(b'\'' | b'$'))
+            || (matches!(text.get(after), Some(b'e' | b'E')) && text.get(after + 1) == Some(&b'\''));
+        if second.eq_ignore_ascii_case(b"transaction") && literal {
+            return None;
+        }
         return Some(Command::Sql("PREPARE"));
     }
     if first.eq_ignore_ascii_case(b"execute") {
@@ -191,6 +200,12 @@ mod tests {
         assert_eq!(c("deallocate prepare"), Some(Command::Deallocate(b"prepare".to_vec())));
         assert_eq!(c("/* hi */ DISCARD ALL -- bye"), Some(Command::DiscardAll));
         assert_eq!(c("prepare p as select 1"), Some(Command::Sql("PREPARE")));
+        // Two-phase commit (issue 23): not a prepared statement.
+        assert_eq!(c("PREPARE TRANSACTION 'tx1'"), None);
+        assert_eq!(c("prepare  transaction\n E'tx''1';"), None);
+        assert_eq!(c("prepare transaction $$tx$$"), None);
+        // A statement that happens to be called "transaction" is still one.
+        assert_eq!(c("prepare transaction as select 1"), Some(Command::Sql("PREPARE")));
         assert_eq!(c("EXECUTE p"), Some(Command::Sql("EXECUTE")));
     }
 

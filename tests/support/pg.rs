@@ -66,6 +66,7 @@ max_wal_senders = 5
 wal_retrieve_retry_interval = 100ms
 wal_keep_size = 256MB
 password_encryption = 'scram-sha-256'
+max_prepared_transactions = 10
 ";
 
 const HBA: &str = "\
