@@ -10,7 +10,8 @@
 # packages with apt-get (gcc make pkg-config libevent-dev libssl-dev) when missing.
 #
 # Environment: PGBOUNCER_SRC_VERSION [1.24.1] with PGBOUNCER_SRC_SHA256 (required for
-# any other version), DIR default $BENCH_DIR/pgbouncer-VERSION, BENCH_DIR [/tmp/pgmux-pgbench].
+# any other version), DIR default $BENCH_DIR/pgbouncer-VERSION, BENCH_DIR [/tmp/pgmux-pgbench],
+# DEBIAN_MIRROR (default: the one apt uses on this machine).
 set -euo pipefail
 
 VERSION=${PGBOUNCER_SRC_VERSION:-1.24.1}
@@ -20,10 +21,22 @@ if [ -z "$SHA256" ]; then
   SHA256=da72a3aba13072876d055a3e58dd4aba4a5de4ed6148e73033185245598fd3e0
 fi
 DIR=${1:-${BENCH_DIR:-/tmp/pgmux-pgbench}/pgbouncer-$VERSION}
-URL=http://deb.debian.org/debian/pool/main/p/pgbouncer/pgbouncer_$VERSION.orig.tar.gz
 BIN="$DIR/src/pgbouncer"
 
 die() { printf 'pgbouncer-build.sh: %s\n' "$*" >&2; exit 1; }
+
+# The Debian mirror this machine's apt uses (deb822 .sources or one-line sources.list), so the
+# repository names no archive host: the first URI that is not a security or updates archive.
+debian_mirror() {
+  {
+    cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '/^URIs:/ {for (i = 2; i <= NF; i++) print $i}'
+    cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+      | awk '$1 == "deb" || $1 == "deb-src" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; break } }'
+  } | grep -v -e security -e updates | head -1 | sed 's:/*$::'
+}
+MIRROR=${DEBIAN_MIRROR:-$(debian_mirror)}
+[ -n "$MIRROR" ] || die "no Debian mirror found in /etc/apt/sources*; set DEBIAN_MIRROR"
+URL=$MIRROR/pool/main/p/pgbouncer/pgbouncer_$VERSION.orig.tar.gz
 if [ -x "$BIN" ]; then echo "$BIN"; exit 0; fi
 
 mkdir -p "$DIR"
