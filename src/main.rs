@@ -25,6 +25,13 @@ struct Cli {
 enum Command {
     /// Validate a configuration file and exit (non-zero, naming the key and line, on an error).
     Check,
+    /// About the configuration: `pgmux config reference` prints every key, its default and
+    /// meaning, as Markdown (docs/configuration.md).
+    #[command(name = "config")]
+    ConfigInfo {
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
     /// Print the pooler.toml equivalent of PgBouncer's pgbouncer.ini FILE; settings pgmux does
     /// not act on are listed on stderr (and as comments in the output).
     Convert {
@@ -39,8 +46,21 @@ enum Command {
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Every key of pooler.toml with its default and meaning (Markdown).
+    Reference,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::ConfigInfo {
+        what: ConfigCommand::Reference,
+    }) = cli.command
+    {
+        print!("{}", pgmux::config::reference::markdown());
+        return ExitCode::SUCCESS;
+    }
     if let Some(Command::Convert { file }) = &cli.command {
         return convert(file);
     }

@@ -401,3 +401,25 @@ async fn serves_from_a_pgbouncer_ini_and_keeps_it_on_a_bad_reload() {
     let client = support::connect(&px.url("postgres", "x", "also")).await;
     client.simple_query("SELECT 1").await.unwrap();
 }
+
+#[test]
+fn docs_configuration_md_is_the_reference_the_schema_gives() {
+    let (code, out, err) = pgmux(&["config", "reference"]);
+    assert_eq!(code, 0, "{err}");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md");
+    let committed = std::fs::read_to_string(&path).expect("docs/configuration.md");
+    assert!(
+        committed == out,
+        "docs/configuration.md is out of date: run `pgmux config reference > docs/configuration.md`"
+    );
+    // Every key the parser accepts is in it.
+    for key in [
+        "listen_port",
+        "tcp_user_timeout",
+        "max_open_timeout",
+        "write_functions",
+        "auth_hba_file",
+    ] {
+        assert!(out.contains(&format!("| `{key}` |")), "{key} missing");
+    }
+}

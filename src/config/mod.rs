@@ -64,14 +64,14 @@ keyword_enum!(LoadBalancing {
 
 /// Defines a config section: the struct (all fields pub), its `Default`, the list of
 /// its keys (for "did you mean") and a setter that parses one key, so that each key's
-/// type, default and validation are written once, on one line.
+/// type, default, validation and documentation (`pgmux config reference`) are written once.
 macro_rules! section {
     ($(#[$meta:meta])* $name:ident, $keys:ident, $set:ident {
-        $($(#[$fmeta:meta])* $field:ident: $ty:ty = $default:expr, |$v:ident| $parse:expr;)+
+        $($(#[doc = $fdoc:literal])* $field:ident: $ty:ty = $default:expr, |$v:ident| $parse:expr;)+
     }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq)]
-        pub struct $name { $($(#[$fmeta])* pub $field: $ty,)+ }
+        pub struct $name { $($(#[doc = $fdoc])* pub $field: $ty,)+ }
 
         impl Default for $name {
             fn default() -> Self {
@@ -85,6 +85,12 @@ macro_rules! section {
             /// (key, value as the console shows it) of every key, in declaration order.
             pub fn entries(&self) -> Vec<(&'static str, String)> {
                 vec![$((stringify!($field), show::Show::show(&self.$field))),+]
+            }
+
+            /// (key, its documentation comment in one line) of every key, in declaration order.
+            pub fn docs() -> Vec<(&'static str, String)> {
+                let join = |lines: &[&str]| lines.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ");
+                vec![$((stringify!($field), join(&[$($fdoc),*]))),+]
             }
         }
 
@@ -109,48 +115,85 @@ fn secs(s: u64) -> Duration {
 section! {
     /// `[pooler]`. Durations of zero mean "disabled".
     PoolerConfig, POOLER_KEYS, set_pooler {
+        /// Where clients connect: an IP address, a comma-separated list, or `*` (every IPv4 and IPv6 address).
         listen_addr: String = "127.0.0.1".into(), |v| listen_addr(v);
+        /// The TCP port (and the number in the Unix socket's name).
         listen_port: u16 = 6432, |v| v.port();
         /// Worker threads, each serving its own clients on its own runtime; 0: one per two cores.
         workers: u32 = 0, |v| v.u32(0);
+        /// `session`, `transaction` or `statement`; overridable per database and per user.
         pool_mode: PoolMode = PoolMode::Transaction, |v| v.keyword();
+        /// Client connections beyond it are refused with 53300.
         max_client_conn: u32 = 1000, |v| v.u32(1);
+        /// Server connections per (database, user) pool.
         default_pool_size: u32 = 20, |v| v.u32(1);
+        /// Server connections the janitor keeps open in a pool once it exists, also after server restarts.
         min_pool_size: u32 = 0, |v| v.u32(0);
+        /// Extra connections per pool for clients that waited longer than reserve_pool_timeout.
         reserve_pool_size: u32 = 0, |v| v.u32(0);
+        /// How long a client waits before it may take a reserve connection.
         reserve_pool_timeout: Duration = secs(5), |v| v.duration();
+        /// Server connections of a database across its pools (0: unlimited).
         max_db_connections: u32 = 0, |v| v.u32(0);
+        /// Server connections of a login user across its pools (0: unlimited).
         max_user_connections: u32 = 0, |v| v.u32(0);
+        /// `scram-sha-256`, `md5`, `trust`, `passthrough` (the server checks the password), or `hba` (the method of the first matching rule of auth_hba_file).
         auth_type: AuthType = AuthType::ScramSha256, |v| v.keyword();
+        /// Users who may run every command of the admin console.
         admin_users: Vec<String> = Vec::new(), |v| v.names();
+        /// Users who may run the SHOW commands of the admin console.
         stats_users: Vec<String> = Vec::new(), |v| v.names();
+        /// Run when a server goes back to the pool in session mode.
         server_reset_query: String = "DISCARD ALL".into(), |v| v.string();
+        /// Run on a server idle longer than server_check_delay before a client gets it; "" turns the check off, as in PgBouncer.
         server_check_query: String = String::new(), |v| v.string();
+        /// How long a server may sit idle before server_check_query runs (0: always).
         server_check_delay: Duration = secs(30), |v| v.duration();
+        /// TCP connect plus login to a server.
         server_connect_timeout: Duration = secs(15), |v| v.duration();
+        /// Pause after the server refused the pool's login (credentials, database, privileges); a server that is down is the breaker's to gate.
         server_login_retry: Duration = secs(15), |v| v.duration();
+        /// Longest wait for a server connection; then 57014.
         query_wait_timeout: Duration = secs(120), |v| v.duration();
+        /// A query running longer is cancelled (57014); without an answer within another query_timeout the server connection is closed.
         query_timeout: Duration = Duration::ZERO, |v| v.duration();
+        /// Clients idle longer are closed (57P05).
         client_idle_timeout: Duration = Duration::ZERO, |v| v.duration();
+        /// Startup plus authentication must finish within it.
         client_login_timeout: Duration = secs(60), |v| v.duration();
+        /// Clients idle inside a transaction longer are closed (25P03); their transaction is rolled back.
         idle_transaction_timeout: Duration = Duration::ZERO, |v| v.duration();
+        /// Servers idle longer are closed.
         server_idle_timeout: Duration = secs(600), |v| v.duration();
+        /// Servers older are closed when released.
         server_lifetime: Duration = secs(3600), |v| v.duration();
+        /// Protocol-level prepared statements kept per server connection in transaction and statement modes (LRU); 0 passes them through untracked.
         max_prepared_statements: u32 = 200, |v| v.u32(0);
+        /// Larger client messages are refused with 08P01 (bytes).
         max_message_size: u32 = 256 * 1024 * 1024, |v| v.u32(1024);
+        /// At SIGINT/SIGTERM, how long transactions in flight may finish.
         shutdown_timeout: Duration = secs(30), |v| v.duration();
+        /// Queries slower than this go to SHOW SLOW_QUERIES and the log (0: off).
         slow_query_threshold: Duration = secs(1), |v| v.duration();
         /// Never zero: it divides the SHOW STATS averages.
         stats_period: Duration = secs(60), |v| v.nonzero_duration();
+        /// TLS to clients: `disable`, `allow`, `prefer` or `require`.
         tls_mode: TlsMode = TlsMode::Disable, |v| v.keyword();
+        /// PEM certificate chain shown to clients.
         tls_cert_file: String = String::new(), |v| v.string();
+        /// PEM private key of that certificate (PKCS#8, RSA or SEC1).
         tls_key_file: String = String::new(), |v| v.string();
+        /// TLS to servers: `disable`, `prefer`, `require` or `verify-full`.
         server_tls_mode: ServerTlsMode = ServerTlsMode::Disable, |v| v.keyword();
+        /// PEM roots a server certificate must chain to (verify-full).
         server_tls_ca_file: String = String::new(), |v| v.string();
         /// PgBouncer's keepalive keys, for client and server sockets; 0: the kernel's default.
         tcp_keepalive: bool = true, |v| v.bool();
+        /// Seconds idle before the first keepalive probe (0: the kernel's default).
         tcp_keepidle: Duration = Duration::ZERO, |v| v.duration();
+        /// Seconds between keepalive probes (0: the kernel's default).
         tcp_keepintvl: Duration = Duration::ZERO, |v| v.duration();
+        /// Unanswered probes before the peer is dead (0: the kernel's default).
         tcp_keepcnt: u32 = 0, |v| v.u32(0);
         /// Milliseconds, as in PgBouncer (TCP_USER_TIMEOUT).
         tcp_user_timeout: u32 = 0, |v| v.u32(0);
@@ -185,6 +228,7 @@ section! {
 section! {
     /// `[breaker]`, per backend address.
     BreakerConfig, BREAKER_KEYS, set_breaker {
+        /// Consecutive counted failures of an address that open its breaker.
         failure_threshold: u32 = 5, |v| v.u32(1);
         /// Never zero: every caller in turn would be the probe, a breaker that never rests.
         /// PgBouncer's server_login_retry by default: a server is tried as often as it would be.
@@ -198,7 +242,9 @@ section! {
 section! {
     /// `[users.NAME]`
     UserConfig, USER_KEYS, set_user {
+        /// Plain, `md5<32 hex>` or a `SCRAM-SHA-256$...` secret.
         password: Option<Secret> = None, |v| v.secret().map(Some);
+        /// This user's pool mode, over the database's and [pooler]'s.
         pool_mode: Option<PoolMode> = None, |v| v.keyword().map(Some);
         /// 0 = unlimited.
         max_user_connections: Option<u32> = None, |v| v.u32(0).map(Some);
@@ -208,13 +254,21 @@ section! {
 section! {
     /// `[databases.NAME]`; the name `"*"` serves any database not listed.
     DatabaseConfig, DATABASE_KEYS, set_database {
+        /// The server: a name or address, or (starting with `/`) the directory of its Unix socket.
         host: String = "127.0.0.1".into(), |v| v.nonempty();
+        /// The server's port.
         port: u16 = 5432, |v| v.port();
+        /// The database name on the server (default: the name clients use).
         dbname: Option<String> = None, |v| v.nonempty().map(Some);
+        /// Log in to the server as this user, whoever the client is.
         user: Option<String> = None, |v| v.nonempty().map(Some);
+        /// The server password of that user.
         password: Option<Secret> = None, |v| v.secret().map(Some);
+        /// This database's pool size, over default_pool_size.
         pool_size: Option<u32> = None, |v| v.u32(1).map(Some);
+        /// This database's min_pool_size.
         min_pool_size: Option<u32> = None, |v| v.u32(0).map(Some);
+        /// This database's pool mode.
         pool_mode: Option<PoolMode> = None, |v| v.keyword().map(Some);
         /// This database's auth_user for auth_query, instead of [pooler] auth_user.
         auth_user: Option<String> = None, |v| v.nonempty().map(Some);
@@ -225,16 +279,25 @@ section! {
         /// Server settings every client of this database starts with (as PgBouncer's
         /// connection string keys); a client's own startup parameters win.
         client_encoding: Option<String> = None, |v| v.nonempty().map(Some);
+        /// DateStyle its clients start with, unless they send their own.
         datestyle: Option<String> = None, |v| v.nonempty().map(Some);
+        /// TimeZone its clients start with, unless they send their own.
         timezone: Option<String> = None, |v| v.nonempty().map(Some);
         /// (host, port); IPv6 hosts are stored without brackets.
         replicas: Vec<(String, u16)> = Vec::new(), |v| replicas(v);
+        /// Send read-only transactions to healthy replicas.
         read_write_split: bool = false, |v| v.bool();
+        /// A replica further behind takes no reads (WAL bytes).
         max_replica_lag_bytes: u64 = 16 * 1024 * 1024, |v| v.int(0, i64::MAX as u64);
+        /// A replica further behind, while the primary writes, takes no reads.
         max_replica_lag_seconds: Duration = secs(5), |v| v.duration();
+        /// How often the lag monitor checks the primary and the replicas.
         lag_check_interval: Duration = secs(1), |v| v.duration();
+        /// After a client writes, its reads wait for a replica that has replayed the write (or go to the primary).
         read_your_writes: bool = true, |v| v.bool();
+        /// How reads are spread: `least_outstanding`, `round_robin` or `random`.
         load_balancing: LoadBalancing = LoadBalancing::LeastOutstanding, |v| v.keyword();
+        /// The primary takes reads too, as one more candidate.
         primary_reads: bool = false, |v| v.bool();
         /// Lowercase names, `prefix*` for all names that start so; when set in the file it replaces
         /// DEFAULT_WRITE_FUNCTIONS.
@@ -333,6 +396,7 @@ pub mod hba;
 mod inert;
 pub mod ini;
 mod parse;
+pub mod reference;
 mod secret;
 mod show;
 #[cfg(test)]
