@@ -32,6 +32,12 @@ enum Command {
         #[command(subcommand)]
         what: ConfigCommand,
     },
+    /// About /metrics: `pgmux metrics reference` prints every metric family, its type, labels
+    /// and meaning, as Markdown (docs/metrics.md).
+    Metrics {
+        #[command(subcommand)]
+        what: MetricsCommand,
+    },
     /// Print the pooler.toml equivalent of PgBouncer's pgbouncer.ini FILE; settings pgmux does
     /// not act on are listed on stderr (and as comments in the output).
     Convert {
@@ -52,6 +58,12 @@ enum ConfigCommand {
     Reference,
 }
 
+#[derive(Subcommand)]
+enum MetricsCommand {
+    /// Every metric family of /metrics with its type, labels and meaning (Markdown).
+    Reference,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::ConfigInfo {
@@ -59,6 +71,13 @@ fn main() -> ExitCode {
     }) = cli.command
     {
         print!("{}", pgmux::config::reference::markdown());
+        return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Metrics {
+        what: MetricsCommand::Reference,
+    }) = cli.command
+    {
+        print!("{}", pgmux::stats::reference::markdown());
         return ExitCode::SUCCESS;
     }
     if let Some(Command::Convert { file }) = &cli.command {

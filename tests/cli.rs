@@ -423,3 +423,15 @@ fn docs_configuration_md_is_the_reference_the_schema_gives() {
         assert!(out.contains(&format!("| `{key}` |")), "{key} missing");
     }
 }
+
+#[test]
+fn docs_metrics_md_is_the_reference_the_exporter_gives() {
+    let (code, out, err) = pgmux(&["metrics", "reference"]);
+    assert_eq!(code, 0, "{err}");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/metrics.md");
+    let committed = std::fs::read_to_string(&path).expect("docs/metrics.md");
+    assert!(
+        committed == out,
+        "docs/metrics.md is out of date: run `pgmux metrics reference > docs/metrics.md`"
+    );
+}

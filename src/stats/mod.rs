@@ -9,6 +9,7 @@ pub mod histogram;
 pub mod meter;
 pub mod metrics;
 pub mod period;
+pub mod reference;
 pub mod slow;
 
 pub use counter::Counter;
