@@ -1,8 +1,8 @@
 //! Session SET/RESET tracking (`frontend::set::parse`, `candidate`).
 //!
 //! `candidate` (the cheap filter every Query passes) lets through whatever `parse` tracks; a
-//! tracked value is ASCII, at most 4096 bytes, and the `SET name = value` pgmux re-applies on
-//! the next server reads back as the same command (so it is one statement, nothing smuggled).
+//! tracked value is ASCII, at most 4096 bytes, and the `SET "name" TO value;` pgmux re-applies
+//! on the next server (`apply_sql`) reads back as the same command (so it is one statement, nothing smuggled).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -23,7 +23,9 @@ fuzz_target!(|text: &[u8]| {
             assert!(name
                 .bytes()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'.'));
-            let again = format!("SET {name} = {value}");
+            // As `backend::settings::apply_sql` writes it: each dotted part of the name quoted.
+            let quoted: Vec<String> = name.split('.').map(|p| format!("\"{p}\"")).collect();
+            let again = format!("SET {} TO {value};", quoted.join("."));
             assert_eq!(
                 parse(again.as_bytes()),
                 Some(Command::Set {
@@ -38,7 +40,11 @@ fuzz_target!(|text: &[u8]| {
             assert!(parse(&with_nul).is_some());
         }
         Some(Command::Reset(name)) => {
-            assert_eq!(parse(format!("RESET {name}").as_bytes()), Some(Command::Reset(name)));
+            let quoted: Vec<String> = name.split('.').map(|p| format!("\"{p}\"")).collect();
+            assert_eq!(
+                parse(format!("RESET {};", quoted.join(".")).as_bytes()),
+                Some(Command::Reset(name))
+            );
         }
         Some(Command::ResetAll) | None => {}
     }
