@@ -22,3 +22,21 @@ pub mod stream; // a socket: plain TCP or TLS, to clients and to servers
 pub mod tcp; // keepalive and no-delay options of every socket
 pub mod tls; // TLS settings (rustls, ring): certificates for clients, verification of servers
 pub mod worker; // thread-per-core: a runtime per worker thread, each with its own listener
+
+/// What the fuzz targets in `fuzz/` need that is not public: built only with the `fuzzing`
+/// feature, never in a normal build.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::route::lexer::{Lexer, Tok};
+
+    /// `config::ini::convert` of `text` as a file `fuzz.ini`, with `%include` names taken from a
+    /// directory that does not exist (so no real file is ever read).
+    pub fn ini_convert(text: &str) -> Result<crate::config::ini::Converted, crate::config::ConfigError> {
+        crate::config::ini::convert(
+            text,
+            std::path::Path::new("fuzz.ini"),
+            std::path::Path::new("/nonexistent/pgmux-fuzz"),
+        )
+    }
+}

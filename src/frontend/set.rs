@@ -310,6 +310,14 @@ mod tests {
         }
     }
 
+    /// As PostgreSQL reads it, a `--` comment ends at a carriage return (found by fuzzing the
+    /// router, fuzz/fuzz_targets/classify.rs, which shares the comment scanner).
+    #[test]
+    fn line_comment_ends_at_carriage_return() {
+        assert_eq!(p("SET search_path = a --x\r, b"), set("search_path", "a, b"));
+        assert_eq!(p("RESET ALL --\r; SET x = 1"), None);
+    }
+
     #[test]
     fn candidates() {
         assert!(candidate(b" set x = 1\0"));

@@ -135,6 +135,8 @@ pub(crate) fn skip_blank(text: &[u8], mut i: usize) -> usize {
 }
 
 /// Skips white space and comments (`--` to the end of the line, nested `/* */`).
+/// As in PostgreSQL's scanner (`non_newline [^\n\r]`), a `--` comment ends at `\r` as well
+/// as `\n`: what follows a lone carriage return is SQL, not comment.
 pub(crate) fn skip_space(text: &[u8], mut i: usize) -> usize {
     loop {
         i = skip_blank(text, i);
@@ -150,7 +152,7 @@ pub(crate) fn skip_space(text: &[u8], mut i: usize) -> usize {
 pub(crate) fn skip_comment(text: &[u8], mut i: usize) -> Option<usize> {
     match text.get(i..i + 2) {
         Some(b"--") => {
-            while text.get(i).is_some_and(|&c| c != b'\n') {
+            while text.get(i).is_some_and(|&c| c != b'\n' && c != b'\r') {
                 i += 1;
             }
             Some(i)

@@ -166,6 +166,17 @@ fn statements() {
     assert_eq!(classify(b"SELECT '\xff\xfe' FROM \xc3", &DenyList::default()), R);
 }
 
+/// Found by fuzz/fuzz_targets/classify.rs: PostgreSQL ends a `--` comment at a carriage return
+/// as well as a line feed, so a statement after `--...\r` runs; it used to be taken for part
+/// of the comment, and the DELETE went to a replica.
+#[test]
+fn line_comment_ends_at_carriage_return() {
+    assert_eq!(c("SELECT 1; --\rDELETE FROM t"), P);
+    assert_eq!(c("SELECT * FROM t -- lock it\rFOR UPDATE"), P);
+    assert_eq!(c("SELECT 1 -- just a comment\r\n"), R);
+    assert_eq!(c("-- x\rSELECT 1"), R);
+}
+
 #[test]
 fn deny_lists() {
     let deny = DenyList::new(["My_Fn", "audit_*", "*", ""]);

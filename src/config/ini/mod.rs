@@ -366,7 +366,7 @@ impl Out {
         w.line(
             &format!(
                 "# pooler.toml converted from {} (PgBouncer's format) by pgmux.",
-                origin.replace(['\n', '\r'], " ")
+                origin.replace(|c: char| c.is_control() && c != '\t', " ")
             ),
             None,
         );
@@ -377,8 +377,12 @@ impl Out {
                 None,
             );
             for note in &self.notes {
-                // A quoted ini key may hold a line break; a comment must not.
-                w.line(&format!("#   {}", note.replace(['\n', '\r'], " ")), None);
+                // A quoted ini key may hold a line break, a value other control characters;
+                // a TOML comment may hold neither (tab excepted).
+                w.line(
+                    &format!("#   {}", note.replace(|c: char| c.is_control() && c != '\t', " ")),
+                    None,
+                );
             }
         }
         w.line("", None);

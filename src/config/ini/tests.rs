@@ -827,3 +827,16 @@ fn md5_needs_no_note() {
         assert_eq!(c.pooler.auth_type, AuthType::Md5);
     }
 }
+
+/// Found by fuzz/fuzz_targets/config_ini.rs: a note quotes the ini's value, which may hold
+/// control characters (here NULs in a host list); TOML allows none in a comment (bar tab),
+/// so the converted file did not parse.
+#[test]
+fn notes_quote_no_control_characters() {
+    let text = "[databases]\nbench = host=/tmp\0\x01,other\n[pgbouncer]\nlisten_addr = 127.0.0.1\n";
+    let c = conv(text).unwrap();
+    assert!(c.notes.iter().any(|n| n.contains("first host only")), "{:?}", c.notes);
+    if let Err(e) = c.toml.parse::<toml::Table>() {
+        panic!("{e}\n{}", c.toml);
+    }
+}
