@@ -10,7 +10,7 @@ pub const HEADER_LEN: usize = 5;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum FrameError {
-    #[error("invalid message length {len} (must be at least 4)")]
+    #[error("invalid message length {len} (must be 4 to 2147483647)")]
     BadLength { len: u32 },
     #[error("message of {len} bytes exceeds max_message_size ({max} bytes)")]
     TooLarge { len: usize, max: usize },
@@ -29,7 +29,8 @@ pub fn peek_header(buf: &[u8], max: usize) -> Result<Option<(u8, usize)>, FrameE
         return Ok(None);
     };
     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-    if len < 4 {
+    // The length is an Int32: 2^31 and above are negative, whatever `max` allows.
+    if len < 4 || len > i32::MAX as u32 {
         return Err(FrameError::BadLength { len });
     }
     let len = len as usize;
@@ -98,6 +99,17 @@ mod tests {
     #[test]
     fn refuses_short_and_huge_lengths() {
         assert_eq!(peek_header(b"Q\0\0\0\x03", 100), Err(FrameError::BadLength { len: 3 }));
+        // A length of 2^31 or more is negative as the protocol's Int32 (found by fuzzing the
+        // server scan: it passed as a 4 GB frame where the server's frames are unbounded).
+        assert_eq!(
+            peek_header(b"\xff\xff\xff\xff\x04", usize::MAX >> 1),
+            Err(FrameError::BadLength { len: 0xffff_ff04 })
+        );
+        assert_eq!(
+            peek_header(b"D\x80\0\0\0", usize::MAX >> 1),
+            Err(FrameError::BadLength { len: 1 << 31 })
+        );
+        assert!(peek_header(b"D\x7f\xff\xff\xff", usize::MAX >> 1).is_ok());
         assert_eq!(
             peek_header(b"Q\x7f\xff\xff\xff", 1 << 20),
             Err(FrameError::TooLarge {
