@@ -11,9 +11,6 @@ mod lists;
 pub mod result;
 mod show;
 
-use crate::auth::ct_eq;
-use crate::auth::md5::md5_inner;
-use crate::auth::scram::ScramKeys;
 use crate::config::{Config, Secret};
 use crate::frontend::conn::ClientConn;
 use crate::frontend::Shared;
@@ -65,12 +62,7 @@ pub fn role(config: &Config, user: &str, superuser: bool) -> Result<Role, PgErro
 pub async fn check_passthrough(shared: &Shared, config: &Config, user: &str, password: &str) -> Result<bool, PgError> {
     let refused = || PgError::fatal("28P01", format!("password authentication failed for user \"{user}\""));
     let ok = match config.users.get(user).and_then(|u| u.password.as_ref()) {
-        Some(Secret::Plain(p)) => ct_eq(p.as_bytes(), password.as_bytes()),
-        Some(Secret::Md5(inner)) => ct_eq(inner, &md5_inner(password, user)),
-        Some(Secret::Scram(s)) => {
-            let keys = ScramKeys::derive(password, &s.salt, s.iterations);
-            ct_eq(&keys.stored_key, &s.stored_key)
-        }
+        Some(secret) => crate::auth::password_matches(secret, user, password),
         None => return superuser(shared, config, user, password).await,
     };
     ok.then_some(false).ok_or_else(refused)

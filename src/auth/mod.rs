@@ -7,6 +7,20 @@ pub mod scram;
 
 pub use cache::KeyCache;
 
+/// Whether a clear-text password is the one `secret` was made from (plain, md5 or SCRAM), in
+/// constant time.
+pub fn password_matches(secret: &crate::config::Secret, user: &str, given: &str) -> bool {
+    use crate::config::Secret;
+    match secret {
+        Secret::Plain(p) => ct_eq(p.as_bytes(), given.as_bytes()),
+        Secret::Md5(inner) => ct_eq(&md5::md5_inner(given, user), inner),
+        Secret::Scram(s) => {
+            let keys = scram::ScramKeys::derive(given, &s.salt, s.iterations);
+            ct_eq(&keys.stored_key, &s.stored_key)
+        }
+    }
+}
+
 /// Constant-time equality; the length itself is not secret.
 pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {

@@ -147,7 +147,7 @@ async fn by_method(
             let given = ask_password(client, msg::AUTH_CLEARTEXT, &[]).await?;
             let given = String::from_utf8(given).map_err(|_| failed(user))?;
             match secret {
-                Some(secret) if password_matches(secret, user, &given) => Ok(Proof::Nothing),
+                Some(secret) if crate::auth::password_matches(secret, user, &given) => Ok(Proof::Nothing),
                 _ => Err(failed(user)),
             }
         }
@@ -159,18 +159,6 @@ async fn by_method(
         )
         .with_hint("use scram-sha-256 for this rule of auth_hba_file")),
         (Method::Reject, _) => Err(failed(user)),
-    }
-}
-
-/// Whether a clear-text password is the one the secret was made from.
-fn password_matches(secret: &Secret, user: &str, given: &str) -> bool {
-    match secret {
-        Secret::Plain(p) => crate::auth::ct_eq(p.as_bytes(), given.as_bytes()),
-        Secret::Md5(inner) => crate::auth::ct_eq(&md5_inner(given, user), inner),
-        Secret::Scram(s) => {
-            let keys = ScramKeys::derive(given, &s.salt, s.iterations);
-            crate::auth::ct_eq(&keys.stored_key, &s.stored_key)
-        }
     }
 }
 

@@ -252,23 +252,14 @@ async fn write_flush(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Whether `frames` (complete ones) are all Flush messages.
-fn only_flushes(frames: &[u8]) -> bool {
-    let mut pos = 0;
-    while let Ok(Some((tag, total))) = frame_len_of(frames.get(pos..).unwrap_or_default()) {
-        if tag != b'H' {
-            return false;
+fn only_flushes(mut frames: &[u8]) -> bool {
+    while let Ok(Some((tag, total))) = crate::protocol::frame::peek_header(frames, usize::MAX >> 1) {
+        match frames.get(total..) {
+            Some(rest) if tag == b'H' => frames = rest,
+            _ => return false,
         }
-        pos += total;
     }
-    pos == frames.len()
-}
-
-/// (tag, total length) of the frame at the start of `bytes`, if complete.
-fn frame_len_of(bytes: &[u8]) -> Result<Option<(u8, usize)>, FrameError> {
-    match crate::protocol::frame::peek_header(bytes, usize::MAX >> 1)? {
-        Some((tag, total)) if bytes.len() >= total && total > 0 => Ok(Some((tag, total))),
-        _ => Ok(None),
-    }
+    frames.is_empty()
 }
 
 pub fn protocol_violation(e: &FrameError) -> PgError {
