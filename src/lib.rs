@@ -10,6 +10,7 @@ pub mod backend; // server connections: connect, log in, settings
 pub mod breaker; // circuit breaker of one backend address: closed, open, half-open
 pub mod config; // pooler.toml: schema, defaults, validation
 pub mod frontend; // per-client task: startup, auth, session loop, relay
+pub mod listen; // LISTEN/NOTIFY in transaction mode: subscriptions, the listener connection
 pub mod listener; // accept loop
 pub mod pool; // pools per (database, user), wait queue, janitor
 pub mod prepared; // protocol-level prepared statements in transaction and statement modes

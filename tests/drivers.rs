@@ -177,6 +177,13 @@ fn asyncpg_statement_cache_50_tasks() {
     s.check_rows(clients, rounds);
 }
 
+#[test]
+fn psycopg_notifies_and_asyncpg_add_listener() {
+    let python = installed("venv/bin/python");
+    let s = setup("drv_notify");
+    s.run(&python, &[&program("notify_test.py")], &s.env(1, 1));
+}
+
 /// `program --version` runs; else panics saying to run the setup script.
 fn on_path(program: &str) -> PathBuf {
     let ok = std::process::Command::new(program)

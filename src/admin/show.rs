@@ -37,6 +37,7 @@ pub fn show(shared: &Shared, item: &str, out: &mut BytesMut) -> Result<(), PgErr
         "slow_queries" => slow_queries(shared),
         "replicas" => replicas(shared),
         "breakers" => breakers(shared),
+        "listeners" => listeners(shared),
         "clients" => lists::clients(shared),
         "servers" => lists::servers(shared),
         "mem" | "fds" | "sockets" | "active_sockets" | "dns_hosts" | "dns_zones" | "peers" | "peer_pools" => {
@@ -483,6 +484,33 @@ fn breakers(shared: &Shared) -> Rows {
             s.last_error,
             num(s.refused),
         ]);
+    }
+    rows
+}
+
+/// LISTEN/NOTIFY in transaction and statement modes: one row per pool and channel.
+fn listeners(shared: &Shared) -> Rows {
+    let mut rows = Rows::new(&[
+        ("database", Ty::Text),
+        ("user", Ty::Text),
+        ("channel", Ty::Text),
+        ("clients", Ty::Int4),
+        ("delivered", Ty::Int8),
+        ("dropped", Ty::Int8),
+    ]);
+    let mut pools = shared.pools.all();
+    pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+    for pool in pools {
+        for c in pool.listen.rows() {
+            rows.push(vec![
+                text(&pool.database),
+                text(&pool.user),
+                text(c.channel),
+                num(c.clients as u64),
+                num(c.delivered),
+                num(c.dropped),
+            ]);
+        }
     }
     rows
 }

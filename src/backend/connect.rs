@@ -236,6 +236,7 @@ async fn login(
         prepared: Default::default(),
         generation: 0,
         worker: crate::worker::current(),
+        listening: false,
     });
     Ok((server, reported))
 }

@@ -27,6 +27,8 @@ pub struct ServerConn {
     pub generation: u32,
     /// The worker whose reactor watches the socket (None: the main thread's).
     pub worker: Option<u16>,
+    /// A client's LISTEN ran on it and no UNLISTEN * since: it must not go back to the pool.
+    pub listening: bool,
 }
 
 impl ServerConn {
@@ -68,6 +70,10 @@ pub struct Outcome {
     /// ParameterStatus the server sent meanwhile (a SET of a reported setting), as it
     /// normalised the values: `DateStyle` `ISO, DMY` for `iso,dmy`.
     pub reported: Vec<(String, String)>,
+    /// The first value of every row after the first (non-NULL ones).
+    pub column: Vec<String>,
+    /// NotificationResponse frames that came meanwhile (the server had run LISTEN).
+    pub notifications: Vec<bytes::Bytes>,
 }
 
 impl ServerConn {
@@ -94,6 +100,7 @@ impl ServerConn {
         let mut error = None;
         let mut row = None;
         let mut reported = Vec::new();
+        let (mut column, mut notifications) = (Vec::new(), Vec::new());
         loop {
             let frame = peek_header(&self.buf, usize::MAX >> 1).map_err(|e| super::BackendError::Protocol {
                 addr: self.addr.clone(),
@@ -111,10 +118,14 @@ impl ServerConn {
                                 status,
                                 row,
                                 reported,
+                                column,
+                                notifications,
                             });
                         }
                         b'E' if error.is_none() => error = Some(parse_error(&frame[5..])),
                         b'D' if row.is_none() => row = Some(data_row(&frame[5..])),
+                        b'D' => column.extend(data_row(&frame[5..]).into_iter().next().flatten()),
+                        b'A' => notifications.push(frame.freeze()),
                         b'S' => reported.extend(parameter_status(&frame[5..])),
                         _ => {}
                     }

@@ -25,6 +25,8 @@ pub struct ClientConn {
     pub tracker: Tracker,
     /// Frames in `buf[..ready]` name prepared statements (see `ClientScan::rewrite`).
     pub rewrite: bool,
+    /// Frames in `buf[..ready]` may LISTEN or UNLISTEN (see `ClientScan::listen`).
+    pub listen: bool,
     /// The client's prepared statements, in transaction and statement modes.
     pub prepared: crate::prepared::ClientStatements,
 }
@@ -86,6 +88,8 @@ pub enum Request {
     Ready,
     /// Terminate, or the socket closed.
     Gone,
+    /// Notifications (LISTEN) wait for the client: nothing from it yet.
+    News,
     /// Malformed input; the client gets this error and is closed. (Boxed: a Request is held
     /// in every idle client's task.)
     Invalid(Box<PgError>),
@@ -103,6 +107,7 @@ impl ClientConn {
             max_message_size,
             tracker: Tracker::default(),
             rewrite: false,
+            listen: false,
             prepared: Default::default(),
         }
     }
@@ -136,6 +141,7 @@ impl ClientConn {
                     self.ready = scan.end;
                     self.terminate = scan.terminate;
                     self.rewrite |= scan.rewrite;
+                    self.listen |= scan.listen;
                 }
                 Err(e) => return Poll::Ready(Request::Invalid(Box::new(protocol_violation(&e)))),
             }

@@ -4,6 +4,7 @@
 
 use super::cancel::CancelHandle;
 use super::conn::{ClientConn, Request};
+use crate::listen::Mailbox;
 use crate::pool::{Lease, Pool};
 use crate::protocol::messages::PgError;
 use crate::shutdown::Shutdown;
@@ -41,11 +42,17 @@ impl<'a> Watch<'a> {
 /// Every idle client's task waits in here, so it is kept small: one poll of the socket and
 /// one of the shutdown token, no nested futures.
 #[allow(clippy::manual_async_fn)] // the arguments would be stored twice
-pub fn next_request<'a>(client: &'a mut ClientConn, watch: Watch<'a>) -> impl Future<Output = Request> + Send + 'a {
+/// A client that listens (`news`) is also woken by its notifications: `Request::News`.
+pub fn next_request<'a>(
+    client: &'a mut ClientConn,
+    watch: Watch<'a>,
+    news: Option<&'a Mailbox>,
+) -> impl Future<Output = Request> + Send + 'a {
     async move {
         if !watch.shutdown.is_draining() {
             let request = std::future::poll_fn(|cx| match client.poll_request(cx) {
                 Poll::Ready(request) => Poll::Ready(Some(request)),
+                Poll::Pending if news.is_some_and(|m| m.poll_news(cx)) => Poll::Ready(Some(Request::News)),
                 Poll::Pending if watch.draining(cx) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             })

@@ -79,6 +79,7 @@ async fn admit(stream: Stream, shared: Arc<Shared>) -> Option<Session> {
             cancel,
             shared: slot.into_session().unwrap_or(shared),
             counted: false,
+            listen: None,
         }),
         Ok(Some(LoggedIn::Console { role, user })) => {
             // A console connection does not count against max_client_conn, nor keep a drain waiting.

@@ -5,6 +5,7 @@ pub mod auth_query;
 pub mod cancel;
 pub mod conn;
 pub mod drain;
+pub mod listen;
 pub mod login;
 pub mod relay;
 pub mod session;

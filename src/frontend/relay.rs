@@ -63,9 +63,16 @@ pub struct RelayState {
     set: Option<set::Command>,
     /// Counts and latencies for the pool's stats.
     pub meter: Meter,
+    /// LISTEN and UNLISTEN statements the client sent (transaction and statement modes).
+    pub listen_ops: Vec<crate::listen::statement::Op>,
 }
 
 impl RelayState {
+    /// What the server's CommandComplete tags said of LISTEN (`track::listen_tags`).
+    pub fn listen_flags(&self) -> u8 {
+        self.scan.listen
+    }
+
     /// See `Watch::rearm`.
     pub fn rearm_timeouts(&mut self) {
         self.watch.rearm();
@@ -83,6 +90,7 @@ impl RelayState {
             out: BytesMut::new(),
             set: None,
             meter: Meter::default(),
+            listen_ops: Vec::new(),
         }
     }
 }
@@ -106,6 +114,7 @@ pub async fn relay(
         out,
         set: pending_set,
         meter,
+        listen_ops,
     } = state;
     let (release_at_idle, statement_mode) = (*release_at_idle, *statement_mode);
     // Prepared statements are tracked where a client may change servers between transactions.
@@ -118,6 +127,9 @@ pub async fn relay(
         meter.requests(waiting, true);
         if release_at_idle {
             watch_set(client.buf.get(..client.ready), &client.tracker, scan, pending_set);
+        }
+        if std::mem::take(&mut client.listen) && release_at_idle {
+            super::listen::collect(waiting, listen_ops);
         }
     }
     if std::mem::take(&mut client.rewrite) && tracking {
@@ -189,6 +201,9 @@ pub async fn relay(
                                 meter.requests(frames, quiet_before);
                                 if release_at_idle {
                                     watch_set(client.buf.get(from..found.end), &client.tracker, scan, pending_set);
+                                    if found.listen {
+                                        super::listen::collect(frames, listen_ops);
+                                    }
                                 }
                                 if found.rewrite && tracking {
                                     let at = Position {
@@ -250,6 +265,9 @@ pub async fn relay(
                                         &mut server.prepared,
                                         answered,
                                     );
+                                }
+                                Ok((at, ServerStop::Notification)) => {
+                                    from = super::listen::on_notification(&mut server.buf, at, &pool.listen);
                                 }
                                 Ok((end, why)) => {
                                     if let Some(ok) = scan.watched.take() {

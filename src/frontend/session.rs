@@ -6,6 +6,7 @@ use super::conn::{ClientConn, Request, Waited};
 use super::drain::{self, Watch};
 use super::relay::{relay, RelayEnd, RelayState};
 use super::timers::{Phase, Timeouts};
+use super::track::listen_tags::LISTENED;
 use super::{ClientSlot, Shared};
 use crate::backend::Settings;
 use crate::config::PoolMode;
@@ -36,6 +37,8 @@ pub struct Session {
     pub shared: Arc<Shared>,
     /// Counted in its pool's clients (from `run` on).
     pub counted: bool,
+    /// Its notifications, once it listens (transaction and statement modes: `crate::listen`).
+    pub listen: Option<Arc<crate::listen::Mailbox>>,
 }
 
 impl Drop for Session {
@@ -45,6 +48,9 @@ impl Drop for Session {
         // Before the socket closes (the fields drop after this).
         self.cancel.forget_socket();
         self.shared.cancels.unregister(&self.cancel);
+        if let Some(mailbox) = self.listen.take() {
+            self.cancel.pool.listen.leave(&mailbox);
+        }
         if std::mem::take(&mut self.counted) {
             self.cancel.pool.counts.clients.fetch_sub(1, Ordering::Relaxed);
         }
@@ -62,12 +68,19 @@ pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
         // session and the two polls of that wait, nothing else.
         let invalid = loop {
             let watch = Watch::new(&s.shared.shutdown, &s.cancel);
+            let news = s.listen.as_deref();
             match if s.shared.knobs.client_idle().is_zero() {
-                drain::next_request(&mut s.client, watch).await
+                drain::next_request(&mut s.client, watch, news).await
             } else {
                 // Boxed: the timer would weigh on every idle client's task where it is off.
-                Box::pin(wait_idle(&mut s.client, watch, s.shared.knobs.client_idle())).await
+                Box::pin(wait_idle(&mut s.client, watch, news, s.shared.knobs.client_idle())).await
             } {
+                Request::News => {
+                    if super::listen::deliver(&mut s).await.is_err() {
+                        break None;
+                    }
+                    continue;
+                }
                 Request::Ready => {}
                 Request::Gone => break None,
                 Request::Invalid(e) => break Some(e),
@@ -230,6 +243,24 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
         }
     };
     s.cancel.detach();
+    let listen = state.listen_flags();
+    let mut keep = true;
+    if listen != 0 {
+        // A server that ran LISTEN goes back to the pool only through `listen::settle`.
+        lease.conn().listening |= listen & LISTENED != 0;
+        if let RelayEnd::Release = end {
+            let ops = std::mem::take(&mut state.listen_ops);
+            keep = Box::pin(super::listen::settle(
+                &mut s.listen,
+                &s.cancel.pool,
+                &mut lease,
+                listen,
+                &ops,
+            ))
+            .await;
+            lease.conn().listening &= !keep;
+        }
+    }
     let client = &mut s.client;
     if let (RelayEnd::ServerGone(e), Some(replay), Pick::Replica(route, i)) = (&end, replay, &pick) {
         if state.meter.untouched(replay.frames.len()) {
@@ -247,7 +278,14 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
     }
     match end {
         RelayEnd::Release => {
-            give_back(lease).await;
+            if keep {
+                give_back(lease).await;
+            } else {
+                drop(lease);
+            }
+            if let Some(mailbox) = &s.listen {
+                mailbox.take(&mut state.out);
+            }
             if client.write(&state.out).await.is_ok() {
                 return Flow::Next;
             }
@@ -414,8 +452,13 @@ async fn answer_alone(s: &mut Session) -> Option<Flow> {
 }
 
 /// Waits for the client's next request (or a shutdown), closing it after client_idle_timeout.
-async fn wait_idle(client: &mut ClientConn, watch: Watch<'_>, limit: Duration) -> Request {
-    match tokio::time::timeout(limit, drain::next_request(client, watch)).await {
+async fn wait_idle(
+    client: &mut ClientConn,
+    watch: Watch<'_>,
+    news: Option<&crate::listen::Mailbox>,
+    limit: Duration,
+) -> Request {
+    match tokio::time::timeout(limit, drain::next_request(client, watch, news)).await {
         Ok(request) => request,
         Err(_) => {
             let timeouts = Timeouts {
@@ -490,7 +533,7 @@ async fn give_back(mut lease: Lease) {
     let pool = lease.pool().clone();
     let server = lease.conn();
     // Bytes after the last ReadyForQuery: the server is not in a state we know.
-    if !server.buf.is_empty() {
+    if !server.buf.is_empty() || server.listening {
         return;
     }
     if server.in_flight.count() > 0 {

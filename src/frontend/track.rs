@@ -53,13 +53,15 @@ pub struct ClientScan {
     /// A frame names a prepared statement or may be a DEALLOCATE, DISCARD ALL, PREPARE or
     /// EXECUTE: in transaction mode the frames need `prepared::translate`.
     pub rewrite: bool,
+    /// A Query or Parse may be a LISTEN or UNLISTEN (`crate::listen::statement`).
+    pub listen: bool,
 }
 
 /// Scans the client's complete frames in `buf[from..]`, counting what will need an answer.
 /// A partial frame at the end is left for the next read.
 pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Result<ClientScan, FrameError> {
     let mut pos = from;
-    let mut rewrite = false;
+    let (mut rewrite, mut listen) = (false, false);
     while let Some((tag, total)) = peek_header(buf.get(pos..).unwrap_or_default(), max)? {
         if !is_frontend_tag(tag) {
             return Err(FrameError::BadTag(tag as char));
@@ -69,6 +71,7 @@ pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Resu
                 end: pos,
                 terminate: true,
                 rewrite,
+                listen,
             });
         }
         let Some(body) = buf.get(pos + HEADER_LEN..pos + total) else {
@@ -79,6 +82,7 @@ pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Resu
                 t.pending += 1;
                 t.syncs_in_copy = 0;
                 rewrite |= crate::prepared::query::candidate(body);
+                listen |= crate::listen::statement::candidate(body);
             }
             b'F' => t.pending += 1,
             b'S' => {
@@ -90,7 +94,12 @@ pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Resu
                 // The copy ends here: the Syncs sent during it were never answered.
                 t.pending = t.pending.saturating_sub(std::mem::take(&mut t.syncs_in_copy).into());
             }
-            b'P' | b'B' | b'D' | b'C' => {
+            b'P' => {
+                t.unsynced = true;
+                rewrite |= names_statement(tag, body);
+                listen |= parse_query(body).is_some_and(crate::listen::statement::candidate);
+            }
+            b'B' | b'D' | b'C' => {
                 t.unsynced = true;
                 rewrite |= names_statement(tag, body);
             }
@@ -110,7 +119,15 @@ pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Resu
         end: pos,
         terminate: false,
         rewrite,
+        listen,
     })
+}
+
+/// A Parse's query text (after the statement name).
+pub fn parse_query(body: &[u8]) -> Option<&[u8]> {
+    let mut pos = 0;
+    read_cstr(body, &mut pos)?;
+    body.get(pos..)
 }
 
 /// A Parse, Bind, Describe or Close that names a prepared statement (not the unnamed one).
@@ -141,6 +158,21 @@ pub enum ServerStop {
     Release,
     /// Statement mode: a ReadyForQuery at `end` says a transaction block is open.
     TransactionBlock,
+    /// A NotificationResponse (complete) at `end` from a server that ran LISTEN in this
+    /// transaction: the relay decides whether it goes on (`crate::listen`).
+    Notification,
+}
+
+/// `ServerScan::listen` flags: what the server's CommandComplete tags said of LISTEN.
+pub mod listen_tags {
+    /// LISTEN ran: the server listens until pgmux's UNLISTEN *.
+    pub const LISTENED: u8 = 1;
+    /// LISTEN, UNLISTEN or DISCARD ALL ran: the client's subscriptions may change.
+    pub const TOUCHED: u8 = 2;
+    /// An error or a ROLLBACK came after that: the changes may not count.
+    pub const FAILED: u8 = 4;
+    /// DISCARD ALL ran (an UNLISTEN *).
+    pub const DISCARDED: u8 = 8;
 }
 
 /// Server-side scan state: the server's frames may be large (a DataRow, a CopyData), so they
@@ -163,6 +195,8 @@ pub struct ServerScan {
     pub parses: u32,
     /// SQLSTATE classes of the ErrorResponses passed over (likewise).
     pub errors: ErrorClasses,
+    /// `listen_tags` seen (transaction and statement modes only).
+    pub listen: u8,
 }
 
 /// SQLSTATE classes and how many errors of each, for the pool's error counts; the relay
@@ -221,6 +255,19 @@ pub enum Intercept {
 const SERVER_FRAME_LIMIT: usize = usize::MAX >> 1;
 
 impl ServerScan {
+    /// A CommandComplete's tag, in transaction mode: LISTEN, UNLISTEN, DISCARD ALL, ROLLBACK.
+    #[inline]
+    fn command_tag(&mut self, body: &[u8]) {
+        use listen_tags::*;
+        match body.first() {
+            Some(b'L') if body == b"LISTEN\0" => self.listen |= LISTENED | TOUCHED,
+            Some(b'U') if body == b"UNLISTEN\0" => self.listen |= TOUCHED,
+            Some(b'D') if body == b"DISCARD ALL\0" => self.listen |= DISCARDED | TOUCHED,
+            Some(b'R') if self.listen & TOUCHED != 0 && body == b"ROLLBACK\0" => self.listen |= FAILED,
+            _ => {}
+        }
+    }
+
     /// Scans `buf[from..]`. Returns the end of what may be forwarded and why it stopped.
     /// `release_at_idle` is false in session mode; `statement_mode` refuses transaction blocks.
     /// `on_param` sees every ParameterStatus (name, value).
@@ -251,10 +298,15 @@ impl ServerScan {
                 Intercept::Commands => tag == b'C',
                 Intercept::Replies => matches!(tag, b'1' | b'3' | b'E' | b'I' | b'C'),
             };
-            if tag == b'E' && self.watch.is_some() {
-                self.watch_failed = true;
+            if tag == b'E' {
+                self.watch_failed |= self.watch.is_some();
+                if self.listen & listen_tags::TOUCHED != 0 {
+                    self.listen |= listen_tags::FAILED;
+                }
             }
-            if !wanted && !matches!(tag, b'Z' | b'S' | b'E') {
+            // Transaction mode looks at CommandComplete tags for LISTEN (`crate::listen`).
+            let looked = release_at_idle && matches!(tag, b'C' | b'A');
+            if !wanted && !looked && !matches!(tag, b'Z' | b'S' | b'E') {
                 if tag == b'1' {
                     self.parses += 1;
                 }
@@ -265,6 +317,16 @@ impl ServerScan {
                 return Ok((pos, ServerStop::More));
             };
             let body = &frame[HEADER_LEN..];
+            if looked {
+                if tag == b'A' {
+                    if self.listen & listen_tags::LISTENED != 0 {
+                        return Ok((pos, ServerStop::Notification));
+                    }
+                    pos += total;
+                    continue;
+                }
+                self.command_tag(body);
+            }
             if tag == b'E' && !wanted {
                 self.errors.push(error_class(body));
                 pos += total;
@@ -274,6 +336,10 @@ impl ServerScan {
                 if self.intercept == Intercept::Replies || body.first() == Some(&b'D') {
                     return Ok((pos, ServerStop::Intercept));
                 }
+                pos += total;
+                continue;
+            }
+            if tag == b'C' {
                 pos += total;
                 continue;
             }
@@ -324,7 +390,8 @@ mod tests {
             ClientScan {
                 end: buf.len(),
                 terminate: false,
-                rewrite: false
+                rewrite: false,
+                listen: false
             }
         );
         assert!(t.unsynced && t.pending == 0);
@@ -369,7 +436,8 @@ mod tests {
             ClientScan {
                 end,
                 terminate: true,
-                rewrite: false
+                rewrite: false,
+                listen: false
             }
         );
         assert!(scan_client(b"GET / HTTP/1.1\r\n", 0, 100, &mut Tracker::default()).is_err());

@@ -152,6 +152,8 @@ pub struct Pool {
     /// read_write_split: the replicas' pools for the same user (None for a replica's pool).
     pub route: Option<crate::route::choose::Route>,
     pub breaker: crate::breaker::Breaker,
+    /// LISTEN/NOTIFY in transaction and statement modes: its clients' subscriptions.
+    pub listen: crate::listen::Hub,
 }
 
 /// What a pool shares with others: the connection limits of its database and server login
@@ -207,6 +209,7 @@ impl Pool {
             generation: AtomicU32::new(0),
             route: None,
             breaker,
+            listen: crate::listen::Hub::default(),
         }
     }
 

@@ -67,6 +67,10 @@ pub struct PoolSample {
     pub closes: Vec<(&'static str, u64)>,
     /// Clients refused a server connection, by gate ("breaker", "login_retry").
     pub refusals: [(&'static str, u64); 2],
+    /// LISTEN/NOTIFY (transaction mode): notifications queued for clients, and dropped.
+    pub notifications: [(&'static str, u64); 2],
+    /// Channels the pool's listener connection listens on.
+    pub listen_channels: u64,
     pub client_parses: u64,
     pub server_parses: u64,
     pub binds: u64,
@@ -146,6 +150,11 @@ impl Snapshot {
                     ("breaker", s.refused_by_breaker.load(Relaxed)),
                     ("login_retry", s.refused_by_login_retry.load(Relaxed)),
                 ],
+                notifications: [
+                    ("delivered", pool.listen.delivered.load(Relaxed)),
+                    ("dropped", pool.listen.dropped.load(Relaxed)),
+                ],
+                listen_channels: pool.listen.channel_count() as u64,
                 client_parses: PoolStats::get(&s.client_parses),
                 server_parses: PoolStats::get(&s.server_parses),
                 binds: PoolStats::get(&s.binds),
@@ -299,6 +308,11 @@ const PER_POOL: &[PerPool] = &[
     ("pgmux_paused", "1 while the pool is paused", |p| {
         Value::Gauge(p.paused.into())
     }),
+    (
+        "pgmux_listen_channels",
+        "Channels the pool's listener connection listens on (LISTEN in transaction mode)",
+        |p| Value::Gauge(p.listen_channels as i64),
+    ),
     ("pgmux_transactions", "Transactions completed", |p| {
         Value::Counter(p.xacts)
     }),
@@ -346,6 +360,18 @@ const SPLIT_COUNTERS: &[Split] = &[
             p.closes
                 .iter()
                 .map(|(r, n)| (r.to_string(), Value::Counter(*n)))
+                .collect()
+        },
+    ),
+    (
+        "pgmux_notifications",
+        "LISTEN/NOTIFY in transaction mode: notifications queued for listening clients, and \
+         dropped because a client's queue was full",
+        "outcome",
+        |p| {
+            p.notifications
+                .iter()
+                .map(|(o, n)| (o.to_string(), Value::Counter(*n)))
                 .collect()
         },
     ),

@@ -13,6 +13,7 @@ fn example() -> Snapshot {
             errors: vec![("42".into(), 1)],
             closes: vec![("idle", 0)],
             refusals: [("breaker", 0), ("login_retry", 0)],
+            notifications: [("delivered", 0), ("dropped", 0)],
             ..PoolSample::default()
         }],
         replicas: vec![ReplicaSample {
