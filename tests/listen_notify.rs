@@ -257,11 +257,12 @@ async fn listener_connection_loss_is_survived_with_a_notice() {
     exec(&a.client, "LISTEN survive").await;
     exec(&b, "NOTIFY survive, 'before'").await;
     assert_eq!(a.next("before the loss").await.1, "before");
-    // The listener connection is the one backend of the pool's user listening on a channel.
+    // The listener connection: its last statement was its LISTEN (the other tests of this
+    // file listen on other channels, in the same database).
     let killed = cluster().psql(
         DB,
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-         WHERE usename = 'app' AND datname = 'listen_notify' AND query LIKE 'LISTEN%'",
+         WHERE usename = 'app' AND datname = 'listen_notify' AND query = 'LISTEN \"survive\";'",
     );
     assert_eq!(killed, "1", "the listener connection was not found");
     let (text, _) = a.notice("the missed notice").await;

@@ -64,7 +64,8 @@ pub struct RelayState {
     /// Counts and latencies for the pool's stats.
     pub meter: Meter,
     /// LISTEN and UNLISTEN statements the client sent (transaction and statement modes).
-    pub listen_ops: Vec<crate::listen::statement::Op>,
+    /// Boxed: most transactions have none, and the state is moved at every transaction.
+    pub listen_ops: Option<Box<Vec<crate::listen::statement::Op>>>,
 }
 
 impl RelayState {
@@ -90,7 +91,7 @@ impl RelayState {
             out: BytesMut::new(),
             set: None,
             meter: Meter::default(),
-            listen_ops: Vec::new(),
+            listen_ops: None,
         }
     }
 }
@@ -129,7 +130,7 @@ pub async fn relay(
             watch_set(client.buf.get(..client.ready), &client.tracker, scan, pending_set);
         }
         if std::mem::take(&mut client.listen) && release_at_idle {
-            super::listen::collect(waiting, listen_ops);
+            super::listen::collect(waiting, listen_ops.get_or_insert_with(Default::default));
         }
     }
     if std::mem::take(&mut client.rewrite) && tracking {
@@ -202,7 +203,7 @@ pub async fn relay(
                                 if release_at_idle {
                                     watch_set(client.buf.get(from..found.end), &client.tracker, scan, pending_set);
                                     if found.listen {
-                                        super::listen::collect(frames, listen_ops);
+                                        super::listen::collect(frames, listen_ops.get_or_insert_with(Default::default));
                                     }
                                 }
                                 if found.rewrite && tracking {

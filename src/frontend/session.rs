@@ -249,7 +249,7 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
         // A server that ran LISTEN goes back to the pool only through `listen::settle`.
         lease.conn().listening |= listen & LISTENED != 0;
         if let RelayEnd::Release = end {
-            let ops = std::mem::take(&mut state.listen_ops);
+            let ops = state.listen_ops.take().map(|ops| *ops).unwrap_or_default();
             keep = Box::pin(super::listen::settle(
                 &mut s.listen,
                 &s.cancel.pool,

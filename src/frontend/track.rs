@@ -81,8 +81,9 @@ pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Resu
             b'Q' => {
                 t.pending += 1;
                 t.syncs_in_copy = 0;
-                rewrite |= crate::prepared::query::candidate(body);
-                listen |= crate::listen::statement::candidate(body);
+                let (r, l) = query_flags(body);
+                rewrite |= r;
+                listen |= l;
             }
             b'F' => t.pending += 1,
             b'S' => {
@@ -121,6 +122,24 @@ pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Resu
         rewrite,
         listen,
     })
+}
+
+/// Whether a Query's text may need `prepared::translate` (`ClientScan::rewrite`) and may be a
+/// LISTEN or UNLISTEN (`ClientScan::listen`). Every Query passes here: its first letter settles
+/// most of them.
+#[inline]
+fn query_flags(text: &[u8]) -> (bool, bool) {
+    let i = crate::prepared::query::skip_blank(text, 0);
+    match text.get(i).map(|c| c | 0x20) {
+        Some(b'd' | b'p' | b'e') => (crate::prepared::query::candidate(text), false),
+        Some(b'l' | b'u') => (false, crate::listen::statement::candidate(text)),
+        // A comment first (`/` and `-` are unchanged by the case bit).
+        Some(b'/' | b'-') => (
+            crate::prepared::query::candidate(text),
+            crate::listen::statement::candidate(text),
+        ),
+        _ => (false, false),
+    }
 }
 
 /// A Parse's query text (after the statement name).
@@ -305,8 +324,8 @@ impl ServerScan {
                 }
             }
             // Transaction mode looks at CommandComplete tags for LISTEN (`crate::listen`).
-            let looked = release_at_idle && matches!(tag, b'C' | b'A');
-            if !wanted && !looked && !matches!(tag, b'Z' | b'S' | b'E') {
+            let looked = matches!(tag, b'C' | b'A') && release_at_idle;
+            if !wanted && !matches!(tag, b'Z' | b'S' | b'E') && !looked {
                 if tag == b'1' {
                     self.parses += 1;
                 }
