@@ -102,7 +102,9 @@ async fn stalled_logins_count_against_max_client_conn_until_client_login_timeout
     let stalled: Vec<Wire> = (0..20).map(|_| Wire::connect(px.port)).collect();
     // Give pgmux time to accept them all (accepting is what counts them).
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let e = try_connect(&url).await.err().expect("a 21st client got in");
+    let Err(e) = try_connect(&url).await else {
+        panic!("a 21st client got in")
+    };
     assert_eq!(sqlstate(&e).as_deref(), Some("53300"), "{e:?}");
     let message = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
     assert!(message.contains("max_client_conn = 20"), "{message}");
