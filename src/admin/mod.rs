@@ -62,7 +62,7 @@ pub fn role(config: &Config, user: &str, superuser: bool) -> Result<Role, PgErro
 pub async fn check_passthrough(shared: &Shared, config: &Config, user: &str, password: &str) -> Result<bool, PgError> {
     let refused = || PgError::fatal("28P01", format!("password authentication failed for user \"{user}\""));
     let ok = match config.users.get(user).and_then(|u| u.password.as_ref()) {
-        Some(secret) => crate::auth::password_matches(secret, user, password),
+        Some(secret) => crate::auth::password_matches(secret, user, password).await,
         None => return superuser(shared, config, user, password).await,
     };
     ok.then_some(false).ok_or_else(refused)
@@ -98,12 +98,12 @@ async fn superuser(shared: &Shared, config: &Config, user: &str, password: &str)
                 format!("password authentication failed for user \"{user}\""),
             ))
         }
-        Err(e) => return Err(e.to_pg()),
+        Err(e) => return Err(crate::frontend::auth::unverified(user, &e)),
     };
     let outcome = conn
         .run("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user")
         .await
-        .map_err(|e| e.to_pg())?;
+        .map_err(|e| crate::frontend::auth::unverified(user, &e))?;
     Ok(outcome.row.first() == Some(&Some("t".to_owned())))
 }
 
@@ -126,6 +126,10 @@ pub fn welcome(out: &mut BytesMut, process_id: i32) {
     msg::ready_for_query(out, b'I');
 }
 
+/// Console commands are a line each: a larger message is refused before it is buffered (console
+/// connections do not count against max_client_conn, so max_message_size would be too much).
+const MAX_CONSOLE_MESSAGE: usize = 64 * 1024;
+
 /// A logged-in console user.
 pub struct Console {
     pub client: ClientConn,
@@ -140,9 +144,12 @@ pub struct Console {
 pub async fn run(mut c: Console) {
     tracing::info!(client = %c.client.peer(), user = %c.user, role = ?c.role, "console login");
     loop {
-        let frame = match c.client.read_frame(c.client.max_message_size as usize).await {
+        let frame = match c.client.read_frame(MAX_CONSOLE_MESSAGE).await {
             Ok(frame) => frame,
-            Err(_) => return,
+            Err(e) => {
+                c.client.send_error(&e).await;
+                return;
+            }
         };
         let Some(&tag) = frame.first() else { return };
         let mut out = BytesMut::new();

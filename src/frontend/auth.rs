@@ -5,6 +5,7 @@ use super::conn::ClientConn;
 use super::Shared;
 use crate::auth::md5::{md5_inner, md5_verify};
 use crate::auth::scram::{ScramError, ScramKeys, ScramServer, MECHANISM};
+use crate::backend::BackendError;
 use crate::config::hba::{self, Method};
 use crate::config::{AuthType, Config, Secret};
 use crate::protocol::frame::{read_cstr, read_i32, HEADER_LEN};
@@ -147,7 +148,7 @@ async fn by_method(
             let given = ask_password(client, msg::AUTH_CLEARTEXT, &[]).await?;
             let given = String::from_utf8(given).map_err(|_| failed(user))?;
             match secret {
-                Some(secret) if crate::auth::password_matches(secret, user, &given) => Ok(Proof::Nothing),
+                Some(secret) if crate::auth::password_matches(secret, user, &given).await => Ok(Proof::Nothing),
                 _ => Err(failed(user)),
             }
         }
@@ -204,6 +205,21 @@ fn passthrough_allowed(client: &ClientConn) -> bool {
 /// The single message for every failed login, so that unknown users look like wrong passwords.
 fn failed(user: &str) -> PgError {
     PgError::fatal("28P01", format!("password authentication failed for user \"{user}\""))
+}
+
+/// A server error met while checking the password of a client that has proved nothing yet:
+/// PostgreSQL's own refusal is passed on (a direct client would see it too); pgmux's (server
+/// addresses, timeouts, TLS) goes to the log only.
+pub fn unverified(user: &str, e: &BackendError) -> PgError {
+    if let BackendError::Refused { error, .. } = e {
+        return (**error).clone();
+    }
+    tracing::warn!(user, error = %e, "could not check a password with the server");
+    PgError::fatal(
+        "08006",
+        format!("pgmux could not check the password of user \"{user}\" with the server"),
+    )
+    .with_hint("the pgmux log says why")
 }
 
 async fn md5_exchange(client: &mut ClientConn, user: &str, inner: Option<[u8; 16]>) -> Result<(), PgError> {

@@ -55,10 +55,17 @@ async fn query(
     auth_user: &str,
     user: &str,
 ) -> Result<Option<Secret>, PgError> {
+    // The client has proved nothing yet: the cause (server addresses, SQL errors) goes to the
+    // log only.
     let failed = |why: String| {
-        PgError::fatal("08006", format!("auth_query for user \"{user}\" failed: {why}")).with_hint(
-            "check auth_query, auth_user (and its password in [users] or auth_file) and auth_dbname in the configuration",
-        )
+        tracing::warn!(
+            user,
+            auth_user,
+            auth_db,
+            cause = %why,
+            "auth_query failed: check auth_query, auth_user (and its password in [users] or auth_file) and auth_dbname"
+        );
+        PgError::fatal("08006", format!("auth_query for user \"{user}\" failed")).with_hint("the pgmux log says why")
     };
     let db = config.database(auth_db).ok_or_else(|| {
         failed(format!(

@@ -207,12 +207,19 @@ impl ClientConn {
         }
     }
 
-    /// Reads one complete regular frame during login (password and SASL messages).
+    /// Reads one complete regular frame during login (password and SASL messages) and on the
+    /// console, where `max` is that phase's own limit, not max_message_size.
     pub async fn read_frame(&mut self, max: usize) -> Result<BytesMut, PgError> {
         loop {
             match frame_len(&self.buf, max) {
                 Ok(Some(len)) => return Ok(self.buf.split_to(len)),
                 Ok(None) => {}
+                Err(FrameError::TooLarge { len, max }) => {
+                    return Err(PgError::fatal(
+                        "08P01",
+                        format!("protocol violation: a message of {len} bytes here (at most {max})"),
+                    ))
+                }
                 Err(e) => return Err(protocol_violation(&e)),
             }
             match self.stream.read_buf(&mut self.buf).await {

@@ -356,7 +356,7 @@ async fn verify_passthrough(pool: &Pool, shared: &Shared, password: &str) -> Res
             "28P01",
             format!("password authentication failed for user \"{}\"", pool.user),
         )),
-        Err(e) => Err(e.to_pg()),
+        Err(e) => Err(super::auth::unverified(&pool.user, &e)),
     }
 }
 

@@ -4,6 +4,7 @@
 //!   optional streaming replica (`cluster_with_replica()`); a watchdog process tears both
 //!   down when the test process exits, however it exits.
 //! - `pgmux.rs`: `Pgmux`, a spawned pgmux process with a generated config, killed on drop.
+//! - `wire.rs`: `Wire`, a raw protocol client for looking at a login message by message.
 //! - `routing.rs`: read/write split helpers (a database on the replica too, SHOW REPLICAS,
 //!   replay pause guard).
 //! - here: client helpers (`connect`, `try_connect`, `sqlstate`, `run_cmd`) and `free_port`.
@@ -14,10 +15,12 @@
 mod pg;
 mod pgmux;
 mod routing;
+mod wire;
 
 pub use pg::{cluster, cluster_with_replica, Cluster, Replica};
 pub use pgmux::Pgmux;
 pub use routing::*;
+pub use wire::*;
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;

@@ -47,6 +47,21 @@ impl Pgmux {
     /// socket directory) and `{replica_port}` the given replica port. Waits until the port
     /// accepts TCP (10 s); panics with the log tail if pgmux exits or never listens.
     pub fn start_with(cluster: &Cluster, replica_port: Option<u16>, pooler_extra: &str, rest: &str) -> Pgmux {
+        Self::spawn(cluster, replica_port, pooler_extra, rest, None)
+    }
+
+    /// `start` with RUST_LOG set to `filter` (e.g. "trace") whatever the test's environment says.
+    pub fn start_logging(filter: &str, pooler_extra: &str, rest: &str) -> Pgmux {
+        Self::spawn(cluster(), None, pooler_extra, rest, Some(filter))
+    }
+
+    fn spawn(
+        cluster: &Cluster,
+        replica_port: Option<u16>,
+        pooler_extra: &str,
+        rest: &str,
+        log_filter: Option<&str>,
+    ) -> Pgmux {
         static N: AtomicU32 = AtomicU32::new(0);
         let mut vars = vec![
             ("{pg_port}", cluster.port.to_string()),
@@ -66,7 +81,9 @@ impl Pgmux {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgmux"));
             cmd.arg("--config").arg(&config_path);
             cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
-            if std::env::var_os("RUST_LOG").is_none() {
+            if let Some(filter) = log_filter {
+                cmd.env("RUST_LOG", filter);
+            } else if std::env::var_os("RUST_LOG").is_none() {
                 cmd.env("RUST_LOG", "info");
             }
             let child = cmd.spawn().expect("spawn pgmux");
