@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Waker};
 
-/// Notifications held for a client that has not taken them; past this, new ones are dropped
-/// (and the client is told how many).
-pub const QUEUE: usize = 1024;
+/// Bytes of notifications held for a client that has not taken them (beside what its socket
+/// holds): a burst of twenty thousand small ones fits; past it, new ones are dropped (and the
+/// client is told how many).
+pub const QUEUE_BYTES: usize = 1 << 20;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -21,8 +22,9 @@ pub struct Mailbox {
 
 #[derive(Default)]
 struct Inbox {
-    /// Encoded NotificationResponse frames, oldest first.
+    /// Encoded NotificationResponse frames, oldest first, and their total size.
     queue: VecDeque<Bytes>,
+    bytes: usize,
     /// Dropped since the client was last told.
     dropped: u64,
     /// The listener connection was lost since the client was last told.
@@ -62,8 +64,9 @@ impl Mailbox {
     /// Queues a notification; false when the queue is full and it was dropped.
     pub fn push(&self, frame: &Bytes) -> bool {
         let mut inbox = self.inbox();
-        let kept = inbox.queue.len() < QUEUE;
+        let kept = inbox.bytes + frame.len() <= QUEUE_BYTES;
         if kept {
+            inbox.bytes += frame.len();
             inbox.queue.push_back(frame.clone());
         } else {
             inbox.dropped += 1;
@@ -107,10 +110,14 @@ impl Mailbox {
             notice(
                 out,
                 &format!("pgmux dropped {dropped} notifications for this client: it did not read them fast enough"),
-                &format!("at most {QUEUE} notifications wait for a client that does not read them"),
+                &format!(
+                    "at most {} KiB of notifications wait for a client that does not read them",
+                    QUEUE_BYTES >> 10
+                ),
             );
         }
         let n = inbox.queue.len();
+        inbox.bytes = 0;
         for frame in inbox.queue.drain(..) {
             out.extend_from_slice(&frame);
         }
@@ -162,16 +169,17 @@ mod tests {
     fn bounded_and_tells_what_it_dropped() {
         let mb = Mailbox::default();
         let frame = Bytes::from_static(b"A\0\0\0\x0e\0\0\0\x01ch\0hi\0");
-        for _ in 0..QUEUE {
+        let fit = QUEUE_BYTES / frame.len();
+        for _ in 0..fit {
             assert!(mb.push(&frame));
         }
         assert!(!mb.push(&frame) && !mb.push(&frame), "the queue is full");
         mb.missed();
         let mut out = BytesMut::new();
-        assert_eq!(mb.take(&mut out), QUEUE);
+        assert_eq!(mb.take(&mut out), fit);
         let seen = tags(&out);
         assert_eq!(&seen[..2], b"NN", "missed, then dropped");
-        assert_eq!(seen.len(), QUEUE + 2);
+        assert_eq!(seen.len(), fit + 2);
         assert!(String::from_utf8_lossy(&out).contains("dropped 2 notifications"));
         out.clear();
         assert_eq!(mb.take(&mut out), 0);
