@@ -11,15 +11,9 @@ mod support;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use support::*;
-use tokio_postgres::SimpleQueryMessage;
 
-/// How long any single expected reply (or close) may take.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 const PROTOCOL_3_0: u32 = 196_608;
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
@@ -386,103 +380,6 @@ impl<'a> Cases<'a> {
 // ---------------------------------------------------------------------------------------------
 // The healthy client and the liveness checks.
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(f)
-}
-
-/// First column of the first row of a simple query.
-async fn value(client: &tokio_postgres::Client, sql: &str) -> Result<String, String> {
-    let fut = client.simple_query(sql);
-    let rows = match tokio::time::timeout(REPLY_TIMEOUT, fut).await {
-        Err(_) => return Err(format!("{sql}: no answer within {REPLY_TIMEOUT:?}")),
-        Ok(Err(e)) => return Err(format!("{sql}: {e} [{e:?}]")),
-        Ok(Ok(rows)) => rows,
-    };
-    rows.iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .ok_or_else(|| format!("{sql}: no row"))
-}
-
-/// A tokio-postgres client on its own thread running `SELECT 1` every 10 ms until `finish`.
-struct Healthy {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    thread: Option<JoinHandle<Result<(), String>>>,
-}
-
-impl Healthy {
-    fn start(px: &Pgmux) -> Healthy {
-        let url = px.url("app", "app", "bench");
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let thread = {
-            let (stop, ok) = (stop.clone(), ok.clone());
-            std::thread::spawn(move || {
-                block_on(async move {
-                    let client = connect(&url).await;
-                    while !stop.load(Ordering::Relaxed) {
-                        let n = ok.load(Ordering::Relaxed);
-                        match value(&client, "SELECT 1").await {
-                            Ok(v) if v == "1" => {}
-                            Ok(v) => return Err(format!("SELECT 1 gave {v:?} after {n} good queries")),
-                            Err(e) => return Err(format!("failed after {n} good queries: {e}")),
-                        }
-                        ok.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    Ok(())
-                })
-            })
-        };
-        let me = Healthy {
-            stop,
-            ok,
-            thread: Some(thread),
-        };
-        let t0 = Instant::now();
-        while me.ok.load(Ordering::Relaxed) == 0 {
-            let finished = me.thread.as_ref().is_some_and(|t| t.is_finished());
-            assert!(
-                !finished && t0.elapsed() < CONNECT_TIMEOUT,
-                "the healthy client never got going"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        me
-    }
-
-    /// Queries that succeeded so far.
-    fn count(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    /// Stops the loop; panics unless every query succeeded. Returns how many ran.
-    fn finish(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        match self.thread.take().unwrap().join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("the healthy client was disturbed: {e}"),
-            Err(_) => panic!("the healthy client's thread panicked"),
-        }
-        let n = self.ok.load(Ordering::Relaxed);
-        eprintln!("healthy client: {n} SELECT 1, all good");
-        n
-    }
-}
-
-impl Drop for Healthy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
 /// pgmux is still running (not exited, not a zombie) and serves both a new tokio-postgres
 /// client and a new raw client (which logs in only where pgmux trusts it).
 fn assert_serving(px: &mut Pgmux) {
@@ -500,7 +397,7 @@ fn assert_serving(px: &mut Pgmux) {
     let url = px.url("app", "app", "bench");
     let answer = block_on(async {
         let client = connect(&url).await;
-        value(&client, "SELECT 40 + 2").await
+        try_value(&client, "SELECT 40 + 2").await
     });
     assert_eq!(answer.as_deref(), Ok("42"), "a new client after the bad input");
     let trust = std::fs::read_to_string(&px.config_path)
@@ -536,7 +433,7 @@ fn assert_serving(px: &mut Pgmux) {
 #[test]
 fn malformed_startup_packets_are_refused_and_closed() {
     let mut px = pgmux("");
-    let healthy = Healthy::start(&px);
+    let healthy = Healthy::start_at(px.url("app", "app", "bench"));
     let px_ref = &px;
     let mut cases = Cases::default();
     // (name, bytes, SQLSTATE, text the message must contain)
@@ -769,7 +666,7 @@ fn malformed_scram_exchanges_are_refused_and_closed() {
         "auth_type = \"scram-sha-256\"",
         "[users.app]\npassword = \"app\"\n[databases.bench]\nport = {pg_port}\n",
     );
-    let healthy = Healthy::start(&px);
+    let healthy = Healthy::start_at(px.url("app", "app", "bench"));
     let px_ref = &px;
     let mut cases = Cases::default();
     let client_first = b"n,,n=,r=abc".to_vec();
@@ -895,7 +792,7 @@ fn malformed_scram_exchanges_are_refused_and_closed() {
 #[test]
 fn encryption_requests_get_n_then_a_plain_startup_works() {
     let mut px = pgmux("");
-    let healthy = Healthy::start(&px);
+    let healthy = Healthy::start_at(px.url("app", "app", "bench"));
     let px_ref = &px;
     let mut cases = Cases::default();
     let sequences: [(&str, &[u32]); 3] = [
@@ -952,7 +849,7 @@ fn encryption_requests_get_n_then_a_plain_startup_works() {
 fn malformed_messages_after_login_are_refused_and_closed() {
     // One server only: a refused client that kept its server would stall the healthy client.
     let mut px = pgmux("max_message_size = 4096\ndefault_pool_size = 1");
-    let healthy = Healthy::start(&px);
+    let healthy = Healthy::start_at(px.url("app", "app", "bench"));
     let px_ref = &px;
     let mut cases = Cases::default();
     let big_sql = format!("SELECT '{}'", "x".repeat(8 * 1024));
@@ -1076,7 +973,7 @@ fn malformed_messages_after_login_are_refused_and_closed() {
 #[test]
 fn a_stalled_login_is_closed_by_client_login_timeout() {
     let mut px = pgmux("client_login_timeout = 1");
-    let healthy = Healthy::start(&px);
+    let healthy = Healthy::start_at(px.url("app", "app", "bench"));
     // 3 bytes of a startup packet; nothing at all; an SSLRequest and then nothing.
     let mut stalled: Vec<(&str, Raw)> = Vec::new();
     for i in 0..12 {
@@ -1130,7 +1027,7 @@ fn a_burst_of_1000_connections_leaves_pgmux_serving() {
     // A small max_client_conn: a client slot leaked by any of the burst connections would
     // soon make pgmux refuse everyone with 53300.
     let mut px = pgmux("max_client_conn = 50");
-    let healthy = Healthy::start(&px);
+    let healthy = Healthy::start_at(px.url("app", "app", "bench"));
     let t0 = Instant::now();
     // Batches of 200 keep the test within any file-descriptor limit.
     for batch in 0..5 {
@@ -1165,7 +1062,7 @@ fn a_burst_of_1000_connections_leaves_pgmux_serving() {
             }
         }
         for c in &clients {
-            assert_eq!(value(c, "SELECT 1").await.as_deref(), Ok("1"));
+            assert_eq!(try_value(c, "SELECT 1").await.as_deref(), Ok("1"));
         }
         clients.len()
     });
@@ -1306,7 +1203,7 @@ fn fuzzed_input_never_crashes_or_hangs_pgmux() {
     const ITERATIONS: usize = 300;
     const CLOSE_WITHIN: Duration = Duration::from_secs(2);
     let mut px = pgmux("max_message_size = 4096");
-    let healthy = Healthy::start(&px);
+    let healthy = Healthy::start_at(px.url("app", "app", "bench"));
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     let mut outcomes: HashMap<String, usize> = HashMap::new();
     let mut failures = Vec::new();

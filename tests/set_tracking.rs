@@ -140,13 +140,11 @@ async fn set_follows_the_client_between_servers() {
     exec(&c.a, "ROLLBACK").await;
     let last = c.moves(last, 2, &mine).await;
 
-    // SET ROLE is not a setting pgmux carries.
+    // SET ROLE is not a setting pgmux carries: it lasts its own transaction, and the server
+    // gets RESET ROLE (RESET ALL leaves the role) before anyone else uses it.
     let holder = hold(&last, &c.h1, &c.h2).await;
-    exec(&c.a, "SET ROLE app").await;
-    let (with_role, _) = check(&c.a).await;
-    assert_eq!(value(&c.a, "SHOW role").await, "app");
-    exec(holder, "COMMIT").await;
-    let holder = hold(&with_role, &c.h1, &c.h2).await;
+    // (The holder keeps the other server: a's transactions all run on the same one.)
+    assert_eq!(value(&c.a, "SET ROLE app; SHOW role").await, "app");
     assert_eq!(value(&c.a, "SHOW role").await, "none");
     let (last, _) = check(&c.a).await;
     exec(holder, "COMMIT").await;
@@ -177,13 +175,18 @@ async fn untracked_set_still_runs() {
     let url = px.url("app", "app", "settrack");
     let a = connect(&url).await;
     let b = connect(&url).await;
-    // Statement mode tracks too; a value pgmux will not re-apply (E'') still reaches the server.
+    // Statement mode tracks too; a value pgmux will not re-apply (E'') still runs, for its own
+    // transaction, and is reset (RESET ALL) before the server serves anyone else.
     exec(&a, "SET myapp.y = 'a'").await;
-    exec(&a, "SET myapp.z = E'z'").await;
-    assert_eq!(value(&a, "SHOW myapp.z").await, "z");
+    assert_eq!(value(&a, "SET myapp.z = E'z'; SHOW myapp.z").await, "z");
     assert_eq!(
-        value(&b, "SELECT coalesce(current_setting('myapp.y', true), '')").await,
-        ""
+        value(&b, "SELECT coalesce(current_setting('myapp.y', true), '') || '/' || coalesce(current_setting('myapp.z', true), '')").await,
+        "/"
     );
     assert_eq!(value(&a, "SHOW myapp.y").await, "a");
+    assert_eq!(
+        value(&a, "SELECT coalesce(current_setting('myapp.z', true), '')").await,
+        "",
+        "an untracked SET is not carried, not even on the same server"
+    );
 }

@@ -27,6 +27,8 @@ pub struct ClientConn {
     pub rewrite: bool,
     /// Frames in `buf[..ready]` may LISTEN or UNLISTEN (see `ClientScan::listen`).
     pub listen: bool,
+    /// Frames in `buf[..ready]` may SET, RESET or DISCARD (see `ClientScan::set`).
+    pub set: bool,
     /// The client's prepared statements, in transaction and statement modes.
     pub prepared: crate::prepared::ClientStatements,
 }
@@ -108,6 +110,7 @@ impl ClientConn {
             tracker: Tracker::default(),
             rewrite: false,
             listen: false,
+            set: false,
             prepared: Default::default(),
         }
     }
@@ -142,6 +145,7 @@ impl ClientConn {
                     self.terminate = scan.terminate;
                     self.rewrite |= scan.rewrite;
                     self.listen |= scan.listen;
+                    self.set |= scan.set;
                 }
                 Err(e) => return Poll::Ready(Request::Invalid(Box::new(protocol_violation(&e)))),
             }

@@ -66,9 +66,20 @@ pub struct RelayState {
     /// LISTEN and UNLISTEN statements the client sent (transaction and statement modes).
     /// Boxed: most transactions have none, and the state is moved at every transaction.
     pub listen_ops: Option<Box<Vec<crate::listen::statement::Op>>>,
+    /// SET LOCAL and SET TRANSACTION statements the client sent, and tracked SETs that took:
+    /// the server's SET tags beyond these changed settings pgmux does not know.
+    harmless_sets: u16,
+    tracked_sets: u16,
 }
 
 impl RelayState {
+    /// A SET, RESET or DISCARD ALL ran that pgmux did not follow (a SET inside a transaction
+    /// block, one sent with other statements or with the extended protocol): the server's
+    /// settings are unknown, and it goes back to the pool only after a RESET ALL.
+    pub fn settings_unknown(&self) -> bool {
+        self.scan.set_tags > self.harmless_sets.saturating_add(self.tracked_sets)
+    }
+
     /// What the server's CommandComplete tags said of LISTEN (`track::listen_tags`).
     pub fn listen_flags(&self) -> u8 {
         self.scan.listen
@@ -92,6 +103,8 @@ impl RelayState {
             set: None,
             meter: Meter::default(),
             listen_ops: None,
+            harmless_sets: 0,
+            tracked_sets: 0,
         }
     }
 }
@@ -116,6 +129,8 @@ pub async fn relay(
         set: pending_set,
         meter,
         listen_ops,
+        harmless_sets,
+        tracked_sets,
     } = state;
     let (release_at_idle, statement_mode) = (*release_at_idle, *statement_mode);
     // Prepared statements are tracked where a client may change servers between transactions.
@@ -126,8 +141,9 @@ pub async fn relay(
         let waiting = client.buf.get(..client.ready).unwrap_or_default();
         meter.from_client(waiting.len());
         meter.requests(waiting, true);
-        if release_at_idle {
+        if std::mem::take(&mut client.set) && release_at_idle {
             watch_set(client.buf.get(..client.ready), &client.tracker, scan, pending_set);
+            *harmless_sets = harmless_sets.saturating_add(set::harmless(waiting));
         }
         if std::mem::take(&mut client.listen) && release_at_idle {
             super::listen::collect(waiting, listen_ops.get_or_insert_with(Default::default));
@@ -200,11 +216,12 @@ pub async fn relay(
                                 let frames = client.buf.get(from..found.end).unwrap_or_default();
                                 meter.from_client(frames.len());
                                 meter.requests(frames, quiet_before);
-                                if release_at_idle {
+                                if release_at_idle && found.set {
                                     watch_set(client.buf.get(from..found.end), &client.tracker, scan, pending_set);
-                                    if found.listen {
-                                        super::listen::collect(frames, listen_ops.get_or_insert_with(Default::default));
-                                    }
+                                    *harmless_sets = harmless_sets.saturating_add(set::harmless(frames));
+                                }
+                                if release_at_idle && found.listen {
+                                    super::listen::collect(frames, listen_ops.get_or_insert_with(Default::default));
                                 }
                                 if found.rewrite && tracking {
                                     let at = Position {
@@ -273,7 +290,10 @@ pub async fn relay(
                                 Ok((end, why)) => {
                                     if let Some(ok) = scan.watched.take() {
                                         match pending_set.take() {
-                                            Some(command) if ok => set::apply(command, settings, &mut server.settings),
+                                            Some(command) if ok => {
+                                                set::apply(command, settings, &mut server.settings);
+                                                *tracked_sets += 1;
+                                            }
                                             _ => {}
                                         }
                                     }
@@ -344,7 +364,8 @@ fn flush<W: AsyncWrite + Unpin>(
 
 /// Transaction and statement modes: a session SET or RESET sent as a Query alone, with nothing
 /// else in flight and no transaction block open, is answered by the next ReadyForQuery; if that
-/// says idle and no error came, the setting follows the client (see `set`).
+/// says idle and no error came, the setting follows the client (see `set`). `frames` passed
+/// `set::candidate` (`ClientScan::set`).
 fn watch_set(frames: Option<&[u8]>, t: &Tracker, scan: &mut ServerScan, pending: &mut Option<set::Command>) {
     if t.pending != 1 || t.unsynced || t.status != b'I' {
         return;
@@ -356,9 +377,6 @@ fn watch_set(frames: Option<&[u8]>, t: &Tracker, scan: &mut ServerScan, pending:
     let Some(body) = frames.get(HEADER_LEN..).filter(|_| total == frames.len()) else {
         return;
     };
-    if !set::candidate(body) {
-        return;
-    }
     if let Some(command) = set::parse(body) {
         *pending = Some(command);
         scan.watch = Some(scan.answered.wrapping_add(1));

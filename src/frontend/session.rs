@@ -245,7 +245,12 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
     s.cancel.detach();
     let listen = state.listen_flags();
     let mut keep = true;
-    if listen != 0 {
+    if state.settings_unknown() {
+        if let RelayEnd::Release = end {
+            keep = Box::pin(reset_settings(&mut lease)).await;
+        }
+    }
+    if listen != 0 && keep {
         // A server that ran LISTEN goes back to the pool only through `listen::settle`.
         lease.conn().listening |= listen & LISTENED != 0;
         if let RelayEnd::Release = end {
@@ -547,6 +552,22 @@ async fn give_back(mut lease: Lease) {
         }
     }
     lease.release();
+}
+
+/// A SET pgmux did not follow changed the server's settings: RESET ALL brings it back to
+/// what the pool logged in with (nothing applied), RESET ROLE and SESSION AUTHORIZATION (which
+/// RESET ALL leaves) back to the pool's user. False when the server must be closed.
+async fn reset_settings(lease: &mut Lease) -> bool {
+    let server = lease.conn();
+    let sql = "RESET ALL; RESET ROLE; RESET SESSION AUTHORIZATION";
+    let reset = tokio::time::timeout(CLEANUP_TIMEOUT, server.run(sql)).await;
+    match reset {
+        Ok(Ok(outcome)) if outcome.error.is_none() && outcome.status == b'I' => {
+            server.settings = Settings::default();
+            true
+        }
+        _ => false,
+    }
 }
 
 /// The client left while holding this server: roll back what it left open, then give the

@@ -53,6 +53,48 @@ pub fn candidate(text: &[u8]) -> bool {
     }
 }
 
+/// SET LOCAL and SET TRANSACTION statements (whose tag is `SET` but whose effect ends with the
+/// transaction) in complete client frames (Query texts, Parse queries).
+pub fn harmless(frames: &[u8]) -> u16 {
+    use crate::protocol::frame::{peek_header, HEADER_LEN};
+    use crate::route::lexer::{Lexer, Tok};
+    let mut n: u16 = 0;
+    let mut pos = 0;
+    while let Ok(Some((tag, total))) = peek_header(frames.get(pos..).unwrap_or_default(), usize::MAX >> 1) {
+        let body = frames.get(pos + HEADER_LEN..pos + total).unwrap_or_default();
+        pos += total;
+        let text = match tag {
+            b'Q' => body,
+            b'P' => match super::track::parse_query(body) {
+                Some(q) => q.split(|&b| b == 0).next().unwrap_or_default(),
+                None => continue,
+            },
+            _ => continue,
+        };
+        let mut lex = Lexer::new(text.strip_suffix(b"\0").unwrap_or(text));
+        let mut words: u32 = 0;
+        let mut first_is_set = false;
+        loop {
+            match lex.next_tok() {
+                Tok::End => break,
+                Tok::Semi => words = 0,
+                Tok::Word(w) if words == 0 => {
+                    first_is_set = w.eq_ignore_ascii_case(b"set");
+                    words = 1;
+                }
+                Tok::Word(w) if words == 1 => {
+                    if first_is_set && (w.eq_ignore_ascii_case(b"local") || w.eq_ignore_ascii_case(b"transaction")) {
+                        n = n.saturating_add(1);
+                    }
+                    words = 2;
+                }
+                _ => words = words.max(1).saturating_add(1),
+            }
+        }
+    }
+    n
+}
+
 /// `text` is the Query's body (the SQL and its NUL). None: not a command that is tracked.
 pub fn parse(text: &[u8]) -> Option<Command> {
     let text = text.strip_suffix(b"\0").unwrap_or(text);
@@ -235,6 +277,19 @@ mod tests {
             name: name.into(),
             value: value.into(),
         })
+    }
+
+    #[test]
+    fn counts_what_ends_with_the_transaction() {
+        use crate::protocol::frame::test_frame as frame;
+        let mut frames = frame(
+            b'Q',
+            b"SET LOCAL work_mem = '1MB'; set transaction read only; SET x = 1\0",
+        );
+        frames.extend(frame(b'P', b"s\0set local a = 2\0\0\0"));
+        frames.extend(frame(b'Q', b"select 'set local'; BEGIN; SET LOCAL b = 3\0"));
+        assert_eq!(harmless(&frames), 4);
+        assert_eq!(harmless(&frame(b'Q', b"SET x TO local\0")), 0);
     }
 
     #[test]

@@ -55,13 +55,15 @@ pub struct ClientScan {
     pub rewrite: bool,
     /// A Query or Parse may be a LISTEN or UNLISTEN (`crate::listen::statement`).
     pub listen: bool,
+    /// A Query or Parse may be a SET, RESET or DISCARD (`frontend::set::candidate`).
+    pub set: bool,
 }
 
 /// Scans the client's complete frames in `buf[from..]`, counting what will need an answer.
 /// A partial frame at the end is left for the next read.
 pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Result<ClientScan, FrameError> {
     let mut pos = from;
-    let (mut rewrite, mut listen) = (false, false);
+    let (mut rewrite, mut listen, mut set) = (false, false, false);
     while let Some((tag, total)) = peek_header(buf.get(pos..).unwrap_or_default(), max)? {
         if !is_frontend_tag(tag) {
             return Err(FrameError::BadTag(tag as char));
@@ -72,6 +74,7 @@ pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Resu
                 terminate: true,
                 rewrite,
                 listen,
+                set,
             });
         }
         let Some(body) = buf.get(pos + HEADER_LEN..pos + total) else {
@@ -81,9 +84,10 @@ pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Resu
             b'Q' => {
                 t.pending += 1;
                 t.syncs_in_copy = 0;
-                let (r, l) = query_flags(body);
+                let (r, l, s) = query_flags(body);
                 rewrite |= r;
                 listen |= l;
+                set |= s;
             }
             b'F' => t.pending += 1,
             b'S' => {
@@ -98,7 +102,10 @@ pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Resu
             b'P' => {
                 t.unsynced = true;
                 rewrite |= names_statement(tag, body);
-                listen |= parse_query(body).is_some_and(crate::listen::statement::candidate);
+                if let Some(query) = parse_query(body) {
+                    listen |= crate::listen::statement::candidate(query);
+                    set |= super::set::candidate(query);
+                }
             }
             b'B' | b'D' | b'C' => {
                 t.unsynced = true;
@@ -121,24 +128,29 @@ pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Resu
         terminate: false,
         rewrite,
         listen,
+        set,
     })
 }
 
-/// Whether a Query's text may need `prepared::translate` (`ClientScan::rewrite`) and may be a
-/// LISTEN or UNLISTEN (`ClientScan::listen`). Every Query passes here: its first letter settles
-/// most of them.
+/// Whether a Query's text may need `prepared::translate` (`ClientScan::rewrite`), may be a
+/// LISTEN or UNLISTEN (`ClientScan::listen`), or a SET, RESET or DISCARD (`ClientScan::set`).
+/// Every Query passes here: its first letters settle most of them.
 #[inline]
-fn query_flags(text: &[u8]) -> (bool, bool) {
+fn query_flags(text: &[u8]) -> (bool, bool, bool) {
+    use super::set::candidate as set;
+    use crate::listen::statement::candidate as listen;
+    use crate::prepared::query::candidate as prepared;
     let i = crate::prepared::query::skip_blank(text, 0);
     match text.get(i).map(|c| c | 0x20) {
-        Some(b'd' | b'p' | b'e') => (crate::prepared::query::candidate(text), false),
-        Some(b'l' | b'u') => (false, crate::listen::statement::candidate(text)),
+        // SELECT is settled by its third letter.
+        Some(b's') if text.get(i + 2).is_some_and(|c| c | 0x20 != b't') => (false, false, false),
+        Some(b's' | b'r') => (false, false, set(text)),
+        Some(b'd') => (prepared(text), false, set(text)),
+        Some(b'p' | b'e') => (prepared(text), false, false),
+        Some(b'l' | b'u') => (false, listen(text), false),
         // A comment first (`/` and `-` are unchanged by the case bit).
-        Some(b'/' | b'-') => (
-            crate::prepared::query::candidate(text),
-            crate::listen::statement::candidate(text),
-        ),
-        _ => (false, false),
+        Some(b'/' | b'-') => (prepared(text), listen(text), set(text)),
+        _ => (false, false, false),
     }
 }
 
@@ -216,6 +228,9 @@ pub struct ServerScan {
     pub errors: ErrorClasses,
     /// `listen_tags` seen (transaction and statement modes only).
     pub listen: u8,
+    /// SET, RESET and DISCARD ALL CommandCompletes (transaction and statement modes only): one
+    /// pgmux did not follow leaves the server's settings unknown (`RelayState::settings_unknown`).
+    pub set_tags: u16,
 }
 
 /// SQLSTATE classes and how many errors of each, for the pool's error counts; the relay
@@ -281,7 +296,12 @@ impl ServerScan {
         match body.first() {
             Some(b'L') if body == b"LISTEN\0" => self.listen |= LISTENED | TOUCHED,
             Some(b'U') if body == b"UNLISTEN\0" => self.listen |= TOUCHED,
-            Some(b'D') if body == b"DISCARD ALL\0" => self.listen |= DISCARDED | TOUCHED,
+            Some(b'D') if body == b"DISCARD ALL\0" => {
+                self.listen |= DISCARDED | TOUCHED;
+                self.set_tags += 1;
+            }
+            Some(b'S') if body == b"SET\0" => self.set_tags += 1,
+            Some(b'R') if body == b"RESET\0" => self.set_tags += 1,
             Some(b'R') if self.listen & TOUCHED != 0 && body == b"ROLLBACK\0" => self.listen |= FAILED,
             _ => {}
         }
@@ -410,7 +430,8 @@ mod tests {
                 end: buf.len(),
                 terminate: false,
                 rewrite: false,
-                listen: false
+                listen: false,
+                set: false
             }
         );
         assert!(t.unsynced && t.pending == 0);
@@ -456,7 +477,8 @@ mod tests {
                 end,
                 terminate: true,
                 rewrite: false,
-                listen: false
+                listen: false,
+                set: false
             }
         );
         assert!(scan_client(b"GET / HTTP/1.1\r\n", 0, 100, &mut Tracker::default()).is_err());
