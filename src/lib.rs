@@ -13,6 +13,7 @@ pub mod frontend; // per-client task: startup, auth, session loop, relay
 pub mod listen; // LISTEN/NOTIFY in transaction mode: subscriptions, the listener connection
 pub mod listener; // accept loop
 pub mod pool; // pools per (database, user), wait queue, janitor
+pub mod port_mark; // so_reuseport: which processes may share the listening port
 pub mod prepared; // protocol-level prepared statements in transaction and statement modes
 pub mod protocol; // framing, startup packets, messages pgmux writes
 pub mod reload; // SIGHUP: re-read the config file, reconfigure the pools

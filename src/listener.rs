@@ -28,30 +28,74 @@ pub fn addresses(listen_addr: &str) -> std::io::Result<Vec<IpAddr>> {
     Ok(out)
 }
 
-/// Binds the listening sockets: for each worker, one per address (SO_REUSEADDR, a deep backlog
-/// for connection storms). Several workers share an address through SO_REUSEPORT, and the
-/// kernel spreads new connections over them; a plain bind first makes sure nobody else holds
-/// the port (another process's SO_REUSEPORT group would otherwise take us in silently).
-pub fn bind(listen_addr: &str, port: u16, workers: usize) -> std::io::Result<Vec<Vec<std::net::TcpListener>>> {
-    let addrs: Vec<SocketAddr> = addresses(listen_addr)?
-        .into_iter()
-        .map(|ip| SocketAddr::new(ip, port))
-        .collect();
-    if workers <= 1 {
-        return Ok(vec![addrs
-            .iter()
-            .map(|&a| socket(a, false))
-            .collect::<Result<_, _>>()?]);
-    }
-    for &addr in &addrs {
-        drop(socket(addr, false)?);
-    }
-    (0..workers)
-        .map(|_| addrs.iter().map(|&a| socket(a, true)).collect())
-        .collect()
+/// The listening sockets, one list per worker, and what keeps other processes off them.
+pub struct Bound {
+    pub workers: Vec<Vec<std::net::TcpListener>>,
+    /// Without so_reuseport: the marks that keep a sharing pgmux out (see `port_mark`).
+    pub marks: Option<crate::port_mark::Marks>,
 }
 
-fn socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
+/// Binds the listening sockets: for each worker, one per address (SO_REUSEADDR, a deep backlog
+/// for connection storms). Several workers share an address through SO_REUSEPORT, and the
+/// kernel spreads new connections over them.
+///
+/// `share` is `so_reuseport`. Without it the port must be ours alone: a plain bind first
+/// makes sure nobody holds it, and a mark keeps a sharing pgmux from joining our workers'
+/// group later. With it every socket sets SO_REUSEPORT, so other processes that set it too
+/// (and run as the same user: the kernel's rule) take their share of the connections.
+pub fn bind(listen_addr: &str, port: u16, workers: usize, share: bool) -> std::io::Result<Bound> {
+    let ips = addresses(listen_addr)?;
+    let addrs: Vec<SocketAddr> = ips.iter().map(|&ip| SocketAddr::new(ip, port)).collect();
+    if share {
+        // Checked before binding, so as not to take connections we would then drop, and after.
+        crate::port_mark::check_unclaimed(&ips, port)?;
+        let workers = (0..workers.max(1))
+            .map(|_| addrs.iter().map(|&a| socket(a, true, share)).collect())
+            .collect::<std::io::Result<_>>()?;
+        crate::port_mark::check_unclaimed(&ips, port)?;
+        return Ok(Bound { workers, marks: None });
+    }
+    let marks = Some(crate::port_mark::claim(&ips, port)?);
+    if workers <= 1 {
+        let one = addrs
+            .iter()
+            .map(|&a| socket(a, false, share))
+            .collect::<Result<_, _>>()?;
+        return Ok(Bound {
+            workers: vec![one],
+            marks,
+        });
+    }
+    for &addr in &addrs {
+        drop(socket(addr, false, share)?);
+    }
+    let workers = (0..workers)
+        .map(|_| addrs.iter().map(|&a| socket(a, true, share)).collect())
+        .collect::<std::io::Result<_>>()?;
+    Ok(Bound { workers, marks })
+}
+
+fn socket(addr: SocketAddr, reuse_port: bool, share: bool) -> std::io::Result<std::net::TcpListener> {
+    bind_one(addr, reuse_port).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse if share => std::io::Error::new(
+            e.kind(),
+            format!(
+                "address in use: another process listens on {addr} without SO_REUSEPORT \
+                 (or runs as another user); so_reuseport shares the port only with processes that set it too"
+            ),
+        ),
+        std::io::ErrorKind::AddrInUse => std::io::Error::new(
+            e.kind(),
+            format!(
+                "address in use: another process listens on {addr}; several pgmux processes \
+                 share a port only with [pooler] so_reuseport = true in each of them"
+            ),
+        ),
+        _ => e,
+    })
+}
+
+fn bind_one(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
@@ -76,7 +120,11 @@ pub fn bind_unix(dir: &str, port: u16, mode: u32) -> std::io::Result<std::os::un
         if std::os::unix::net::UnixStream::connect(&path).is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
-                format!("{} is in use by another server", path.display()),
+                format!(
+                    "{} is in use by another server; a Unix socket cannot be shared, so each pgmux \
+                     process needs its own unix_socket_dir (also with so_reuseport), or unix_socket_dir = \"\"",
+                    path.display()
+                ),
             ));
         }
         std::fs::remove_file(&path)?;
@@ -163,7 +211,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        match bind("*", port, 2) {
+        match bind("*", port, 2, false).map(|b| b.workers) {
             Ok(workers) => {
                 assert_eq!(workers.len(), 2);
                 assert!(

@@ -160,13 +160,7 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
         0 => pgmux::worker::default_count(),
         n => n as usize,
     };
-    let listeners = match listener::bind(&addr, port, workers) {
-        Ok(listeners) => listeners,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen on {addr}:{port}");
-            return ExitCode::FAILURE;
-        }
-    };
+    // The Unix socket first: a process refused there never joins a shared port's group.
     let unix = match config.pooler.unix_socket_dir.as_str() {
         "" => None,
         dir => match listener::bind_unix(dir, port, config.pooler.unix_socket_mode) {
@@ -177,6 +171,17 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
             }
         },
     };
+    // `_marks` lives as long as the process: other pgmux processes see the port is not shared.
+    let (listeners, _marks) = match listener::bind(&addr, port, workers, config.pooler.so_reuseport) {
+        Ok(bound) => (bound.workers, bound.marks),
+        Err(e) => {
+            if let Some((_, path)) = &unix {
+                let _ = std::fs::remove_file(path);
+            }
+            tracing::error!(error = %e, "cannot listen on {addr}:{port}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut signals = match Signals::new() {
         Ok(signals) => signals,
         Err(e) => {
@@ -184,11 +189,14 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let threads = if workers == 1 {
+    let mut threads = if workers == 1 {
         "1 worker thread".to_owned()
     } else {
         format!("{workers} worker threads")
     };
+    if config.pooler.so_reuseport {
+        threads.push_str(", port shared with so_reuseport");
+    }
     let socket = unix
         .as_ref()
         .map(|(_, path)| format!(" and {}", path.display()))

@@ -79,6 +79,9 @@ fn try_reload(shared: &Shared) -> Result<Reconfigured, ReloadError> {
     {
         tracing::warn!("listen_addr and listen_port take effect at the next start, not on reload");
     }
+    if config.pooler.so_reuseport != old.pooler.so_reuseport {
+        tracing::warn!("so_reuseport takes effect at the next start, not on reload");
+    }
     if config.pooler.workers != old.pooler.workers {
         tracing::warn!("workers takes effect at the next start, not on reload");
     }

@@ -392,6 +392,7 @@ async fn refusals() {
         ("PAUSE nosuchdb".into(), "3D000"),
         (format!("RESUME {db}"), "55000"),
         ("SET listen_port = 1".into(), "55P02"),
+        ("SET so_reuseport = true".into(), "55P02"),
         ("SET default_pool_size = 0".into(), "22023"),
     ] {
         assert_eq!(fails(&console, &cmd).await, code, "{cmd}");

@@ -377,9 +377,10 @@ fn users(shared: &Shared) -> Rows {
 }
 
 /// Keys read once at startup: SET cannot change them.
-pub(super) const FIXED: [&str; 7] = [
+pub(super) const FIXED: [&str; 8] = [
     "listen_addr",
     "listen_port",
+    "so_reuseport",
     "tls_mode",
     "tls_cert_file",
     "tls_key_file",

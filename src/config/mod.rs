@@ -121,6 +121,8 @@ section! {
         listen_port: u16 = 6432, |v| v.port();
         /// Worker threads, each serving its own clients on its own runtime; 0: one per two cores.
         workers: u32 = 0, |v| v.u32(0);
+        /// Share listen_addr:listen_port with other pgmux processes that set it too (SO_REUSEPORT; the kernel spreads connections over them); false: a second process on the port fails with "address in use".
+        so_reuseport: bool = false, |v| v.bool();
         /// `session`, `transaction` or `statement`; overridable per database and per user.
         pool_mode: PoolMode = PoolMode::Transaction, |v| v.keyword();
         /// Client connections beyond it are refused with 53300.

@@ -122,6 +122,16 @@ impl Pgmux {
     /// pgmux's own directory, and `{pg_port}`, `{pg_socket_dir}` as in `start_with`. Nothing
     /// is added to the text: it must set the listen address and port itself.
     pub fn start_file(file_name: &str, text: &str) -> Pgmux {
+        Self::start_file_at(file_name, text, None)
+    }
+
+    /// `start_file` on a given `{port}` (one another pgmux may already listen on, with
+    /// so_reuseport): waits for this process's own "listening on" log line, not for the port.
+    pub fn start_file_on(file_name: &str, text: &str, port: u16) -> Pgmux {
+        Self::start_file_at(file_name, text, Some(port))
+    }
+
+    fn start_file_at(file_name: &str, text: &str, fixed_port: Option<u16>) -> Pgmux {
         static N: AtomicU32 = AtomicU32::new(0);
         let cluster = cluster();
         for attempt in 1..=3 {
@@ -129,7 +139,7 @@ impl Pgmux {
                 .dir
                 .join(format!("pgmux-file-{}", N.fetch_add(1, Ordering::Relaxed)));
             fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-            let port = free_port();
+            let port = fixed_port.unwrap_or_else(free_port);
             let vars = vec![
                 ("{pg_port}", cluster.port.to_string()),
                 ("{pg_socket_dir}", cluster.dir.to_str().unwrap().to_owned()),
@@ -159,13 +169,17 @@ impl Pgmux {
                 pid_file,
                 vars,
             };
-            let why = match me.wait_listening() {
+            let started = match fixed_port {
+                None => me.wait_listening(),
+                Some(_) => me.wait_logged("listening on"),
+            };
+            let why = match started {
                 Ok(()) => return me,
                 Err(why) => why,
             };
             let log = me.log();
             drop(me);
-            if attempt < 3 && log.to_lowercase().contains("in use") {
+            if attempt < 3 && fixed_port.is_none() && log.to_lowercase().contains("in use") {
                 continue;
             }
             panic!(
@@ -202,6 +216,20 @@ impl Pgmux {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    fn wait_logged(&mut self, needle: &str) -> Result<(), String> {
+        let t0 = Instant::now();
+        while !self.log().contains(needle) {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Err(format!("it exited with {status}"));
+            }
+            if t0.elapsed() > START_TIMEOUT {
+                return Err(format!("no {needle:?} in its log after {START_TIMEOUT:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 
     fn kill_and_reap(&mut self) {

@@ -226,10 +226,6 @@ const NOT_ACTED_ON: &[(&str, &str)] = &[
         "listen_backlog",
         "not configurable: pgmux listens with a backlog of 4096",
     ),
-    (
-        "so_reuseport",
-        "not yet: pgmux uses SO_REUSEPORT for its own worker threads; run one pgmux, not several",
-    ),
     ("tcp_defer_accept", "not supported: pgmux does not set TCP_DEFER_ACCEPT"),
     (
         "tcp_socket_buffer",
@@ -258,6 +254,7 @@ pub(super) const MAPPED: &[&str] = &[
     "server_tls_sslmode",
     "max_packet_size",
     "tcp_keepalive",
+    "so_reuseport",
     "tcp_keepidle",
     "tcp_keepintvl",
     "track_extra_parameters",
@@ -415,6 +412,7 @@ pub(super) fn pgbouncer(out: &mut Out, key: &str, value: &str, src: &Src) -> Res
         }
         "max_packet_size" => out.pooler("max_message_size", uint(value, src)?.to_string(), src),
         "tcp_keepalive" => out.pooler("tcp_keepalive", flag(value, src)?.to_string(), src),
+        "so_reuseport" => out.pooler("so_reuseport", flag(value, src)?.to_string(), src),
         "tcp_keepidle" | "tcp_keepintvl" => {
             let name = if key == "tcp_keepidle" {
                 "tcp_keepidle"

@@ -355,6 +355,7 @@ fn every_mapped_pgbouncer_key() {
          server_tls_ca_file = /etc/pgbouncer/root.crt\n\
          max_packet_size = 0x100000\n\
          tcp_keepalive = 0\n\
+         so_reuseport = 1\n\
          tcp_keepcnt = 5\n\
          tcp_keepidle = 60\n\
          tcp_keepintvl = 10\n\
@@ -399,6 +400,7 @@ fn every_mapped_pgbouncer_key() {
     assert_eq!(p.server_tls_ca_file, "/etc/pgbouncer/root.crt");
     assert_eq!(p.max_message_size, 1 << 20);
     assert!(!p.tcp_keepalive);
+    assert!(p.so_reuseport);
     assert_eq!(p.tcp_keepcnt, 5);
     assert_eq!(p.tcp_keepidle, Duration::from_secs(60));
     assert_eq!(p.tcp_keepintvl, Duration::from_secs(10));
@@ -411,6 +413,7 @@ fn pgbouncer_defaults_where_pgmux_differs() {
     let c = pgb("listen_addr = 127.0.0.1");
     let p = &c.pooler;
     assert_eq!(p.pool_mode, PoolMode::Session);
+    assert!(!p.so_reuseport, "off unless set, as in PgBouncer");
     assert_eq!(p.max_client_conn, 100);
     assert_eq!(p.auth_type, AuthType::Md5);
     assert_eq!(p.server_tls_mode, ServerTlsMode::Prefer);
