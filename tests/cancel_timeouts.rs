@@ -150,3 +150,118 @@ async fn client_idle_timeout_closes_idle_clients() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_tells_the_server_pid_and_cancels_still_work() {
+    // Issue 23: in session mode the client is told its server's real pid (pg_backend_pid(),
+    // pg_terminate_backend), with pgmux's own secret key; its cancels still land.
+    ensure_database("cancels");
+    let px = Pgmux::start(
+        "auth_type = \"trust\"\npool_mode = \"session\"\ndefault_pool_size = 1",
+        "[users.app]\npassword = \"app\"\n[databases.cancels]\nport = {pg_port}\n",
+    );
+    let (told, server_pid) = told_and_real_pid(px.port, "cancels");
+    assert_eq!(told, server_pid, "told pid and pg_backend_pid() differ");
+    assert!(server_pid <= 4_194_304, "a real pid: {server_pid}");
+    let tx = Pgmux::start(
+        "auth_type = \"trust\"",
+        "[users.app]\npassword = \"app\"\n[databases.cancels]\nport = {pg_port}\n",
+    );
+    let (told, real) = told_and_real_pid(tx.port, "cancels");
+    assert!(
+        told > 4_194_304 && real <= 4_194_304,
+        "transaction mode: told {told}, server {real}"
+    );
+    drop(tx);
+
+    // The pool of 1 hands the same server (the same pid) to each client in turn.
+    let url = px.url("app", "app", "cancels");
+    for _ in 0..2 {
+        let client = connect(&url).await;
+        assert_eq!(value(&client, "SELECT pg_backend_pid()").await, server_pid.to_string());
+        let token = client.cancel_token();
+        let running = tokio::spawn(async move {
+            let result = client.simple_query("SELECT pg_sleep(30)").await.map(|_| ());
+            (result, client)
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // That pid with another key cancels nothing.
+        forged_cancel(px.port, server_pid, 12345);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!running.is_finished(), "a forged key cancelled the query");
+        let sent = Instant::now();
+        token.cancel_query(tokio_postgres::NoTls).await.expect("cancel request");
+        let (result, client) = running.await.unwrap();
+        let err = result.expect_err("the cancelled query must fail");
+        assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err:?}");
+        assert!(
+            sent.elapsed() < Duration::from_secs(2),
+            "cancel took {:?}",
+            sent.elapsed()
+        );
+        assert_eq!(value(&client, "SELECT 11").await, "11");
+    }
+}
+
+/// A CancelRequest with this key, on a connection of its own.
+fn forged_cancel(port: u16, pid: i32, key: i32) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut packet = 16i32.to_be_bytes().to_vec();
+    packet.extend_from_slice(&80_877_102i32.to_be_bytes());
+    packet.extend_from_slice(&pid.to_be_bytes());
+    packet.extend_from_slice(&key.to_be_bytes());
+    s.write_all(&packet).unwrap();
+}
+
+/// Logs in to a trust pgmux on a raw socket (tokio-postgres keeps its BackendKeyData to
+/// itself): the process id it was told, and what pg_backend_pid() says.
+fn told_and_real_pid(port: u16, db: &str) -> (i32, i32) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    for part in ["user", "app", "database", db, ""] {
+        body.extend_from_slice(part.as_bytes());
+        body.push(0);
+    }
+    let mut packet = (body.len() as i32 + 4).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    s.write_all(&packet).unwrap();
+    let int = |b: &[u8]| i32::from_be_bytes(b[..4].try_into().unwrap());
+    let mut told = None;
+    loop {
+        match read_msg(&mut s) {
+            (b'K', body) => told = Some(int(&body)),
+            (b'Z', _) => break,
+            (b'E', body) => panic!("login refused: {}", String::from_utf8_lossy(&body)),
+            _ => {}
+        }
+    }
+    let sql = b"SELECT pg_backend_pid()\0";
+    let mut query = vec![b'Q'];
+    query.extend_from_slice(&(sql.len() as i32 + 4).to_be_bytes());
+    query.extend_from_slice(sql);
+    s.write_all(&query).unwrap();
+    let mut real = None;
+    loop {
+        match read_msg(&mut s) {
+            // One column: count (2 bytes), length (4), the text.
+            (b'D', body) => real = std::str::from_utf8(&body[6..]).ok().and_then(|v| v.parse().ok()),
+            (b'Z', _) => break,
+            (b'E', body) => panic!("query failed: {}", String::from_utf8_lossy(&body)),
+            _ => {}
+        }
+    }
+    (told.expect("no BackendKeyData"), real.expect("no pg_backend_pid()"))
+}
+
+fn read_msg(s: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
+    use std::io::Read;
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).unwrap();
+    let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut body = vec![0; len - 4];
+    s.read_exact(&mut body).unwrap();
+    (head[0], body)
+}

@@ -217,12 +217,12 @@ async fn per_database_pool_size_and_mode_and_per_user_pool_mode() {
     a.batch_execute("COMMIT").await.unwrap();
 
     // pool_mode = "session" on "sess": a client keeps its server between transactions, so a
-    // second client of a pool of one waits even though the first is idle.
+    // second client of a pool of one waits even though the first is idle (at login: the
+    // server is linked before the client is told its pid).
     let s1 = connect(&px.url("app", "app", "sess")).await;
     s1.batch_execute("CREATE TEMP TABLE mine(x int)").await.unwrap();
     assert_eq!(value(&s1, "SELECT count(*) FROM mine").await, "0");
-    let s2 = connect(&px.url("app", "app", "sess")).await;
-    let err = s2.simple_query("SELECT 1").await.unwrap_err();
+    let err = try_connect(&px.url("app", "app", "sess")).await.unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err:?}");
 
     // [users.md5user] pool_mode = "statement" applies to md5user only.

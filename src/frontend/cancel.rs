@@ -1,6 +1,8 @@
 //! Cancel requests: each client has its own BackendKeyData from pgmux; a CancelRequest that
 //! carries it goes, on a new connection, to the server running that client's query right now,
-//! with that server's real key, and to nothing else.
+//! with that server's real key, and to nothing else. In session mode the key's process id is
+//! the real pid of the client's server (linked at login), with pgmux's own secret; elsewhere it
+//! is the client's pgmux id, above any pid a server can have.
 //!
 //! A server with a cancel in flight is not handed to another client until the cancel is done
 //! (PgBouncer's `sv_being_canceled`), so a late cancel never hits someone else's query.
@@ -41,7 +43,10 @@ pub struct Held {
 
 /// One client's cancel key, the server it holds now, and what the console shows of it.
 pub struct CancelHandle {
+    /// The client's id in pgmux (SHOW CLIENTS, KILL_CLIENT), unique among logged-in clients.
     pub process_id: i32,
+    /// The process id of its BackendKeyData: its server's pid in session mode, else `process_id`.
+    pub backend_pid: i32,
     secret_key: i32,
     /// The client's pool, whose server address a cancel goes to.
     pub pool: Arc<Pool>,
@@ -184,18 +189,38 @@ impl CancelHandle {
     }
 }
 
-/// Every logged-in client by its pgmux process id.
+/// Every logged-in client by its pgmux process id; session-mode clients also by their key.
 #[derive(Default)]
 pub struct CancelRegistry {
     clients: DashMap<i32, Arc<CancelHandle>>,
+    /// By (server pid, secret): two servers (of two hosts, or one server reused after a logout
+    /// not yet unregistered) can share a pid, so the secret keeps the keys unique.
+    linked: DashMap<(i32, i32), Arc<CancelHandle>>,
 }
 
 impl CancelRegistry {
     /// Registers a logged-in client under the first id `next` gives that no registered client
-    /// holds (ids wrap after 2^31 logins; a long-lived client keeps its own). The entry goes
-    /// when the returned guard is dropped, unless it is kept (`Registered::keep`).
-    pub fn register(&self, next: impl FnMut() -> i32, pool: Arc<Pool>, facts: ClientFacts) -> Registered<'_> {
-        let handle = vacant(&self.clients, next, |process_id| new_handle(process_id, pool, facts));
+    /// holds (ids wrap after 2^31 logins; a long-lived client keeps its own); `server_pid`, in
+    /// session mode, is the pid it is told, with a secret no other client has with that pid.
+    /// The entry goes when the returned guard is dropped, unless it is kept (`Registered::keep`).
+    pub fn register(
+        &self,
+        next: impl FnMut() -> i32,
+        server_pid: Option<i32>,
+        pool: Arc<Pool>,
+        facts: ClientFacts,
+    ) -> Registered<'_> {
+        let handle = match server_pid {
+            None => vacant(&self.clients, next, |id| {
+                new_handle(id, id, rand::random(), pool, facts)
+            }),
+            // Lock order: `linked` then `clients`; nothing else holds both.
+            Some(pid) => vacant(
+                &self.linked,
+                || (pid, rand::random()),
+                |(pid, secret)| vacant(&self.clients, next, |id| new_handle(id, pid, secret, pool, facts)),
+            ),
+        };
         Registered {
             registry: self,
             handle,
@@ -205,11 +230,17 @@ impl CancelRegistry {
 }
 
 /// The handle of a client logging in now.
-fn new_handle(process_id: i32, pool: Arc<Pool>, facts: ClientFacts) -> Arc<CancelHandle> {
-    let secret_key = rand::random();
+fn new_handle(
+    process_id: i32,
+    backend_pid: i32,
+    secret_key: i32,
+    pool: Arc<Pool>,
+    facts: ClientFacts,
+) -> Arc<CancelHandle> {
     let now = now_us();
     Arc::new(CancelHandle {
         process_id,
+        backend_pid,
         secret_key,
         pool,
         attached: Mutex::new(Attached {
@@ -229,8 +260,12 @@ fn new_handle(process_id: i32, pool: Arc<Pool>, facts: ClientFacts) -> Arc<Cance
     })
 }
 
-/// Inserts `make(id)` under the first id from `next` that `map` does not hold; returns it.
-fn vacant<V: Clone>(map: &DashMap<i32, V>, mut next: impl FnMut() -> i32, make: impl FnOnce(i32) -> V) -> V {
+/// Inserts `make(key)` under the first key from `next` that `map` does not hold; returns it.
+fn vacant<K, V>(map: &DashMap<K, V>, mut next: impl FnMut() -> K, make: impl FnOnce(K) -> V) -> V
+where
+    K: Eq + std::hash::Hash + Copy,
+    V: Clone,
+{
     loop {
         let id = next();
         if let dashmap::Entry::Vacant(slot) = map.entry(id) {
@@ -287,10 +322,14 @@ impl CancelRegistry {
         }
     }
 
-    /// Removes this client's entry (not another's that took its id since).
+    /// Removes this client's entries (not another's that took its id since).
     pub fn unregister(&self, handle: &Arc<CancelHandle>) {
         self.clients
             .remove_if(&handle.process_id, |_, v| Arc::ptr_eq(v, handle));
+        if handle.backend_pid != handle.process_id {
+            self.linked
+                .remove_if(&(handle.backend_pid, handle.secret_key), |_, v| Arc::ptr_eq(v, handle));
+        }
     }
 
     /// Every logged-in client, in login order.
@@ -319,10 +358,17 @@ impl CancelRegistry {
         self.clients.get(&process_id).map(|e| e.value().clone())
     }
 
-    /// The handle a CancelRequest's key names, if the key is right.
+    /// The handle a CancelRequest's key names, if the key is right. (The `linked` lookup
+    /// compares secrets only on a hash match, and the hash is keyed per process: its timing
+    /// tells nothing of a secret.)
     pub fn find(&self, process_id: i32, secret_key: i32) -> Option<Arc<CancelHandle>> {
+        if let Some(handle) = self.linked.get(&(process_id, secret_key)) {
+            return Some(handle.clone());
+        }
         let handle = self.clients.get(&process_id)?.clone();
-        crate::auth::ct_eq(&handle.secret_key.to_be_bytes(), &secret_key.to_be_bytes()).then_some(handle)
+        let right = crate::auth::ct_eq(&handle.secret_key.to_be_bytes(), &secret_key.to_be_bytes());
+        // A session-mode client was told its server's pid, not this id.
+        (right && handle.backend_pid == process_id).then_some(handle)
     }
 }
 
@@ -367,19 +413,60 @@ mod tests {
             socket: 12345,
         };
         let registry = CancelRegistry::default();
-        let cut = registry.register(|| 7, pool.clone(), facts());
+        let cut = registry.register(|| 7, None, pool.clone(), facts());
         assert_eq!(registry.all().len(), 1);
         let cut_handle = cut.handle().clone();
         drop(cut);
         assert!(registry.all().is_empty());
         assert_eq!(cut_handle.attached().socket, -1, "the descriptor is forgotten");
 
-        let kept = registry.register(|| 7, pool.clone(), facts()).keep();
+        let kept = registry.register(|| 7, None, pool.clone(), facts()).keep();
         assert_eq!(registry.all().len(), 1);
         // A stale handle with the same id removes nothing of the new client's.
         registry.unregister(&cut_handle);
         assert_eq!(registry.all().len(), 1);
         registry.unregister(&kept);
         assert!(registry.all().is_empty());
+    }
+
+    #[test]
+    fn session_keys_name_their_server_pid_and_stay_unique() {
+        // Issue 23: a session-mode client is told its server's pid, which another client (of
+        // another host, or the next user of that server) can be told too.
+        let config = crate::config::Config::embedded_default();
+        let pools = crate::pool::Pools::new(None);
+        let Some(db) = config.database("d") else {
+            panic!("the embedded default serves every database")
+        };
+        let pool = pools.get_or_create(&config, db, "d", "u", None);
+        let facts = || ClientFacts {
+            route: Preference::Auto,
+            tls: false,
+            settings: Settings::default(),
+            socket: -1,
+        };
+        let registry = CancelRegistry::default();
+        let mut ids = 5_000_000..;
+        let mut next = || ids.next().unwrap_or(0);
+        let a = registry.register(&mut next, Some(4242), pool.clone(), facts()).keep();
+        let b = registry.register(&mut next, Some(4242), pool.clone(), facts()).keep();
+        let t = registry.register(&mut next, None, pool.clone(), facts()).keep();
+        assert_eq!((a.backend_pid, b.backend_pid), (4242, 4242));
+        assert_ne!(a.process_id, b.process_id, "console ids stay unique");
+        assert_ne!(a.secret_key(), b.secret_key(), "keys stay unique");
+        assert_eq!(t.backend_pid, t.process_id);
+        let found = |pid, key| registry.find(pid, key).map(|h| h.process_id);
+        assert_eq!(found(4242, a.secret_key()), Some(a.process_id));
+        assert_eq!(found(4242, b.secret_key()), Some(b.process_id));
+        assert_eq!(found(t.process_id, t.secret_key()), Some(t.process_id));
+        assert_eq!(found(a.process_id, a.secret_key()), None, "only the key it was told");
+        assert_eq!(found(4242, t.secret_key()), None);
+        registry.unregister(&a);
+        assert_eq!(found(4242, a.secret_key()), None);
+        assert_eq!(found(4242, b.secret_key()), Some(b.process_id));
+        registry.unregister(&b);
+        registry.unregister(&t);
+        assert!(registry.all().is_empty());
+        assert!(registry.linked.is_empty());
     }
 }

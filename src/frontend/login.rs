@@ -1,16 +1,16 @@
 //! From accept to the first ReadyForQuery: startup, limits, authentication, the pool, and the
-//! welcome (ParameterStatus, BackendKeyData).
+//! welcome (ParameterStatus, BackendKeyData; in session mode, the server linked first).
 
 use super::auth::{authenticate, Proof};
 use super::cancel::{CancelHandle, ClientFacts};
-use super::conn::ClientConn;
+use super::conn::{ClientConn, Waited};
 use super::session::{self, Session};
 use super::startup::{read_startup, Startup};
 use super::{ClientSlot, Shared};
 use crate::admin::{self, Console, Role};
 use crate::backend::{Credentials, Settings};
-use crate::config::{Config, Secret, TlsMode};
-use crate::pool::Pool;
+use crate::config::{Config, PoolMode, Secret, TlsMode};
+use crate::pool::{Lease, Pool};
 use crate::protocol::messages::{self as msg, PgError};
 use crate::route::choose::Preference;
 use crate::stream::Stream;
@@ -73,14 +73,18 @@ async fn admit(stream: Stream, shared: Arc<Shared>) -> Option<Session> {
         Err(e) => Err(e),
     };
     match result {
-        Ok(Some(LoggedIn::Pool { settings, cancel })) => Some(Session {
-            client,
-            settings,
-            cancel,
-            shared: slot.into_session().unwrap_or(shared),
-            counted: false,
-            listen: None,
-        }),
+        Ok(Some(LoggedIn::Pool(welcome))) => {
+            let (settings, cancel, linked) = welcome.send(&mut client, &shared).await?;
+            Some(Session {
+                client,
+                settings,
+                cancel,
+                shared: slot.into_session().unwrap_or(shared),
+                counted: false,
+                linked,
+                listen: None,
+            })
+        }
         Ok(Some(LoggedIn::Console { role, user })) => {
             // A console connection does not count against max_client_conn, nor keep a drain waiting.
             drop(slot);
@@ -135,14 +139,8 @@ fn tls_failed(e: std::io::Error) -> PgError {
 }
 
 enum LoggedIn {
-    Pool {
-        settings: Settings,
-        cancel: Arc<CancelHandle>,
-    },
-    Console {
-        role: Role,
-        user: String,
-    },
+    Pool(Welcome),
+    Console { role: Role, user: String },
 }
 
 async fn login(
@@ -264,7 +262,7 @@ async fn login(
         })
     };
     if unknown(&welcome) {
-        let mut lease = super::session::checkout(&pool, &settings).await?;
+        let mut lease = session::checkout(&pool, &settings).await?;
         // A value the server already had is not reported again: asked for instead.
         for (name, _) in welcome.iter() {
             let lower = name.to_ascii_lowercase();
@@ -288,24 +286,80 @@ async fn login(
         msg::parameter_status(&mut out, name, own.as_deref().unwrap_or(value));
     }
     let settings = pool.share_settings(settings);
-    let facts = ClientFacts {
-        route,
-        tls: client.stream.is_tls(),
-        settings: settings.clone(),
-        socket: client.stream.raw_fd(),
-    };
-    // Dropped on any way out before the end (an error, client_login_timeout), it unregisters.
-    let registered = shared
-        .cancels
-        .register(|| shared.next_process_id(), pool.clone(), facts);
-    let cancel = registered.handle();
-    msg::backend_key_data(&mut out, cancel.process_id, cancel.secret_key());
-    msg::ready_for_query(&mut out, b'I');
-    client.write(&out).await.map_err(|_| gone())?;
-    Ok(Some(LoggedIn::Pool {
+    Ok(Some(LoggedIn::Pool(Welcome {
+        out,
+        pool,
         settings,
-        cancel: registered.keep(),
-    }))
+        route,
+    })))
+}
+
+/// An authenticated client's welcome so far (AuthenticationOk, ParameterStatus), and what the
+/// rest of it needs.
+struct Welcome {
+    out: BytesMut,
+    pool: Arc<Pool>,
+    settings: Settings,
+    route: Preference,
+}
+
+impl Welcome {
+    /// Links a server in session mode, then registers the client and sends its BackendKeyData
+    /// and ReadyForQuery. Outside client_login_timeout: the wait for a server is
+    /// query_wait_timeout's, as it would be at the first query. None: the client got its error
+    /// or left.
+    async fn send(
+        mut self,
+        client: &mut ClientConn,
+        shared: &Shared,
+    ) -> Option<(Settings, Arc<CancelHandle>, Option<Lease>)> {
+        let mut linked = match self.pool.mode() {
+            PoolMode::Session => Some(self.link(client).await?),
+            _ => None,
+        };
+        let facts = ClientFacts {
+            route: self.route,
+            tls: client.stream.is_tls(),
+            settings: self.settings.clone(),
+            socket: client.stream.raw_fd(),
+        };
+        let server_pid = linked.as_mut().map(|lease| lease.conn().process_id);
+        // Dropped on any way out before the end, it unregisters.
+        let registered = shared
+            .cancels
+            .register(|| shared.next_process_id(), server_pid, self.pool.clone(), facts);
+        let cancel = registered.handle();
+        if let Some(lease) = linked.as_mut() {
+            let pool = lease.pool().clone();
+            cancel.attach(lease.conn(), &pool); // SHOW SERVERS lists it as the client's
+        }
+        msg::backend_key_data(&mut self.out, cancel.backend_pid, cancel.secret_key());
+        msg::ready_for_query(&mut self.out, b'I');
+        if client.write(&self.out).await.is_err() {
+            tracing::info!(client = %client.peer(), error = %gone(), "login refused");
+            if let Some(lease) = linked {
+                lease.release();
+            }
+            return None;
+        }
+        Some((self.settings, registered.keep(), linked))
+    }
+
+    /// Session mode: the client's server for its whole session, taken now so that the pid it
+    /// is told is that server's (pg_backend_pid(), pg_terminate_backend of it).
+    async fn link(&self, client: &mut ClientConn) -> Option<Lease> {
+        let pool = session::write_pool(&self.pool);
+        match client.wait_with(session::checkout(pool, &self.settings)).await {
+            Waited::Done(Ok(lease)) => Some(lease),
+            Waited::Done(Err(error)) | Waited::Invalid(error) => {
+                tracing::info!(client = %client.peer(), %error, "login refused");
+                pool.stats.error(error.code.as_bytes());
+                client.send_error(&error).await;
+                None
+            }
+            Waited::Gone => None,
+        }
+    }
 }
 
 /// The console: authenticated like any client, then its role decides (42501 for neither).

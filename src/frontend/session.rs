@@ -39,12 +39,18 @@ pub struct Session {
     pub counted: bool,
     /// Its notifications, once it listens (transaction and statement modes: `crate::listen`).
     pub listen: Option<Arc<crate::listen::Mailbox>>,
+    /// Session mode: the server linked at login (the client was told its pid), until used.
+    pub linked: Option<Lease>,
 }
 
 impl Drop for Session {
     /// However the session ends (its task finished, cancelled, or panicked), its registry
     /// entry, its pool's client count and its max_client_conn slot go with it.
     fn drop(&mut self) {
+        // Never used, so clean: back to the pool rather than closed.
+        if let Some(lease) = self.linked.take() {
+            lease.release();
+        }
         // Before the socket closes (the fields drop after this).
         self.cancel.forget_socket();
         self.shared.cancels.unregister(&self.cancel);
@@ -176,6 +182,12 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
     s.cancel.wait_since.store(asked, Ordering::Relaxed);
     let (waited, pool) = loop {
         let pool = pick.pool(&s.cancel.pool);
+        if let Some(lease) = s.linked.take() {
+            if Arc::ptr_eq(lease.pool(), pool) {
+                break (Some(Waited::Done(Ok(lease))), pool);
+            }
+            lease.release(); // a failover since login
+        }
         let waited = {
             let work = pin!(s.client.wait_with(checkout(pool, &s.settings)));
             drain::until_deadline(watch, work).await
@@ -369,8 +381,7 @@ impl<'a> Pick<'a> {
     fn pool(&self, primary: &'a Arc<Pool>) -> &'a Arc<Pool> {
         match self {
             Pick::Replica(route, i) => route.pools.get(*i).unwrap_or(primary),
-            // After a followed failover, the promoted replica's pool.
-            Pick::Primary { .. } => primary.route.as_ref().and_then(|r| r.write_pool()).unwrap_or(primary),
+            Pick::Primary { .. } => write_pool(primary),
         }
     }
 
@@ -390,6 +401,11 @@ impl Drop for Outstanding {
     fn drop(&mut self) {
         self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Where writes go: after a followed failover, the promoted replica's pool.
+pub fn write_pool(primary: &Arc<Pool>) -> &Arc<Pool> {
+    primary.route.as_ref().and_then(|r| r.write_pool()).unwrap_or(primary)
 }
 
 /// Transaction and statement modes with read_write_split: a transaction that starts with a
