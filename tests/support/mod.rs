@@ -5,6 +5,9 @@
 //!   down when the test process exits, however it exits.
 //! - `pgmux.rs`: `Pgmux`, a spawned pgmux process with a generated config, killed on drop.
 //! - `wire.rs`: `Wire`, a raw protocol client for looking at a login message by message.
+//! - `browser.rs`: headless chromium loads a page: its DOM, console messages, a screenshot.
+//! - `http.rs`: GET on the metrics listener (basic auth, the dashboard's JSON), SHOW rows by
+//!   column.
 //! - `routing.rs`: read/write split helpers (a database on the replica too, SHOW REPLICAS,
 //!   replay pause guard).
 //! - here: client helpers (`connect`, `try_connect`, `sqlstate`, `run_cmd`) and `free_port`.
@@ -12,11 +15,15 @@
 //! Use from a test file with `mod support;` and `use support::*;`.
 #![allow(dead_code, unused_imports)] // each test binary uses only a part
 
+mod browser;
+mod http;
 mod pg;
 mod pgmux;
 mod routing;
 mod wire;
 
+pub use browser::*;
+pub use http::*;
 pub use pg::{cluster, cluster_with_replica, Cluster, Replica};
 pub use pgmux::Pgmux;
 pub use routing::*;
