@@ -67,6 +67,8 @@ function chart(title, t, lines, fmt, spanSecs) {
   for (const l of lines) for (const v of l.values) if (v > max) max = v;
   const top = max > 0 ? max * 1.1 : 1;
   const now = t.length ? t[t.length - 1] : 0;
+  // A minute at least, the whole ring at most: a young ring is not squeezed to the right.
+  spanSecs = Math.min(spanSecs, Math.max(60, t.length ? now - t[0] : 0));
   const svg = document.createElementNS(SVG, 'svg');
   svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
   svg.setAttribute('preserveAspectRatio', 'none');
