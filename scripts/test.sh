@@ -16,6 +16,8 @@
 #   3. The open-file limit raised to the hard limit (tests open many clients).
 #   4. The client drivers of tests/drivers.rs (psycopg, asyncpg, node-postgres,
 #      pgjdbc): scripts/drivers-setup.sh, which skips what is already installed.
+#   4b. Debian's chromium for the dashboard's browser test (tests/dashboard_browser.rs):
+#      scripts/browser-setup.sh, with apt as root, only when missing.
 #   5. `cargo test --locked` from the repository root. Plain `cargo test`, not
 #      nextest: the tests of one binary share one PostgreSQL cluster.
 #   6. The cost gate: `benches/instructions.sh --check` counts pgmux's instructions per
@@ -110,6 +112,9 @@ say "open-file limit: $(ulimit -n) (hard $hard)"
 
 # --- 4. client drivers ------------------------------------------------------------
 "$ROOT/scripts/drivers-setup.sh"
+
+# --- 4b. a browser for the dashboard ---------------------------------------------
+"$ROOT/scripts/browser-setup.sh"
 
 # --- 5. cargo test ---------------------------------------------------------------
 if ! command -v cargo >/dev/null && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then

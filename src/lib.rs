@@ -9,6 +9,7 @@ pub mod auth; // server-side SCRAM and md5, and the cache of derived keys
 pub mod backend; // server connections: connect, log in, settings
 pub mod breaker; // circuit breaker of one backend address: closed, open, half-open
 pub mod config; // pooler.toml: schema, defaults, validation
+pub mod dashboard; // GET /dashboard and /api/* on the metrics listener: the live page, its JSON
 pub mod frontend; // per-client task: startup, auth, session loop, relay
 pub mod listen; // LISTEN/NOTIFY in transaction mode: subscriptions, the listener connection
 pub mod listener; // accept loop

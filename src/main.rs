@@ -219,6 +219,7 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
     tokio::spawn(pool::janitor::run(shared.pools.clone()));
     tokio::spawn(stats::period::run(shared.clone()));
     tokio::spawn(stats::metrics::serve(shared.clone()));
+    tokio::spawn(pgmux::dashboard::history::run(shared.clone()));
     let accepting = match pgmux::worker::start(listeners, unix, &shared) {
         Ok(accepting) => accepting,
         Err(e) => {

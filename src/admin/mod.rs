@@ -10,6 +10,7 @@ mod control;
 mod lists;
 pub mod result;
 mod show;
+pub mod view;
 
 use crate::config::{Config, Secret};
 use crate::frontend::conn::ClientConn;

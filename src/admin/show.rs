@@ -3,6 +3,7 @@
 
 use super::lists;
 use super::result::{num, text, time, Rows, Ty};
+use super::view::{self, load_balance};
 use crate::frontend::Shared;
 use crate::pool::Pool;
 use crate::protocol::messages::{message, put_cstr, PgError};
@@ -101,12 +102,6 @@ fn period(stats: &PoolStats) -> Report {
     stats.period.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-/// load_balance_hosts: how reads are spread over the replicas of a database that splits them
-/// (`load_balancing`); NULL where there is no list of servers to spread over.
-fn load_balance(db: &crate::config::DatabaseConfig) -> Option<String> {
-    (db.read_write_split && !db.replicas.is_empty()).then(|| db.load_balancing.to_string())
-}
-
 fn pools(shared: &Shared) -> Rows {
     let mut rows = Rows::new(&[("database", Ty::Text), ("user", Ty::Text)]);
     for name in [
@@ -133,42 +128,32 @@ fn pools(shared: &Shared) -> Rows {
     for name in LATENCY_COLUMNS {
         rows.add_column(name, Ty::Int8);
     }
-    let waits = shared.cancels.max_waits();
-    let config = shared.config.load();
-    for pool in shared.pools.all() {
-        let c = &pool.counts;
-        let get = |n: &std::sync::atomic::AtomicU32| n.load(Ordering::Relaxed);
-        let (clients, waiting, cancels) = (get(&c.clients), get(&c.waiting), get(&c.cancels));
-        let idle = pool.idle_servers();
-        let used = idle.iter().filter(|s| s.used).count();
-        let wait = waits.get(&Arc::as_ptr(&pool)).copied().unwrap_or(0);
-        let settings = pool.settings();
-        let balance = config.database(&pool.database).and_then(load_balance);
+    for p in view::pools(shared) {
         // A cancel request is forwarded at once, on a connection of its own: clients waiting
         // for its answer and the connections carrying it are one count, and none waits to be
         // forwarded (cl_waiting_cancel_req).
         let mut row = vec![
-            text(&pool.database),
-            text(&pool.user),
-            num(clients.saturating_sub(waiting)),
-            num(waiting),
-            num(cancels),
+            text(&p.database),
+            text(&p.user),
+            num(p.cl_active),
+            num(p.cl_waiting),
+            num(p.cancels),
             num(0),
-            num(get(&c.active)),
-            num(cancels),
-            num(get(&c.settling)),
-            num(idle.len() - used),
-            num(used),
-            num(get(&c.testing)),
-            num(get(&c.opening)),
-            num(wait / 1_000_000),
-            num(wait % 1_000_000),
-            text(settings.mode.as_str()),
-            balance,
-            num(settings.size),
-            num(u8::from(pool.paused())),
+            num(p.sv_active),
+            num(p.cancels),
+            num(p.sv_settling),
+            num(p.sv_idle),
+            num(p.sv_used),
+            num(p.sv_tested),
+            num(p.sv_login),
+            num(p.maxwait_us / 1_000_000),
+            num(p.maxwait_us % 1_000_000),
+            text(p.pool_mode),
+            p.load_balance,
+            num(p.pool_size),
+            num(u8::from(p.paused)),
         ];
-        row.extend(latency_cells(&period(&pool.stats)));
+        row.extend(latency_cells(&p.period));
         rows.push(row);
     }
     rows
@@ -530,33 +515,25 @@ fn replicas(shared: &Shared) -> Rows {
         ("reads_served", Ty::Int8),
         ("excluded_reason", Ty::Text),
     ]);
-    let mut sets = shared.pools.replica_sets();
-    sets.sort_by(|a, b| a.database.cmp(&b.database));
-    for set in sets {
-        for r in &set.list {
-            let report = r.report.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            rows.push(vec![
-                text(&set.database),
-                text(&r.host),
-                num(r.port),
-                text(report.role),
-                text(report.state),
-                text(format!(
-                    "{:X}/{:X}",
-                    report.replay_lsn >> 32,
-                    report.replay_lsn & 0xffff_ffff
-                )),
-                num(report.lag_bytes),
-                num(format!("{:.3}", report.lag_seconds)),
-                if report.last_check == 0 {
-                    None
-                } else {
-                    time(report.last_check)
-                },
-                num(r.reads_served.load(Ordering::Relaxed)),
-                text(report.excluded_reason),
-            ]);
-        }
+    for r in view::replicas(shared) {
+        let report = r.report;
+        rows.push(vec![
+            text(&r.database),
+            text(&r.host),
+            num(r.port),
+            text(report.role),
+            text(report.state),
+            text(view::lsn(report.replay_lsn)),
+            num(report.lag_bytes),
+            num(format!("{:.3}", report.lag_seconds)),
+            if report.last_check == 0 {
+                None
+            } else {
+                time(report.last_check)
+            },
+            num(r.reads_served),
+            text(report.excluded_reason),
+        ]);
     }
     rows
 }

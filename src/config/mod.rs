@@ -224,6 +224,11 @@ section! {
     MetricsConfig, METRICS_KEYS, set_metrics {
         /// "host:port" of the Prometheus endpoint; "" disables it.
         listen: String = "127.0.0.1:9930".into(), |v| metrics_listen(v);
+        /// Serves the live dashboard (`/dashboard`) and its JSON (`/api/...`) on that listener.
+        dashboard: bool = true, |v| v.bool();
+        /// Users of [users] or auth_file whose password HTTP basic auth asks for on every path
+        /// of the listener but /health; empty: no auth.
+        auth_users: Vec<String> = Vec::new(), |v| v.names();
     }
 }
 

@@ -79,6 +79,18 @@ impl Config {
                 }
             }
         }
+        // Checked once auth_file's users have joined: a name without a password could never log in.
+        if let Some(user) = self
+            .metrics
+            .auth_users
+            .iter()
+            .find(|u| self.users.get(*u).and_then(|u| u.password.as_ref()).is_none())
+        {
+            return Err(ConfigError {
+                key: "metrics.auth_users".into(),
+                ..file_err("", format!("user \"{user}\" has no password in [users] or auth_file"))
+            });
+        }
         if self.pooler.auth_type == AuthType::Hba {
             if self.pooler.auth_hba_file.is_empty() {
                 return Err(file_err("auth_type", "\"hba\" needs auth_hba_file".into()));

@@ -437,3 +437,21 @@ fn load_reads_files_and_reports_io_errors() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn metrics_auth_users_need_a_password() {
+    let dir = std::env::temp_dir().join(format!("pgmux-config-auth-users-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("pooler.toml");
+    std::fs::write(dir.join("users.txt"), "\"ops\" \"pw\"\n").unwrap();
+    let text = "[pooler]\nauth_file = \"users.txt\"\n[metrics]\nauth_users = [\"ops\", \"app\"]\n";
+    std::fs::write(&path, format!("{text}[users.app]\npassword = \"app\"\n")).unwrap();
+    let c = Config::load(&path).unwrap();
+    assert_eq!(c.metrics.auth_users, ["ops", "app"]);
+    assert!(c.metrics.dashboard);
+    std::fs::write(&path, format!("{text}[users.app]\npool_mode = \"session\"\n")).unwrap();
+    let e = Config::load(&path).unwrap_err();
+    assert_eq!(e.key, "metrics.auth_users");
+    assert!(e.to_string().contains("user \"app\" has no password"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -49,12 +49,16 @@ pub struct Shared {
     pub reloads: crate::reload::ReloadStats,
     /// auth_query's recent answers.
     pub auth_cache: auth_query::Cache,
+    /// The dashboard's series and logins.
+    pub dashboard: crate::dashboard::State,
 }
 
 impl Shared {
     /// `tls` is loaded once at startup (see `Tls::load`): to clients here, to servers in the pools.
     pub fn new(config: Config, tls: Tls) -> Shared {
         crate::tcp::set(crate::tcp::TcpOptions::of(&config.pooler));
+        // Starts the stats clock now: the dashboard's uptime counts from here.
+        crate::stats::now_us();
         Shared {
             knobs: Knobs::new(&config.pooler),
             config: ArcSwap::from_pointee(config),
@@ -63,6 +67,7 @@ impl Shared {
             cancels: cancel::CancelRegistry::default(),
             reloads: crate::reload::ReloadStats::default(),
             auth_cache: auth_query::Cache::default(),
+            dashboard: crate::dashboard::State::default(),
             keys: KeyCache::default(),
             clients: AtomicU32::new(0),
             next_client: AtomicU64::new(1),

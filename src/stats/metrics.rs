@@ -1,12 +1,14 @@
 //! The HTTP endpoint of `[metrics] listen`: `GET /metrics` (Prometheus text, see `exposition`),
-//! `GET /health` (200 while pgmux accepts clients, 503 once it drains), 404 for anything else.
+//! `GET /health` (200 while pgmux accepts clients, 503 once it drains), the dashboard and its
+//! API (`crate::dashboard`) unless `[metrics] dashboard = false`, 404 for anything else. With
+//! `[metrics] auth_users`, every path but /health (which probes must reach) asks for basic auth.
 
 use super::exposition::Snapshot;
 use crate::frontend::Shared;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::CONTENT_TYPE;
+use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
@@ -31,6 +33,9 @@ pub async fn serve(shared: Arc<Shared>) {
         }
     };
     tracing::info!("metrics on http://{addr}/metrics");
+    if shared.config.load().metrics.dashboard {
+        tracing::info!("dashboard on http://{addr}/dashboard");
+    }
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -44,8 +49,8 @@ pub async fn serve(shared: Arc<Shared>) {
         let shared = shared.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let response = respond(&shared, &req);
-                async move { Ok::<_, Infallible>(response) }
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(respond(&shared, req).await) }
             });
             // A header timeout so that idle or slow scrapers cannot pile up connections.
             let conn = hyper::server::conn::http1::Builder::new()
@@ -59,19 +64,50 @@ pub async fn serve(shared: Arc<Shared>) {
     }
 }
 
-fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => (StatusCode::OK, OPENMETRICS, Snapshot::read(shared).encode()),
-        (&Method::GET, "/health") if !shared.shutdown.is_draining() => {
-            (StatusCode::OK, "text/plain", "ok\n".to_owned())
-        }
-        (&Method::GET, "/health") => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".to_owned()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    if let Ok(value) = content_type.parse() {
-        response.headers_mut().insert(CONTENT_TYPE, value);
+async fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (method, path) = (req.method(), req.uri().path());
+    if method == Method::GET && path == "/health" {
+        return match shared.shutdown.is_draining() {
+            false => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+            true => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".into()),
+        };
     }
+    let config = shared.config.load_full();
+    let authorization = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
+    let logins = &shared.dashboard.logins;
+    if !logins.allowed(&config, &shared.secret, authorization).await {
+        let mut response = reply(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "authentication required\n".into(),
+        );
+        let challenge = HeaderValue::from_static("Basic realm=\"pgmux\", charset=\"UTF-8\"");
+        response.headers_mut().insert(WWW_AUTHENTICATE, challenge);
+        return response;
+    }
+    let found = match (method, path) {
+        (&Method::GET, "/metrics") => Some((OPENMETRICS, Bytes::from(Snapshot::read(shared).encode()))),
+        (&Method::GET, path) if config.metrics.dashboard => crate::dashboard::get(shared, path),
+        _ => None,
+    };
+    let Some((content_type, body)) = found else {
+        return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into());
+    };
+    let mut response = reply(StatusCode::OK, content_type, body);
+    if content_type == crate::dashboard::HTML {
+        let csp = HeaderValue::from_static(crate::dashboard::CONTENT_SECURITY_POLICY);
+        response.headers_mut().insert("content-security-policy", csp);
+    }
+    response
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // Numbers of this moment: never from a cache.
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     response
 }

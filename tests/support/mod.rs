@@ -6,6 +6,9 @@
 //! - `pgmux.rs`: `Pgmux`, a spawned pgmux process with a generated config, killed on drop.
 //! - `wire.rs`: `Wire`, a raw protocol client for looking at a login message by message.
 //! - `healthy.rs`: `Healthy`, a client that keeps running `SELECT 1` while a test misbehaves.
+//! - `browser.rs`: headless chromium loads a page: its DOM, console messages, a screenshot.
+//! - `http.rs`: GET on the metrics listener (basic auth, the dashboard's JSON), SHOW rows by
+//!   column.
 //! - `routing.rs`: read/write split helpers (a database on the replica too, SHOW REPLICAS,
 //!   replay pause guard).
 //! - here: client helpers (`connect`, `try_connect`, `sqlstate`, `run_cmd`) and `free_port`.
@@ -14,12 +17,16 @@
 #![allow(dead_code, unused_imports)] // each test binary uses only a part
 
 pub mod healthy;
+mod browser;
+mod http;
 mod pg;
 mod pgmux;
 mod routing;
 mod wire;
 
 pub use healthy::{block_on, try_value, Healthy, REPLY_TIMEOUT};
+pub use browser::*;
+pub use http::*;
 pub use pg::{cluster, cluster_with_replica, Cluster, Replica};
 pub use pgmux::Pgmux;
 pub use routing::*;
