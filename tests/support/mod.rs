@@ -16,16 +16,16 @@
 //! Use from a test file with `mod support;` and `use support::*;`.
 #![allow(dead_code, unused_imports)] // each test binary uses only a part
 
-pub mod healthy;
 mod browser;
+pub mod healthy;
 mod http;
 mod pg;
 mod pgmux;
 mod routing;
 mod wire;
 
-pub use healthy::{block_on, try_value, Healthy, REPLY_TIMEOUT};
 pub use browser::*;
+pub use healthy::{block_on, try_value, Healthy, REPLY_TIMEOUT};
 pub use http::*;
 pub use pg::{cluster, cluster_with_replica, Cluster, Replica};
 pub use pgmux::Pgmux;

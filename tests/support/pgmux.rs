@@ -208,7 +208,9 @@ impl Pgmux {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return Err(format!("it exited with {status}"));
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            // The listening socket must be pgmux's own: another process (a test binary probing
+            // for a free port) may hold the port for a moment, and a connect alone would believe it.
+            if listens(self.child.id(), self.port) && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return Ok(());
             }
             if t0.elapsed() > START_TIMEOUT {
@@ -315,4 +317,32 @@ impl Drop for Pgmux {
         self.kill_and_reap();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether process `pid` holds a TCP socket listening on `port` (from /proc: its descriptors'
+/// socket inodes against /proc/net/tcp and tcp6).
+fn listens(pid: u32, port: u16) -> bool {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let inodes: Vec<String> = fds
+        .flatten()
+        .filter_map(|fd| fs::read_link(fd.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let local = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                // local_address, st (0A = LISTEN), inode
+                f.len() > 9 && f[1].ends_with(&local) && f[3] == "0A" && inodes.iter().any(|i| i == f[9])
+            })
+    })
 }
