@@ -5,6 +5,8 @@
 //!   down when the test process exits, however it exits.
 //! - `pgmux.rs`: `Pgmux`, a spawned pgmux process with a generated config, killed on drop.
 //! - `wire.rs`: `Wire`, a raw protocol client for looking at a login message by message.
+//! - `fleet.rs`: several pgmux processes that are peers of each other, and `Raw`, a blocking
+//!   client that keeps its cancel key (`send_cancel` sends it to any process).
 //! - `healthy.rs`: `Healthy`, a client that keeps running `SELECT 1` while a test misbehaves.
 //! - `routing.rs`: read/write split helpers (a database on the replica too, SHOW REPLICAS,
 //!   replay pause guard).
@@ -13,12 +15,14 @@
 //! Use from a test file with `mod support;` and `use support::*;`.
 #![allow(dead_code, unused_imports)] // each test binary uses only a part
 
+mod fleet;
 pub mod healthy;
 mod pg;
 mod pgmux;
 mod routing;
 mod wire;
 
+pub use fleet::*;
 pub use healthy::{block_on, try_value, Healthy, REPLY_TIMEOUT};
 pub use pg::{cluster, cluster_with_replica, Cluster, Replica};
 pub use pgmux::Pgmux;
