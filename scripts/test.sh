@@ -11,6 +11,9 @@
 #      No default cluster is created and no service is started by the install.
 #   1b. iproute2 and nftables (`ip`, `nft`) for tests/netfault.rs, with apt when
 #      missing, as root only (without them, or without root, those tests skip).
+#   1c. HAProxy for tests/haproxy.rs (pgmux instances behind a TCP load balancer), with apt
+#      when missing (package haproxy; its service is not started by the install). Without
+#      root it says so, and tests/haproxy.rs fails saying what to install.
 #   2. An OS user `postgres`: PostgreSQL refuses to run as root, so the test
 #      support runs it as `postgres` when the tests run as root.
 #   3. The open-file limit raised to the hard limit (tests open many clients).
@@ -91,6 +94,24 @@ if [ ${#net_missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --no-upgrade "${net_missing[@]}"
   else
     say "missing ${net_missing[*]}: tests/netfault.rs will skip its scenarios"
+  fi
+fi
+
+# --- 1c. HAProxy for tests/haproxy.rs ---------------------------------------------
+if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
+  if is_root && command -v apt-get >/dev/null; then
+    say "installing haproxy with apt (tests/haproxy.rs)"
+    policy_rc=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+      chmod +x /usr/sbin/policy-rc.d
+      policy_rc=/usr/sbin/policy-rc.d
+    fi
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --no-upgrade haproxy
+    [ -n "$policy_rc" ] && rm -f "$policy_rc"
+  else
+    say "missing haproxy: tests/haproxy.rs will fail until it is installed (apt-get install haproxy, as root)"
   fi
 fi
 

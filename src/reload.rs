@@ -82,6 +82,9 @@ fn try_reload(shared: &Shared) -> Result<Reconfigured, ReloadError> {
     if config.pooler.so_reuseport != old.pooler.so_reuseport {
         tracing::warn!("so_reuseport takes effect at the next start, not on reload");
     }
+    if config.pooler.peer_id != old.pooler.peer_id {
+        tracing::warn!("peer_id takes effect at the next start, not on reload");
+    }
     if config.pooler.workers != old.pooler.workers {
         tracing::warn!("workers takes effect at the next start, not on reload");
     }

@@ -41,7 +41,9 @@ pub fn show(shared: &Shared, item: &str, out: &mut BytesMut) -> Result<(), PgErr
         "listeners" => listeners(shared),
         "clients" => lists::clients(shared),
         "servers" => lists::servers(shared),
-        "mem" | "fds" | "sockets" | "active_sockets" | "dns_hosts" | "dns_zones" | "peers" | "peer_pools" => {
+        "peers" => peers(shared),
+        "peer_pools" => peer_pools(shared),
+        "mem" | "fds" | "sockets" | "active_sockets" | "dns_hosts" | "dns_zones" => {
             return Err(PgError::new(
                 "0A000",
                 format!(
@@ -362,10 +364,11 @@ fn users(shared: &Shared) -> Rows {
 }
 
 /// Keys read once at startup: SET cannot change them.
-pub(super) const FIXED: [&str; 8] = [
+pub(super) const FIXED: [&str; 9] = [
     "listen_addr",
     "listen_port",
     "so_reuseport",
+    "peer_id",
     "tls_mode",
     "tls_cert_file",
     "tls_key_file",
@@ -396,6 +399,70 @@ fn config(shared: &Shared) -> Rows {
     rows
 }
 
+/// PgBouncer's SHOW PEERS: every [peers] entry (this process's own too, when listed).
+fn peers(shared: &Shared) -> Rows {
+    let config = shared.config.load();
+    let mut rows = Rows::new(&[
+        ("peer_id", Ty::Int4),
+        ("host", Ty::Text),
+        ("port", Ty::Int4),
+        ("pool_size", Ty::Int4),
+    ]);
+    for (id, peer) in &config.peers {
+        rows.push(vec![
+            num(id),
+            text(peer.host.clone()),
+            num(peer.port),
+            num(config.peer_pool_size(peer)),
+        ]);
+    }
+    rows
+}
+
+/// The peers this process forwards cancel requests to: the other [peers] when peering is on.
+fn peer_pool_ids(shared: &Shared) -> Vec<u16> {
+    if shared.peer_id == 0 {
+        return Vec::new();
+    }
+    let config = shared.config.load();
+    config
+        .peers
+        .keys()
+        .copied()
+        .filter(|id| *id != shared.peer_id)
+        .collect()
+}
+
+/// PgBouncer's SHOW PEER_POOLS: per peer, cancel requests forwarded there now (each on its
+/// own connection, so cl_active_cancel_req = sv_active_cancel), waiting for a slot of its
+/// pool_size; pgmux adds the totals since start.
+fn peer_pools(shared: &Shared) -> Rows {
+    let mut rows = Rows::new(&[
+        ("peer_id", Ty::Int4),
+        ("cl_active_cancel_req", Ty::Int4),
+        ("cl_waiting_cancel_req", Ty::Int4),
+        ("sv_active_cancel", Ty::Int4),
+        ("sv_login", Ty::Int4),
+        ("forwarded", Ty::Int8),
+        ("failed", Ty::Int8),
+    ]);
+    for id in peer_pool_ids(shared) {
+        let pool = shared.peers.get(id);
+        let count = |f: fn(&crate::frontend::peer::PeerPool) -> u64| pool.as_deref().map_or(0, f);
+        let active = count(|p| p.active.load(Ordering::Relaxed).into());
+        rows.push(vec![
+            num(id),
+            num(active),
+            num(count(|p| p.waiting.load(Ordering::Relaxed).into())),
+            num(active),
+            num(0),
+            num(count(|p| p.forwarded.load(Ordering::Relaxed))),
+            num(count(|p| p.failed.load(Ordering::Relaxed))),
+        ]);
+    }
+    rows
+}
+
 fn lists_counts(shared: &Shared) -> Rows {
     let pools = shared.pools.all();
     let logged_in: u32 = pools.iter().map(|p| p.counts.clients.load(Ordering::Relaxed)).sum();
@@ -413,9 +480,9 @@ fn lists_counts(shared: &Shared) -> Rows {
     for (list, items) in [
         ("databases", database_names(shared).len() as u64),
         ("users", users as u64),
-        ("peers", 0),
+        ("peers", shared.config.load().peers.len() as u64),
         ("pools", pools.len() as u64),
-        ("peer_pools", 0),
+        ("peer_pools", peer_pool_ids(shared).len() as u64),
         ("free_clients", 0),
         ("used_clients", u64::from(connected)),
         ("login_clients", u64::from(connected.saturating_sub(logged_in))),

@@ -123,6 +123,8 @@ section! {
         workers: u32 = 0, |v| v.u32(0);
         /// Share listen_addr:listen_port with other pgmux processes that set it too (SO_REUSEPORT; the kernel spreads connections over them); false: a second process on the port fails with "address in use".
         so_reuseport: bool = false, |v| v.bool();
+        /// This process's id among its [peers] (PgBouncer's peer_id, 1 to 65535): written into every cancel key it hands out, so that a peer that receives the CancelRequest (behind a load balancer) forwards it here; 0 turns peering off. Read at start only.
+        peer_id: u16 = 0, |v| v.peer_id();
         /// `session`, `transaction` or `statement`; overridable per database and per user.
         pool_mode: PoolMode = PoolMode::Transaction, |v| v.keyword();
         /// Client connections beyond it are refused with 53300.
@@ -313,6 +315,19 @@ section! {
     }
 }
 
+section! {
+    /// `[peers.ID]`: the pgmux processes that forward each other's cancel requests, by their
+    /// peer_id (PgBouncer's `[peers]`); this process's own id may be listed too.
+    PeerConfig, PEER_KEYS, set_peer {
+        /// The peer's address: a name or IP address, or (starting with `/`) the directory of its Unix socket. Required.
+        host: String = String::new(), |v| v.nonempty();
+        /// The port the peer listens on.
+        port: u16 = 6432, |v| v.port();
+        /// Cancel requests forwarded to this peer at once (each on its own connection); more wait their turn. Default: default_pool_size.
+        pool_size: Option<u32> = None, |v| v.u32(1).map(Some);
+    }
+}
+
 /// Functions whose call sends a statement to the primary when `write_functions` is not
 /// set: they write, take locks that must be coordinated with the primary, read session
 /// state created there (currval, lastval), or fail on a standby (pg_current_wal_lsn).
@@ -338,6 +353,8 @@ pub struct Config {
     /// `[users]`, with the users of `auth_file` added (see `read_auth_files`).
     pub users: BTreeMap<String, UserConfig>,
     pub databases: BTreeMap<String, DatabaseConfig>,
+    /// `[peers]`, by peer id (1 to 65535).
+    pub peers: BTreeMap<u16, PeerConfig>,
     /// The rules of `auth_hba_file`, read with the file when auth_type = "hba".
     pub hba: Option<hba::Hba>,
     /// What reading the file found to report, once, at startup and on reload: PgBouncer
@@ -378,6 +395,11 @@ impl Config {
     pub fn pool_size_for(&self, database: &str) -> u32 {
         let size = self.database(database).and_then(|d| d.pool_size);
         size.unwrap_or(self.pooler.default_pool_size)
+    }
+
+    /// The peer's pool_size, else default_pool_size (as PgBouncer).
+    pub fn peer_pool_size(&self, peer: &PeerConfig) -> u32 {
+        peer.pool_size.unwrap_or(self.pooler.default_pool_size)
     }
 
     pub fn min_pool_size_for(&self, database: &str) -> u32 {

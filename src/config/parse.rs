@@ -132,7 +132,7 @@ impl Config {
     }
 }
 
-const SECTIONS: &[&str] = &["pooler", "metrics", "breaker", "users", "databases"];
+const SECTIONS: &[&str] = &["pooler", "metrics", "breaker", "users", "databases", "peers"];
 
 struct Cx<'a> {
     text: &'a str,
@@ -220,6 +220,12 @@ impl<'v, 'i> Val<'v, 'i> {
     pub(super) fn u32(&self, min: u32) -> Result<u32, ConfigError> {
         let n = self.int(min.into(), u32::MAX.into())?;
         u32::try_from(n).map_err(|_| self.err("integer out of range"))
+    }
+
+    /// A peer id: 0 (peering off) to 65535, as PgBouncer's.
+    pub(super) fn peer_id(&self) -> Result<u16, ConfigError> {
+        let n = self.int(0, u16::MAX.into())?;
+        u16::try_from(n).map_err(|_| self.err("integer out of range"))
     }
 
     pub(super) fn port(&self) -> Result<u16, ConfigError> {
@@ -391,12 +397,13 @@ fn unknown_key(key: &str, section: &str, known: &[&str]) -> String {
     if let Some((_, k)) = typo.min().or_else(prefix) {
         return format!("{what}, did you mean {k:?}?");
     }
-    let homes: [(&[&str], &str); 5] = [
+    let homes: [(&[&str], &str); 6] = [
         (POOLER_KEYS, "[pooler]"),
         (METRICS_KEYS, "[metrics]"),
         (BREAKER_KEYS, "[breaker]"),
         (USER_KEYS, "[users.NAME]"),
         (DATABASE_KEYS, "[databases.NAME]"),
+        (PEER_KEYS, "[peers.ID]"),
     ];
     match homes.iter().find(|(keys, _)| keys.contains(&key)) {
         Some((_, home)) if !section.is_empty() => format!("{what} ({key} belongs in {home})"),
@@ -471,6 +478,25 @@ impl Parser<'_> {
                         } else {
                             let db = self.section(&path, v, DATABASE_KEYS, set_database)?;
                             c.databases.insert(entry, db);
+                        }
+                    }
+                }
+                "peers" => {
+                    for (k, v) in in_file_order(self.table(name, v)?) {
+                        let path = join(name, k.get_ref());
+                        let id = k.get_ref().parse::<u16>().ok().filter(|id| *id > 0);
+                        let Some(id) = id else {
+                            let message = "a peer's name is its peer_id, a number from 1 to 65535 ([peers.1])";
+                            return Err(self.cx.err(Some(&k.span()), &path, message));
+                        };
+                        let peer = self.section(&path, v, PEER_KEYS, set_peer)?;
+                        if peer.host.is_empty() {
+                            let message = "missing host: every peer needs the address it listens on";
+                            return Err(self.cx.err(Some(&k.span()), &path, message));
+                        }
+                        if c.peers.insert(id, peer).is_some() {
+                            let message = format!("peer {id} is listed twice");
+                            return Err(self.cx.err(Some(&k.span()), &path, message));
                         }
                     }
                 }

@@ -2,7 +2,7 @@
 //! from the schema itself (`section!`), so the reference cannot drift from what is parsed.
 //! docs/configuration.md is its output, and a test compares the two.
 
-use super::{BreakerConfig, Config, DatabaseConfig, MetricsConfig, PoolerConfig, UserConfig};
+use super::{BreakerConfig, Config, DatabaseConfig, MetricsConfig, PeerConfig, PoolerConfig, UserConfig};
 
 /// The reference, as Markdown.
 pub fn markdown() -> String {
@@ -22,6 +22,8 @@ pub fn markdown() -> String {
     section(&mut out, "[users.NAME]", &user.entries(), &UserConfig::docs());
     let db = DatabaseConfig::default();
     section(&mut out, "[databases.NAME]", &db.entries(), &DatabaseConfig::docs());
+    let peer = PeerConfig::default();
+    section(&mut out, "[peers.ID]", &peer.entries(), &PeerConfig::docs());
     out
 }
 
@@ -48,6 +50,7 @@ mod tests {
             BreakerConfig::docs(),
             UserConfig::docs(),
             DatabaseConfig::docs(),
+            PeerConfig::docs(),
         ];
         for (key, doc) in all.iter().flatten() {
             assert!(!doc.is_empty(), "{key} has no documentation comment");

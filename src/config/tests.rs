@@ -277,12 +277,13 @@ fn commented_out_keys_of_the_example_are_accepted() {
 
 #[test]
 fn every_listed_key_is_handled() {
-    let lists: [(&str, &[&str]); 5] = [
+    let lists: [(&str, &[&str]); 6] = [
         ("[pooler]", POOLER_KEYS),
         ("[metrics]", METRICS_KEYS),
         ("[breaker]", BREAKER_KEYS),
         ("[users.u]", USER_KEYS),
         ("[databases.d]", DATABASE_KEYS),
+        ("[peers.1]", PEER_KEYS),
     ];
     for (header, keys) in lists {
         for key in keys {
@@ -454,4 +455,62 @@ fn metrics_auth_users_need_a_password() {
     assert_eq!(e.key, "metrics.auth_users");
     assert!(e.to_string().contains("user \"app\" has no password"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn peers_parse_with_their_ids() {
+    let c = parse(
+        "[pooler]\npeer_id = 2\n[peers.1]\nhost = \"10.0.0.1\"\n[peers.2]\nhost = \"/tmp\"\nport = 6433\npool_size = 3\n",
+    )
+    .unwrap();
+    assert_eq!(c.pooler.peer_id, 2);
+    assert_eq!(c.peers.len(), 2);
+    assert_eq!((c.peers[&1].host.as_str(), c.peers[&1].port), ("10.0.0.1", 6432));
+    assert_eq!(c.peer_pool_size(&c.peers[&1]), 20, "default_pool_size");
+    assert_eq!(c.peer_pool_size(&c.peers[&2]), 3);
+    assert_eq!(parse("").unwrap().pooler.peer_id, 0, "off by default");
+    let cases = [
+        (
+            "[pooler]\npeer_id = 65536\n",
+            "pooler.toml:2: pooler.peer_id: 65536 is too large",
+        ),
+        (
+            "[pooler]\npeer_id = -1\n",
+            "pooler.toml:2: pooler.peer_id: must not be negative",
+        ),
+        (
+            "[peers.0]\nhost = \"h\"\n",
+            "pooler.toml:1: peers.0: a peer's name is its peer_id",
+        ),
+        (
+            "[peers.x]\nhost = \"h\"\n",
+            "pooler.toml:1: peers.x: a peer's name is its peer_id",
+        ),
+        (
+            "[peers.70000]\nhost = \"h\"\n",
+            "pooler.toml:1: peers.70000: a peer's name",
+        ),
+        ("\n[peers.1]\nport = 1\n", "pooler.toml:2: peers.1: missing host"),
+        (
+            "[peers.1]\nhost = \"h\"\nport = 0\n",
+            "pooler.toml:3: peers.1.port: 0 is not a valid port",
+        ),
+        (
+            "[peers.1]\nhost = \"h\"\npool_size = 0\n",
+            "pooler.toml:3: peers.1.pool_size: 0 is too small",
+        ),
+        (
+            "[peers.1]\nhost = \"h\"\ndbname = \"x\"\n",
+            "pooler.toml:3: peers.1.dbname: unknown key",
+        ),
+        (
+            "[peers.1]\nhost = \"h\"\n[peers.01]\nhost = \"i\"\n",
+            "pooler.toml:3: peers.01: peer 1 is listed twice",
+        ),
+        ("[peers]\n1 = \"h:1\"\n", "pooler.toml:2: peers.1: expected a table"),
+    ];
+    for (text, want) in cases {
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.starts_with(want), "{text:?}\n gave {e:?}\n want {want:?}");
+    }
 }

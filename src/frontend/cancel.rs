@@ -192,6 +192,8 @@ impl CancelHandle {
 /// Every logged-in client by its pgmux process id; session-mode clients also by their key.
 #[derive(Default)]
 pub struct CancelRegistry {
+    /// [pooler] peer_id, in every secret handed out (see `peer`).
+    peer_id: u16,
     clients: DashMap<i32, Arc<CancelHandle>>,
     /// By (server pid, secret): two servers (of two hosts, or one server reused after a logout
     /// not yet unregistered) can share a pid, so the secret keeps the keys unique.
@@ -199,6 +201,19 @@ pub struct CancelRegistry {
 }
 
 impl CancelRegistry {
+    /// The registry of a process with this peer_id (0: peering off).
+    pub fn new(peer_id: u16) -> CancelRegistry {
+        CancelRegistry {
+            peer_id,
+            ..CancelRegistry::default()
+        }
+    }
+
+    /// A new secret: random, with the peer id in it when peering is on.
+    fn new_secret(&self) -> i32 {
+        super::peer::secret(self.peer_id, rand::random())
+    }
+
     /// Registers a logged-in client under the first id `next` gives that no registered client
     /// holds (ids wrap after 2^31 logins; a long-lived client keeps its own); `server_pid`, in
     /// session mode, is the pid it is told, with a secret no other client has with that pid.
@@ -212,12 +227,12 @@ impl CancelRegistry {
     ) -> Registered<'_> {
         let handle = match server_pid {
             None => vacant(&self.clients, next, |id| {
-                new_handle(id, id, rand::random(), pool, facts)
+                new_handle(id, id, self.new_secret(), pool, facts)
             }),
             // Lock order: `linked` then `clients`; nothing else holds both.
             Some(pid) => vacant(
                 &self.linked,
-                || (pid, rand::random()),
+                || (pid, self.new_secret()),
                 |(pid, secret)| vacant(&self.clients, next, |id| new_handle(id, pid, secret, pool, facts)),
             ),
         };
@@ -468,5 +483,43 @@ mod tests {
         registry.unregister(&t);
         assert!(registry.all().is_empty());
         assert!(registry.linked.is_empty());
+    }
+
+    #[test]
+    fn with_peering_every_key_names_its_peer() {
+        // Issue 18: a process with peer_id 3 puts 3 in every secret it hands out, in both modes,
+        // so that another peer can forward a cancel here; the forwarded bit is never set.
+        let config = crate::config::Config::embedded_default();
+        let pools = crate::pool::Pools::new(None);
+        let Some(db) = config.database("d") else {
+            panic!("the embedded default serves every database")
+        };
+        let pool = pools.get_or_create(&config, db, "d", "u", None);
+        let facts = || ClientFacts {
+            route: Preference::Auto,
+            tls: false,
+            settings: Settings::default(),
+            socket: -1,
+        };
+        let registry = CancelRegistry::new(3);
+        let mut ids = 5_000_000..;
+        let mut next = || ids.next().unwrap_or(0);
+        let mut handles = Vec::new();
+        for n in 0..50 {
+            let server_pid = (n % 2 == 0).then_some(4242);
+            handles.push(registry.register(&mut next, server_pid, pool.clone(), facts()).keep());
+        }
+        for h in &handles {
+            assert_eq!(super::super::peer::decode(h.secret_key()), (3, false));
+            let found = registry.find(h.backend_pid, h.secret_key()).map(|f| f.process_id);
+            assert_eq!(found, Some(h.process_id));
+            // The same key marked forwarded is not found as it is (see `peer::accept`).
+            let forwarded = (h.secret_key() as u32 | super::super::peer::FORWARDED) as i32;
+            assert!(registry.find(h.backend_pid, forwarded).is_none());
+        }
+        for h in &handles {
+            registry.unregister(h);
+        }
+        assert!(registry.all().is_empty());
     }
 }

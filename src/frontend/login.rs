@@ -153,12 +153,10 @@ async fn login(
     let (minor, params) = match startup {
         Startup::Login { minor, params } => (minor, params),
         Startup::Cancel { process_id, secret_key } => {
-            // A wrong key, or a client holding no server, is dropped silently, as PostgreSQL does.
-            let forwarded = match shared.cancels.find(process_id, secret_key) {
-                Some(handle) => handle.cancel_held().await,
-                None => false,
-            };
-            tracing::debug!(client = %client.peer(), forwarded, "cancel request");
+            // A wrong key, or a client holding no server, is dropped silently, as PostgreSQL
+            // does; a key of another peer's client goes there (see `peer`).
+            tracing::debug!(client = %client.peer(), "cancel request");
+            super::peer::accept(shared, process_id, secret_key).await;
             return Ok(None);
         }
         // read_startup refuses a second SSLRequest, so this is a TLS request without TLS.
@@ -327,7 +325,7 @@ impl Welcome {
         // Dropped on any way out before the end, it unregisters.
         let registered = shared
             .cancels
-            .register(|| shared.next_process_id(), server_pid, self.pool.clone(), facts);
+            .register(|| shared.client_id(), server_pid, self.pool.clone(), facts);
         let cancel = registered.handle();
         if let Some(lease) = linked.as_mut() {
             let pool = lease.pool().clone();

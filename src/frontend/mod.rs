@@ -7,6 +7,7 @@ pub mod conn;
 pub mod drain;
 pub mod listen;
 pub mod login;
+pub mod peer;
 pub mod relay;
 pub mod session;
 pub mod set;
@@ -45,6 +46,10 @@ pub struct Shared {
     /// The certificate and key shown to clients that ask for TLS; None when tls_mode = disable.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub cancels: cancel::CancelRegistry,
+    /// [pooler] peer_id as at start (0: peering off): in every cancel key handed out.
+    pub peer_id: u16,
+    /// Cancel requests forwarded to the other [peers].
+    pub peers: peer::Peers,
     /// Reload outcomes, for the metrics.
     pub reloads: crate::reload::ReloadStats,
     /// auth_query's recent answers.
@@ -59,12 +64,15 @@ impl Shared {
         crate::tcp::set(crate::tcp::TcpOptions::of(&config.pooler));
         // Starts the stats clock now: the dashboard's uptime counts from here.
         crate::stats::now_us();
+        let peer_id = config.pooler.peer_id;
         Shared {
             knobs: Knobs::new(&config.pooler),
             config: ArcSwap::from_pointee(config),
             pools: Arc::new(Pools::new(tls.to_servers)),
             tls: tls.to_clients,
-            cancels: cancel::CancelRegistry::default(),
+            cancels: cancel::CancelRegistry::new(peer_id),
+            peer_id,
+            peers: peer::Peers::default(),
             reloads: crate::reload::ReloadStats::default(),
             auth_cache: auth_query::Cache::default(),
             dashboard: crate::dashboard::State::default(),
@@ -96,6 +104,17 @@ impl Shared {
     /// backend; wrapping after about 2^31 logins (the registry skips one still in use).
     pub fn next_process_id(&self) -> i32 {
         process_id(self.next_client.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl Shared {
+    /// The process id of a new pool client: the next one, or with peering a random one (the
+    /// secret keeps only 15 random bits then, see `peer`), above any pid a server can have.
+    pub fn client_id(&self) -> i32 {
+        match self.peer_id {
+            0 => self.next_process_id(),
+            _ => process_id(u64::from(rand::random::<u32>())),
+        }
     }
 }
 

@@ -5,6 +5,8 @@
 //!   down when the test process exits, however it exits.
 //! - `pgmux.rs`: `Pgmux`, a spawned pgmux process with a generated config, killed on drop.
 //! - `wire.rs`: `Wire`, a raw protocol client for looking at a login message by message.
+//! - `fleet.rs`: several pgmux processes that are peers of each other, and `Raw`, a blocking
+//!   client that keeps its cancel key (`send_cancel` sends it to any process).
 //! - `healthy.rs`: `Healthy`, a client that keeps running `SELECT 1` while a test misbehaves.
 //! - `browser.rs`: headless chromium loads a page: its DOM, console messages, a screenshot.
 //! - `http.rs`: GET on the metrics listener (basic auth, the dashboard's JSON), SHOW rows by
@@ -17,6 +19,7 @@
 #![allow(dead_code, unused_imports)] // each test binary uses only a part
 
 mod browser;
+mod fleet;
 pub mod healthy;
 mod http;
 mod pg;
@@ -25,6 +28,7 @@ mod routing;
 mod wire;
 
 pub use browser::*;
+pub use fleet::*;
 pub use healthy::{block_on, try_value, Healthy, REPLY_TIMEOUT};
 pub use http::*;
 pub use pg::{cluster, cluster_with_replica, Cluster, Replica};

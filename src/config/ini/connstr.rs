@@ -294,3 +294,52 @@ pub(super) fn user(out: &mut Out, name: &str, value: &str, src: &Src) -> Result<
     out.users.insert(name.to_string(), (src, items));
     Ok(())
 }
+
+/// `id = host=... port=... pool_size=...` in `[peers]`, as PgBouncer reads it: the id a
+/// number from 1 to 65535, host required, port 6432 unless given.
+pub(super) fn peer(out: &mut Out, name: &str, value: &str, src: &Src) -> Result<(), ConfigError> {
+    let path = format!("peers.{}", super::toml_key(name));
+    let src = src.with_key(&path);
+    let id = name
+        .parse::<u16>()
+        .ok()
+        .filter(|id| *id > 0 && name.bytes().all(|b| b.is_ascii_digit()));
+    let Some(id) = id else {
+        return Err(src.err("ids of peers must be a number from 1 to 65535"));
+    };
+    let pairs = pairs(value).map_err(|e| src.err(format!("syntax error in connection string: {e}")))?;
+    let mut items = Vec::new();
+    let mut host = None;
+    for (key, value) in pairs {
+        let at = src.with_key(format!("{path}.{key}"));
+        match key.as_str() {
+            "host" => {
+                if value.starts_with('@') {
+                    return Err(at.err("abstract Unix sockets are not supported; give the socket's directory"));
+                }
+                host = Some(item("host", toml_str(&value), &at));
+            }
+            "port" => {
+                let port = value
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0 && value.bytes().all(|b| b.is_ascii_digit()));
+                let port = port.ok_or_else(|| at.err(format!("invalid port {value:?}, expected 1 to 65535")))?;
+                set(&mut items, item("port", port.to_string(), &at));
+            }
+            "pool_size" => {
+                if let Some(n) = number(&key, &value, &at)? {
+                    set(&mut items, item("pool_size", n.to_string(), &at));
+                }
+            }
+            _ => return Err(at.err("unrecognized connection parameter")),
+        }
+    }
+    let Some(host) = host else {
+        return Err(src.err(format!("host was not provided for peer {id}")));
+    };
+    items.insert(0, host);
+    // A peer listed twice: the last entry wins, as in PgBouncer.
+    out.peers.insert(id, (src, items));
+    Ok(())
+}

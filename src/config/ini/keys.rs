@@ -101,10 +101,6 @@ const NOT_ACTED_ON: &[(&str, &str)] = &[
         "nothing to do: pgmux passes every startup parameter through to the server",
     ),
     (
-        "peer_id",
-        "not supported: pgmux has no peering; one pgmux serves every core itself (workers)",
-    ),
-    (
         "disable_pqexec",
         "not supported: pgmux accepts the simple query protocol",
     ),
@@ -255,6 +251,7 @@ pub(super) const MAPPED: &[&str] = &[
     "max_packet_size",
     "tcp_keepalive",
     "so_reuseport",
+    "peer_id",
     "tcp_keepidle",
     "tcp_keepintvl",
     "track_extra_parameters",
@@ -413,6 +410,7 @@ pub(super) fn pgbouncer(out: &mut Out, key: &str, value: &str, src: &Src) -> Res
         "max_packet_size" => out.pooler("max_message_size", uint(value, src)?.to_string(), src),
         "tcp_keepalive" => out.pooler("tcp_keepalive", flag(value, src)?.to_string(), src),
         "so_reuseport" => out.pooler("so_reuseport", flag(value, src)?.to_string(), src),
+        "peer_id" => out.pooler("peer_id", uint(value, src)?.to_string(), src),
         "tcp_keepidle" | "tcp_keepintvl" => {
             let name = if key == "tcp_keepidle" {
                 "tcp_keepidle"

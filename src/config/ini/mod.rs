@@ -161,13 +161,7 @@ pub(crate) fn convert(text: &str, path: &Path, cwd: &Path) -> Result<Converted, 
             Section::Pgbouncer => keys::pgbouncer(&mut out, &entry.key, &entry.value, &entry.src)?,
             Section::Databases => connstr::database(&mut out, &entry.key, &entry.value, &entry.src)?,
             Section::Users => connstr::user(&mut out, &entry.key, &entry.value, &entry.src)?,
-            Section::Peers => {
-                let src = entry.src.with_key(format!("peers.{}", toml_key(&entry.key)));
-                out.notes.push(src.note(
-                    "not supported: pgmux has no peering; one pgmux serves every core itself \
-                     (workers), so cancel requests reach the process that owns the query",
-                ));
-            }
+            Section::Peers => connstr::peer(&mut out, &entry.key, &entry.value, &entry.src)?,
         }
     }
     Ok(out.finish(origin))
@@ -195,6 +189,8 @@ pub(crate) struct Out {
     pooler: Vec<Item>,
     users: BTreeMap<String, (Src, Vec<Item>)>,
     databases: BTreeMap<String, Db>,
+    /// `[peers]`, by id: the entry's source and its keys.
+    peers: BTreeMap<u16, (Src, Vec<Item>)>,
     notes: Vec<String>,
     /// The `[pgbouncer]` header: the source of the defaults written for keys the ini leaves out.
     main: Src,
@@ -216,6 +212,7 @@ impl Out {
             pooler: Vec::new(),
             users: BTreeMap::new(),
             databases: BTreeMap::new(),
+            peers: BTreeMap::new(),
             notes: Vec::new(),
             main,
             unix_socket_dir: None,
@@ -406,6 +403,13 @@ impl Out {
                 w.line(&format!("host = {}", values::toml_str(host)), Some(&host_src));
             }
             for item in &db.items {
+                w.item(item);
+            }
+        }
+        for (id, (src, items)) in &self.peers {
+            w.line("", None);
+            w.line(&format!("[peers.{id}]"), Some(src));
+            for item in items {
                 w.item(item);
             }
         }

@@ -843,3 +843,59 @@ fn notes_quote_no_control_characters() {
         panic!("{e}\n{}", c.toml);
     }
 }
+
+#[test]
+fn peers_and_peer_id_are_mapped() {
+    let c = load(
+        "[pgbouncer]\nlisten_addr = 127.0.0.1\npeer_id = 2\n[peers]\n1 = host=10.0.0.1\n2 = host=/tmp port=6433 pool_size=4\n3 = host=h3 pool_size=-1\n",
+    );
+    assert!(c.notes.is_empty(), "{:?}", c.notes);
+    assert_eq!(c.pooler.peer_id, 2);
+    assert_eq!(c.peers.len(), 3);
+    assert_eq!(
+        (c.peers[&1].host.as_str(), c.peers[&1].port, c.peers[&1].pool_size),
+        ("10.0.0.1", 6432, None)
+    );
+    assert_eq!(
+        (c.peers[&2].host.as_str(), c.peers[&2].port, c.peers[&2].pool_size),
+        ("/tmp", 6433, Some(4))
+    );
+    assert_eq!(c.peers[&3].pool_size, None, "-1 is PgBouncer's unset");
+    let cases = [
+        (
+            "[pgbouncer]\n[peers]\n0 = host=h\n",
+            "pgbouncer.ini:3: peers.0: ids of peers must be a number",
+        ),
+        (
+            "[pgbouncer]\n[peers]\nab = host=h\n",
+            "pgbouncer.ini:3: peers.ab: ids of peers must be a number",
+        ),
+        (
+            "[pgbouncer]\n[peers]\n1 = port=5\n",
+            "pgbouncer.ini:3: peers.1: host was not provided for peer 1",
+        ),
+        (
+            "[pgbouncer]\n[peers]\n1 = host=h dbname=x\n",
+            "pgbouncer.ini:3: peers.1.dbname: unrecognized connection parameter",
+        ),
+        (
+            "[pgbouncer]\n[peers]\n1 = host=h port=x\n",
+            "pgbouncer.ini:3: peers.1.port: invalid port",
+        ),
+        (
+            "[pgbouncer]\n[peers]\n1 = host=h pool_size=0\n",
+            "pgbouncer.ini:3: peers.1.pool_size: 0 is too small",
+        ),
+        (
+            "[pgbouncer]\npeer_id = 70000\n",
+            "pgbouncer.ini:2: peer_id: 70000 is too large",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = match conv(text).and_then(|c| c.config()) {
+            Ok(_) => panic!("no error for {text:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.starts_with(want), "{text:?}\n gave {e:?}\n want {want:?}");
+    }
+}
