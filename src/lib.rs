@@ -24,6 +24,7 @@ pub mod stats; // counters, latency histograms, slow queries: what the console a
 pub mod stream; // a socket: plain TCP or TLS, to clients and to servers
 pub mod tcp; // keepalive and no-delay options of every socket
 pub mod tls; // TLS settings (rustls, ring): certificates for clients, verification of servers
+pub mod upgrade; // pgmux upgrade: a new process takes the sockets and the idle clients of the old
 pub mod worker; // thread-per-core: a runtime per worker thread, each with its own listener
 
 /// What the fuzz targets in `fuzz/` need that is not public: built only with the `fuzzing`

@@ -175,11 +175,16 @@ pub async fn run(listener: Listener, shared: Arc<Shared>) {
             }
         }
     }
-    if let Listener::Unix(_, path) = &listener {
+    // After an upgrade's handover the socket (and its file) is the new process's.
+    let upgrade = shared.shutdown.is_upgrade();
+    if let (Listener::Unix(_, path), false) = (&listener, upgrade) {
         let _ = std::fs::remove_file(path);
     }
     drop(listener);
-    tracing::info!("listener closed");
+    match upgrade {
+        true => tracing::info!("listener handed to the new process"),
+        false => tracing::info!("listener closed"),
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@ use pgmux::config::Config;
 use pgmux::frontend::Shared;
 use pgmux::shutdown::{Mode, Shutdown};
 use pgmux::tls::Tls;
-use pgmux::{listener, pool, reload, stats};
+use pgmux::{listener, pool, reload, stats, upgrade};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -38,6 +38,12 @@ enum Command {
         #[command(subcommand)]
         what: MetricsCommand,
     },
+    /// Start this binary as the new pgmux in place of the one running on the same
+    /// listen_addr and listen_port (an upgrade in place): it takes the listening sockets, so no
+    /// connection is refused, and the old one hands it every idle client with its session, then
+    /// exits once it holds nothing (TLS clients are closed at a transaction boundary; session-mode
+    /// clients stay with the old process until they leave, within shutdown_timeout).
+    Upgrade,
     /// Print the pooler.toml equivalent of PgBouncer's pgbouncer.ini FILE; settings pgmux does
     /// not act on are listed on stderr (and as comments in the output).
     Convert {
@@ -132,7 +138,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(config, tls, cli.config))
+    let upgrade = matches!(cli.command, Some(Command::Upgrade));
+    runtime.block_on(serve(config, tls, cli.config, upgrade))
 }
 
 /// `pgmux convert FILE`: the TOML on stdout, the notes on stderr; 2 on a malformed file.
@@ -154,8 +161,36 @@ fn convert(file: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
-    let (addr, port) = (config.pooler.listen_addr.clone(), config.pooler.listen_port);
+/// The sockets clients and scrapers reach: the workers' TCP listeners, the Unix socket, the
+/// metrics listener, and what keeps other processes off the port.
+struct Sockets {
+    tcp: Vec<Vec<std::net::TcpListener>>,
+    unix: Option<(std::os::unix::net::UnixListener, PathBuf)>,
+    metrics: Option<std::net::TcpListener>,
+    _marks: Option<pgmux::port_mark::Marks>,
+}
+
+impl Sockets {
+    /// Copies for a later upgrade's new process.
+    fn inheritable(&self) -> std::io::Result<upgrade::Inheritable> {
+        Ok(upgrade::Inheritable {
+            groups: self
+                .tcp
+                .iter()
+                .map(|g| g.iter().map(|l| l.try_clone()).collect())
+                .collect::<std::io::Result<_>>()?,
+            unix: match &self.unix {
+                Some((l, path)) => Some((l.try_clone()?, path.clone())),
+                None => None,
+            },
+            metrics: self.metrics.as_ref().map(|l| l.try_clone()).transpose()?,
+        })
+    }
+}
+
+/// A fresh start's sockets (None: the error is logged).
+fn bind_all(config: &Config) -> Option<Sockets> {
+    let (addr, port) = (config.pooler.listen_addr.as_str(), config.pooler.listen_port);
     let workers = match config.pooler.workers {
         0 => pgmux::worker::default_count(),
         n => n as usize,
@@ -167,18 +202,85 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
             Ok(l) => Some((l, listener::unix_path(dir, port))),
             Err(e) => {
                 tracing::error!(error = %e, "cannot listen on the Unix socket in {dir}");
-                return ExitCode::FAILURE;
+                return None;
             }
         },
     };
-    // `_marks` lives as long as the process: other pgmux processes see the port is not shared.
-    let (listeners, _marks) = match listener::bind(&addr, port, workers, config.pooler.so_reuseport) {
-        Ok(bound) => (bound.workers, bound.marks),
+    // The marks live as long as the process: other pgmux processes see the port is not shared.
+    match listener::bind(addr, port, workers, config.pooler.so_reuseport) {
+        Ok(bound) => Some(Sockets {
+            tcp: bound.workers,
+            unix,
+            metrics: stats::metrics::bind(&config.metrics.listen),
+            _marks: bound.marks,
+        }),
         Err(e) => {
             if let Some((_, path)) = &unix {
                 let _ = std::fs::remove_file(path);
             }
             tracing::error!(error = %e, "cannot listen on {addr}:{port}");
+            None
+        }
+    }
+}
+
+/// `pgmux upgrade`: the running pgmux's sockets.
+fn take_over(takeover: &mut upgrade::Takeover, config: &Config) -> Result<Sockets, String> {
+    let pooler = &config.pooler;
+    let marks = match pooler.so_reuseport {
+        true => None,
+        false => {
+            let ips = listener::addresses(&pooler.listen_addr).map_err(|e| e.to_string())?;
+            Some(pgmux::port_mark::claim(&ips, pooler.listen_port).map_err(|e| e.to_string())?)
+        }
+    };
+    let metrics = match takeover.metrics.take() {
+        Some(l) => Some(l),
+        None => stats::metrics::bind(&config.metrics.listen),
+    };
+    let tcp = std::mem::take(&mut takeover.groups);
+    if tcp.is_empty() {
+        return Err("the running pgmux has no TCP listening socket to give".into());
+    }
+    Ok(Sockets {
+        tcp,
+        unix: takeover.unix.take(),
+        metrics,
+        _marks: marks,
+    })
+}
+
+async fn serve(config: Config, tls: Tls, path: Option<PathBuf>, upgrading: bool) -> ExitCode {
+    let (addr, port) = (config.pooler.listen_addr.clone(), config.pooler.listen_port);
+    let name = upgrade::socket_name(&addr, port);
+    let mut takeover = None;
+    if upgrading {
+        match upgrade::takeover(&name) {
+            Ok(t) => takeover = Some(t),
+            Err(e) => {
+                tracing::error!("pgmux upgrade: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let sockets = match takeover.as_mut() {
+        Some(t) => match take_over(t, &config) {
+            Ok(sockets) => sockets,
+            Err(e) => {
+                tracing::error!("pgmux upgrade: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => match bind_all(&config) {
+            Some(sockets) => sockets,
+            None => return ExitCode::FAILURE,
+        },
+    };
+    let workers = sockets.tcp.len();
+    let inherit = match sockets.inheritable() {
+        Ok(inherit) => inherit,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot keep copies of the listening sockets");
             return ExitCode::FAILURE;
         }
     };
@@ -197,12 +299,17 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
     if config.pooler.so_reuseport {
         threads.push_str(", port shared with so_reuseport");
     }
-    let socket = unix
+    let socket = sockets
+        .unix
         .as_ref()
         .map(|(_, path)| format!(" and {}", path.display()))
         .unwrap_or_default();
+    let from = takeover
+        .as_ref()
+        .map(|t| format!(", taken over from pgmux {}", t.old_pid))
+        .unwrap_or_default();
     tracing::info!(
-        "pgmux {} listening on {addr}:{port}{socket} ({threads})",
+        "pgmux {} listening on {addr}:{port}{socket} ({threads}{from})",
         env!("CARGO_PKG_VERSION")
     );
     for note in &config.notes {
@@ -216,17 +323,32 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
         );
     }
     let shared = Arc::new(Shared::new(config, tls).with_config_path(path));
+    if let Some(t) = &takeover {
+        shared.continue_ids(t.next_client);
+    }
+    let Sockets {
+        tcp,
+        unix,
+        metrics,
+        _marks,
+    } = sockets;
     tokio::spawn(pool::janitor::run(shared.pools.clone()));
     tokio::spawn(stats::period::run(shared.clone()));
-    tokio::spawn(stats::metrics::serve(shared.clone()));
+    tokio::spawn(stats::metrics::serve(shared.clone(), metrics));
     tokio::spawn(pgmux::dashboard::history::run(shared.clone()));
-    let accepting = match pgmux::worker::start(listeners, unix, &shared) {
-        Ok(accepting) => accepting,
+    let started = match pgmux::worker::start(tcp, unix, &shared) {
+        Ok(started) => started,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the worker threads");
             return ExitCode::FAILURE;
         }
     };
+    let main = tokio::runtime::Handle::current();
+    match takeover {
+        Some(t) => t.ready(shared.clone(), started.handles, inherit, main),
+        None => upgrade::serve(shared.clone(), name, inherit, main),
+    }
+    let accepting = started.closed;
     let mode = loop {
         let signal = tokio::select! {
             signal = signals.next() => signal,
@@ -242,11 +364,13 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>) -> ExitCode {
         }
     };
     let timeout = shared.config.load().pooler.shutdown_timeout;
-    tracing::info!(
-        ?mode,
-        "shutting down: no new connections; transactions in flight may finish within shutdown_timeout ({} s)",
-        timeout.as_secs_f64()
-    );
+    if !shared.shutdown.is_upgrade() {
+        tracing::info!(
+            ?mode,
+            "shutting down: no new connections; transactions in flight may finish within shutdown_timeout ({} s)",
+            timeout.as_secs_f64()
+        );
+    }
     shared.shutdown.begin(mode, timeout);
     shared.cancels.wake_all();
     for closed in accepting {

@@ -34,6 +34,10 @@ pub struct Shutdown {
     refuse: AtomicBool,
     deadline: OnceLock<(Instant, Duration)>,
     parked: AtomicU32,
+    /// An upgrade in place: idle clients are offered to the new process here (`upgrade`).
+    handover: OnceLock<std::sync::mpsc::Sender<crate::upgrade::Item>>,
+    /// The new process stopped answering: the clients left are drained as in a shutdown.
+    handover_failed: AtomicBool,
     /// Every client task, so the end can wait for them to say goodbye.
     pub tracker: TaskTracker,
 }
@@ -47,6 +51,30 @@ impl Shutdown {
         self.refuse.store(mode == Mode::Refuse, Ordering::Release);
         self.draining.cancel();
         true
+    }
+
+    /// An upgrade in place: draining, with idle clients handed to the new process through
+    /// `offers` instead of parked; those it cannot take park as in a shutdown.
+    pub fn begin_handover(&self, offers: std::sync::mpsc::Sender<crate::upgrade::Item>, timeout: Duration) {
+        let _ = self.handover.set(offers);
+        self.begin(Mode::Graceful, timeout);
+    }
+
+    /// Where an idle client is offered, while an upgrade hands clients over.
+    pub fn handover(&self) -> Option<&std::sync::mpsc::Sender<crate::upgrade::Item>> {
+        match self.handover_failed.load(Ordering::Acquire) {
+            true => None,
+            false => self.handover.get(),
+        }
+    }
+
+    /// Whether this drain is an upgrade's (even one whose new process stopped answering).
+    pub fn is_upgrade(&self) -> bool {
+        self.handover.get().is_some()
+    }
+
+    pub fn handover_failed(&self) {
+        self.handover_failed.store(true, Ordering::Release);
     }
 
     pub fn is_draining(&self) -> bool {
@@ -112,7 +140,7 @@ impl Shutdown {
             if Instant::now() >= deadline {
                 tracing::warn!(
                     busy = clients - parked,
-                    "shutdown_timeout ({} s) passed: cutting the transactions still running",
+                    "shutdown_timeout ({} s) passed: cutting the transactions and sessions still running",
                     timeout.as_secs_f64()
                 );
                 break;

@@ -33,22 +33,30 @@ pub fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2))
 }
 
-/// Starts one worker thread per listening socket. Each resolves its receiver once its
-/// listener has closed (a shutdown began); its runtime keeps serving the clients it holds
-/// until the process exits.
+/// The running workers: each resolves its receiver in `closed` once its listener has closed
+/// (a shutdown began); its runtime (`handles`) keeps serving the clients it holds until the
+/// process exits.
+pub struct Started {
+    pub closed: Vec<tokio::sync::oneshot::Receiver<()>>,
+    pub handles: Vec<tokio::runtime::Handle>,
+}
+
+/// Starts one worker thread per group of listening sockets.
 /// The Unix socket, when there is one, is the first worker's too.
 pub fn start(
     listeners: Vec<Vec<std::net::TcpListener>>,
     mut unix: Option<(std::os::unix::net::UnixListener, std::path::PathBuf)>,
     shared: &Arc<Shared>,
-) -> std::io::Result<Vec<tokio::sync::oneshot::Receiver<()>>> {
+) -> std::io::Result<Started> {
     let mut closed = Vec::with_capacity(listeners.len());
+    let mut handles = Vec::with_capacity(listeners.len());
     for (id, listener) in listeners.into_iter().enumerate() {
         let unix = unix.take();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .on_thread_unpark(crate::stats::clock::tick)
             .build()?;
+        handles.push(runtime.handle().clone());
         let shared = shared.clone();
         let (done, on_done) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
@@ -84,5 +92,5 @@ pub fn start(
             })?;
         closed.push(on_done);
     }
-    Ok(closed)
+    Ok(Started { closed, handles })
 }

@@ -104,6 +104,25 @@ impl Settings {
         Arc::make_mut(self.0.get_or_insert_with(Default::default)).startup = Some(startup);
     }
 
+    /// Settings written down by `pairs`-style lists (an upgrade's handover): `list` as they
+    /// are now, `startup` as they were at login when a change was kept.
+    pub fn from_pairs(list: &[(String, String)], startup: Option<&[(String, String)]>) -> Settings {
+        let mut settings = Settings::default();
+        for (name, value) in list {
+            settings.set(&name.to_ascii_lowercase(), value);
+        }
+        if let Some(startup) = startup {
+            let startup = Settings::from_pairs(startup, None);
+            Arc::make_mut(settings.0.get_or_insert_with(Default::default)).startup = Some(startup);
+        }
+        settings
+    }
+
+    /// The login settings kept by `keep_startup`, if any change came since.
+    pub fn kept_startup(&self) -> Option<Settings> {
+        self.0.as_ref().and_then(|inner| inner.startup.clone())
+    }
+
     /// The client's settings at login.
     pub fn startup(&self) -> Settings {
         match self.0.as_ref().and_then(|inner| inner.startup.as_ref()) {

@@ -347,6 +347,31 @@ impl CancelRegistry {
         }
     }
 
+    /// An upgrade's adopted client, under the key the old process gave it (transaction and
+    /// statement modes: its process id is its key's). None when a client here has the id.
+    pub fn adopt(
+        &self,
+        process_id: i32,
+        backend_pid: i32,
+        secret_key: i32,
+        pool: Arc<Pool>,
+        facts: ClientFacts,
+    ) -> Option<Registered<'_>> {
+        if backend_pid != process_id {
+            return None;
+        }
+        let dashmap::Entry::Vacant(slot) = self.clients.entry(process_id) else {
+            return None;
+        };
+        let handle = new_handle(process_id, backend_pid, secret_key, pool, facts);
+        slot.insert(handle.clone());
+        Some(Registered {
+            registry: self,
+            handle,
+            kept: false,
+        })
+    }
+
     /// Every logged-in client, in login order.
     pub fn all(&self) -> Vec<Arc<CancelHandle>> {
         let mut all: Vec<_> = self.clients.iter().map(|e| e.value().clone()).collect();

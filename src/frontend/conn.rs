@@ -95,6 +95,8 @@ pub enum Request {
     /// Malformed input; the client gets this error and is closed. (Boxed: a Request is held
     /// in every idle client's task.)
     Invalid(Box<PgError>),
+    /// An upgrade in place is handing clients over, and this one is idle (`handover::offer`).
+    HandOver,
 }
 
 impl ClientConn {

@@ -63,8 +63,44 @@ pub fn next_request<'a>(
                 None => {}
             }
         }
+        if watch.shutdown.handover().is_some() {
+            // An upgrade: a request read meanwhile is served here first.
+            return match client.ready > 0 {
+                true => Request::Ready,
+                false => Request::HandOver,
+            };
+        }
         // Boxed: only a shutdown gets here.
         Box::pin(park(client, watch.shutdown)).await
+    }
+}
+
+/// An upgrade could not move this idle client: it is served here, parked between requests,
+/// until the old process closes (then `57P01`).
+pub async fn until_closing(client: &mut ClientConn, shutdown: &Shutdown, news: Option<&Mailbox>) -> Request {
+    if client.ready > 0 {
+        return Request::Ready;
+    }
+    let _parked = shutdown.park();
+    let closing = shutdown.closing();
+    tokio::pin!(closing);
+    let request = std::future::poll_fn(|cx| match client.poll_request(cx) {
+        Poll::Ready(request) => Poll::Ready(Some(request)),
+        Poll::Pending if news.is_some_and(|m| m.poll_news(cx)) => Poll::Ready(Some(Request::News)),
+        Poll::Pending => closing.as_mut().poll(cx).map(|()| None),
+    })
+    .await;
+    match request {
+        Some(request) => request,
+        None => {
+            let error = PgError::fatal(
+                "57P01",
+                "pgmux was upgraded: this connection could not move to the new process",
+            )
+            .with_hint("reconnect: the new pgmux answers at the same address");
+            goodbye(client, error).await;
+            Request::Gone
+        }
     }
 }
 

@@ -5,6 +5,7 @@ pub mod auth_query;
 pub mod cancel;
 pub mod conn;
 pub mod drain;
+pub mod handover;
 pub mod listen;
 pub mod login;
 pub mod peer;
@@ -102,6 +103,16 @@ impl Shared {
     /// above any pid a server can have (Linux's pid_max is at most 2^22), so a driver that
     /// calls pg_terminate_backend(its backend_pid) kills nothing rather than an unrelated
     /// backend; wrapping after about 2^31 logins (the registry skips one still in use).
+    /// The count of client ids handed out (an upgrade's new process continues from it).
+    pub fn next_client_count(&self) -> u64 {
+        self.next_client.load(Ordering::Relaxed)
+    }
+
+    /// Continues the ids from an old process's count (see `next_client_count`).
+    pub fn continue_ids(&self, count: u64) {
+        self.next_client.fetch_max(count, Ordering::Relaxed);
+    }
+
     pub fn next_process_id(&self) -> i32 {
         process_id(self.next_client.fetch_add(1, Ordering::Relaxed))
     }

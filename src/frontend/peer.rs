@@ -90,6 +90,15 @@ pub async fn accept(shared: &Shared, process_id: i32, secret_key: i32) {
         tracing::debug!(canceled, "cancel request");
         return;
     }
+    // While an upgrade's old process still serves some clients, the key may be one of theirs;
+    // the old process applies the peering rules itself.
+    if crate::upgrade::predecessor().is_some() {
+        let forwarded = tokio::task::spawn_blocking(move || crate::upgrade::forward_cancel(process_id, secret_key));
+        if matches!(forwarded.await, Ok(true)) {
+            tracing::debug!("cancel request sent on to the process this one is taking over from");
+            return;
+        }
+    }
     match route(shared.peer_id, secret_key) {
         Route::Local(secret) => {
             let canceled = match shared.cancels.find(process_id, secret) {

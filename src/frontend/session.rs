@@ -4,6 +4,7 @@
 use super::cancel::CancelHandle;
 use super::conn::{ClientConn, Request, Waited};
 use super::drain::{self, Watch};
+use super::handover::Offered;
 use super::relay::{relay, RelayEnd, RelayState};
 use super::timers::{Phase, Timeouts};
 use super::track::listen_tags::LISTENED;
@@ -70,17 +71,34 @@ impl Drop for Session {
 pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
     async move {
         logged_in(&mut s);
+        let mut handed = false;
         // The session loop, inline: an idle client's task waits in `next_request`, holding its
         // session and the two polls of that wait, nothing else.
         let invalid = loop {
             let watch = Watch::new(&s.shared.shutdown, &s.cancel);
             let news = s.listen.as_deref();
-            match if s.shared.knobs.client_idle().is_zero() {
+            let mut request = if s.shared.knobs.client_idle().is_zero() {
                 drain::next_request(&mut s.client, watch, news).await
             } else {
                 // Boxed: the timer would weigh on every idle client's task where it is off.
                 Box::pin(wait_idle(&mut s.client, watch, news, s.shared.knobs.client_idle())).await
-            } {
+            };
+            if let Request::HandOver = request {
+                // Boxed: only an upgrade in place gets here.
+                request = match Box::pin(super::handover::offer(&mut s)).await {
+                    Offered::Handed => {
+                        handed = true;
+                        break None;
+                    }
+                    Offered::Closed(e) => break Some(e),
+                    Offered::Kept => {
+                        let news = s.listen.as_deref();
+                        Box::pin(drain::until_closing(&mut s.client, &s.shared.shutdown, news)).await
+                    }
+                };
+            }
+            match request {
+                Request::HandOver => continue,
                 Request::News => {
                     if super::listen::deliver(&mut s).await.is_err() {
                         break None;
@@ -103,7 +121,8 @@ pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
                 }
             }
         };
-        let invalid = match s.cancel.killed.load(Ordering::Acquire) {
+        // A handed-over client's socket is the new process's: not a word from here.
+        let invalid = match !handed && s.cancel.killed.load(Ordering::Acquire) {
             true => Some(Box::new(PgError::fatal(
                 "57P01",
                 "terminated by the pgmux console (KILL_CLIENT or KILL)",
@@ -114,7 +133,12 @@ pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
             s.cancel.pool.stats.error(e.code.as_bytes());
             Box::pin(s.client.send_error(&e)).await;
         }
-        tracing::info!(client = %s.client.peer(), pool = %s.cancel.pool, "client logged out");
+        match handed {
+            true => {
+                tracing::info!(client = %s.client.peer(), pool = %s.cancel.pool, "client handed to the new process")
+            }
+            false => tracing::info!(client = %s.client.peer(), pool = %s.cancel.pool, "client logged out"),
+        }
     }
 }
 

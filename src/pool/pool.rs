@@ -280,6 +280,21 @@ impl Pool {
         }
     }
 
+    /// An upgrade's adopted client brings what the old process's pool logged in with: taken
+    /// where this pool has no secret yet (passthrough, auth_query) or lacks the ClientKey.
+    pub fn inherit_credentials(&self, password: Option<crate::config::Secret>, client_key: Option<[u8; 32]>) {
+        let current = self.credentials();
+        let Some(password) = password else { return };
+        let missing_key = current.password.as_ref() == Some(&password) && current.client_key.is_none();
+        if current.password.is_none() || (missing_key && client_key.is_some()) {
+            self.set_credentials(Credentials {
+                user: current.user.clone(),
+                password: Some(password),
+                client_key: client_key.or(current.client_key),
+            });
+        }
+    }
+
     /// auth_query found this secret for the pool's own login user (pgmux has none configured):
     /// the pool logs in with it, and with the ClientKey where the client proved itself by SCRAM.
     pub fn learn_secret(&self, user: &str, secret: crate::config::Secret, client_key: Option<[u8; 32]>) {

@@ -50,6 +50,11 @@ impl ClientStatements {
         }
     }
 
+    /// Every name and the statement it stands for.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Arc<Statement>)> {
+        self.map.iter().flat_map(|m| m.iter()).map(|(k, v)| (&**k, v))
+    }
+
     pub fn len(&self) -> usize {
         self.map.as_ref().map_or(0, |m| m.len())
     }

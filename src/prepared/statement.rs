@@ -36,6 +36,11 @@ impl Statement {
         name(self.key)
     }
 
+    /// What followed the name in the client's Parse: query, NUL, parameter types.
+    pub fn tail(&self) -> &[u8] {
+        self.parse.get(1 + 4 + NAME_LEN + 1..).unwrap_or_default()
+    }
+
     /// The statement's SQL text.
     pub fn text(&self) -> &[u8] {
         let rest = self.parse.get(1 + 4 + NAME_LEN + 1..).unwrap_or_default();

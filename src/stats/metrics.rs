@@ -18,14 +18,31 @@ use tokio::net::TcpListener;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serves until the process exits; returns at once when `listen` is "". Metrics are not worth
-/// stopping the pooler for: a bind failure is logged and pgmux carries on without them.
-pub async fn serve(shared: Arc<Shared>) {
-    let addr = shared.config.load().metrics.listen.clone();
+/// The metrics listener of `[metrics] listen` (None when it is "" or cannot be bound: metrics
+/// are not worth stopping the pooler for, so a bind failure is logged and pgmux carries on).
+pub fn bind(addr: &str) -> Option<std::net::TcpListener> {
     if addr.is_empty() {
-        return;
+        return None;
     }
-    let listener = match TcpListener::bind(&addr).await {
+    let bound = std::net::TcpListener::bind(addr).and_then(|l| l.set_nonblocking(true).map(|()| l));
+    match bound {
+        Ok(listener) => Some(listener),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve metrics on {addr}; carrying on without them");
+            None
+        }
+    }
+}
+
+/// Serves on `listener` (from `bind`, or an old process's in an upgrade) until the process
+/// exits, or until an upgrade hands it to the new process.
+pub async fn serve(shared: Arc<Shared>, listener: Option<std::net::TcpListener>) {
+    let Some(listener) = listener else { return };
+    let addr = match listener.local_addr() {
+        Ok(addr) => addr.to_string(),
+        Err(_) => shared.config.load().metrics.listen.clone(),
+    };
+    let listener = match TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(e) => {
             tracing::error!(error = %e, "cannot serve metrics on {addr}; carrying on without them");
@@ -36,8 +53,20 @@ pub async fn serve(shared: Arc<Shared>) {
     if shared.config.load().metrics.dashboard {
         tracing::info!("dashboard on http://{addr}/dashboard");
     }
+    let mut draining = false;
     loop {
-        let stream = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shared.shutdown.draining(), if !draining => {
+                draining = true;
+                if shared.shutdown.is_upgrade() {
+                    tracing::info!("metrics listener handed to the new process");
+                    return;
+                }
+                continue;
+            }
+        };
+        let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
                 // Out of file descriptors, most likely: wait rather than spin.

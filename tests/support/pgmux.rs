@@ -2,12 +2,17 @@
 use super::{cluster, free_port, tail, Cluster};
 use std::fs;
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+thread_local! {
+    /// The binary `spawn` starts, when not the one cargo built (`start_app_from`).
+    static BINARY: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
+}
 
 /// A running pgmux. Its config and log live in `dir` (under the cluster's temp root, so the
 /// cluster watchdog kills the process and removes them even if the test binary aborts).
@@ -50,6 +55,56 @@ impl Pgmux {
         Self::spawn(cluster, replica_port, pooler_extra, rest, None)
     }
 
+    /// `start_app` from another copy of the binary (an upgrade test replaces it under the
+    /// running process).
+    pub fn start_app_from(binary: &Path, pooler: &str, db: &str) -> Pgmux {
+        super::ensure_database(db);
+        let pooler = format!("auth_type = \"scram-sha-256\"\n{pooler}");
+        let rest = format!("[users.app]\npassword = \"app\"\n[databases.{db}]\nport = {{pg_port}}\n");
+        BINARY.with(|b| *b.borrow_mut() = Some(binary.to_owned()));
+        let started = std::panic::catch_unwind(|| Self::spawn(cluster(), None, &pooler, &rest, None));
+        BINARY.with(|b| *b.borrow_mut() = None);
+        started.unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
+    /// `BINARY --config <this config> upgrade`: the new process, once it took over from this
+    /// one (which goes on until it has handed over its clients), or its log when it did not.
+    pub fn upgrade(&self, binary: &Path) -> Result<Pgmux, String> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = self.dir.with_file_name(format!(
+            "{}-upgrade-{}",
+            self.dir.file_name().and_then(|n| n.to_str()).unwrap_or("pgmux"),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir).expect("mkdir for the new pgmux");
+        let config_path = dir.join(self.config_path.file_name().expect("config file name"));
+        fs::copy(&self.config_path, &config_path).expect("copy the config");
+        let log_path = dir.join("pgmux.log");
+        let log = fs::File::create(&log_path).expect("create pgmux log");
+        let mut cmd = Command::new(binary);
+        cmd.arg("--config").arg(&config_path).arg("upgrade");
+        cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        let child = cmd.spawn().expect("spawn pgmux upgrade");
+        let pid_file = cluster().dir.join("pids").join(child.id().to_string());
+        let _ = fs::write(&pid_file, "");
+        let mut me = Pgmux {
+            port: self.port,
+            config_path,
+            log_path,
+            dir,
+            child,
+            pid_file,
+            vars: self.vars.clone(),
+        };
+        match me.wait_logged("taken over from pgmux") {
+            Ok(()) => Ok(me),
+            Err(why) => Err(format!("{why}: {}", me.log())),
+        }
+    }
+
     /// `start` with RUST_LOG set to `filter` (e.g. "trace") whatever the test's environment says.
     pub fn start_logging(filter: &str, pooler_extra: &str, rest: &str) -> Pgmux {
         Self::spawn(cluster(), None, pooler_extra, rest, Some(filter))
@@ -78,7 +133,8 @@ impl Pgmux {
             let log_path = dir.join("pgmux.log");
             fs::write(&config_path, config_text(port, &vars, pooler_extra, rest)).expect("write config");
             let log = fs::File::create(&log_path).expect("create pgmux log");
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgmux"));
+            let binary = BINARY.with(|b| b.borrow().clone());
+            let mut cmd = Command::new(binary.unwrap_or_else(|| env!("CARGO_BIN_EXE_pgmux").into()));
             cmd.arg("--config").arg(&config_path);
             cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
             if let Some(filter) = log_filter {

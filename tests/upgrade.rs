@@ -1,0 +1,332 @@
+//! Upgrade in place (issue 18, item 3): `pgmux upgrade` starts a new process on the same
+//! config, which takes the running one's listening sockets and its idle clients. Under pgbench
+//! (clients handed over mid-run, the binary replaced on disk first) no transaction fails and
+//! no connection is refused; an idle client keeps its settings, prepared statements, cancel key
+//! and LISTEN; a second upgrade while one runs, or one with nothing to take over, is refused
+//! clearly.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use support::*;
+
+const POOLER: &str = "max_client_conn = 200\nshutdown_timeout = 20\n";
+
+/// A copy of the built binary at `dir/pgmux` (replaced later by renaming another copy over it).
+fn binary_copy(dir: &Path) -> PathBuf {
+    let path = dir.join("pgmux");
+    let tmp = dir.join("pgmux.new");
+    std::fs::copy(env!("CARGO_BIN_EXE_pgmux"), &tmp).expect("copy the binary");
+    std::fs::rename(&tmp, &path).expect("put the binary in place");
+    path
+}
+
+fn pgbench(port: u16, extra: &[&str], seconds: u32) -> std::thread::JoinHandle<(i32, String, String)> {
+    let mut args: Vec<String> = ["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "app", "-n"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(["-T".into(), seconds.to_string(), "bench".into()]);
+    std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_cmd("pgbench", &args, &[("PGPASSWORD", "app")], Duration::from_secs(120))
+    })
+}
+
+fn processed(out: &str) -> u64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split('/').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// pgbench ran to its end with every transaction committed and no client aborted.
+fn assert_clean(what: &str, (code, out, err): &(i32, String, String)) {
+    assert_eq!(*code, 0, "{what}: pgbench failed\n{out}\n{err}");
+    assert!(
+        out.contains("number of failed transactions: 0"),
+        "{what}: failures\n{out}\n{err}"
+    );
+    assert!(
+        !err.contains("aborted") && !err.contains("error"),
+        "{what}: errors\n{out}\n{err}"
+    );
+    assert!(processed(out) > 0, "{what}: nothing processed\n{out}");
+}
+
+#[test]
+fn upgrade_under_pgbench_fails_no_transaction_and_refuses_no_connection() {
+    cluster().pgbench_init();
+    let dir = temp_dir("upgrade-bin");
+    let bin = binary_copy(&dir);
+    let old = Pgmux::start_app_from(&bin, POOLER, "bench");
+    // Fifty sessions with prepared statements that must move, and new connections all along.
+    let steady = pgbench(old.port, &["-S", "-M", "prepared", "-c", "50", "-j", "2"], 8);
+    let storm = pgbench(old.port, &["-S", "-C", "-c", "4", "-j", "1"], 8);
+    std::thread::sleep(Duration::from_secs(3));
+    // The binary is replaced on disk under the running process, as a package upgrade does.
+    let bin = binary_copy(&dir);
+    let t0 = Instant::now();
+    let new = old.upgrade(&bin).expect("pgmux upgrade");
+    let took_over = t0.elapsed();
+    let mut old = old;
+    let status = old.wait_exit(Duration::from_secs(15)).expect("the old process exits");
+    let handover = t0.elapsed();
+    assert!(status.success(), "old process exit: {status}\n{}", old.log());
+    eprintln!("upgrade: sockets taken over in {took_over:?}; old process gone after {handover:?}");
+    let steady = steady.join().expect("pgbench thread");
+    let storm = storm.join().expect("pgbench thread");
+    eprintln!("steady: {}\nstorm: {}", steady.1, storm.1);
+    assert_clean("pgbench -M prepared -c 50", &steady);
+    assert_clean("pgbench -C", &storm);
+    let log = old.log();
+    let handed = log.matches("client handed to the new process").count();
+    assert!(handed >= 40, "only {handed} clients handed over\n{}", tail(&log, 40));
+    // The new process serves new sessions on the same port.
+    let after = pgbench(new.port, &["-S", "-c", "2"], 1).join().expect("pgbench thread");
+    assert_clean("pgbench after the upgrade", &after);
+}
+
+/// A raw protocol client, to see notifications and keep a cancel key.
+struct Wire {
+    sock: TcpStream,
+    pid: i32,
+    secret: i32,
+}
+
+impl Wire {
+    fn login(port: u16) -> Wire {
+        let mut sock = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut body = Vec::new();
+        body.extend_from_slice(&196608u32.to_be_bytes());
+        for (k, v) in [("user", "trustuser"), ("database", "upgrade_listen")] {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        msg.extend_from_slice(&body);
+        sock.write_all(&msg).unwrap();
+        let mut me = Wire {
+            sock,
+            pid: 0,
+            secret: 0,
+        };
+        loop {
+            let (tag, body) = me.read();
+            match tag {
+                b'K' => {
+                    me.pid = i32::from_be_bytes(body[0..4].try_into().unwrap());
+                    me.secret = i32::from_be_bytes(body[4..8].try_into().unwrap());
+                }
+                b'Z' => return me,
+                b'E' => panic!("login refused: {}", String::from_utf8_lossy(&body)),
+                _ => {}
+            }
+        }
+    }
+
+    fn read(&mut self) -> (u8, Vec<u8>) {
+        let mut head = [0u8; 5];
+        self.sock.read_exact(&mut head).expect("read a message header");
+        let len = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len - 4];
+        self.sock.read_exact(&mut body).expect("read a message body");
+        (head[0], body)
+    }
+
+    fn query(&mut self, sql: &str) -> Vec<(u8, Vec<u8>)> {
+        let mut msg = vec![b'Q'];
+        msg.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+        msg.extend_from_slice(sql.as_bytes());
+        msg.push(0);
+        self.sock.write_all(&msg).unwrap();
+        let mut got = Vec::new();
+        loop {
+            let (tag, body) = self.read();
+            let done = tag == b'Z';
+            got.push((tag, body));
+            if done {
+                return got;
+            }
+        }
+    }
+}
+
+fn text_of(messages: &[(u8, Vec<u8>)], tag: u8) -> Vec<String> {
+    messages
+        .iter()
+        .filter(|(t, _)| *t == tag)
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .collect()
+}
+
+#[test]
+fn an_idle_client_keeps_its_session_across_the_upgrade() {
+    ensure_database("upgrade_session");
+    ensure_database("upgrade_listen");
+    let old = Pgmux::start(
+        "auth_type = \"trust\"\nadmin_users = [\"app\"]\nshutdown_timeout = 10\n",
+        "[databases.upgrade_session]\nport = {pg_port}\n[databases.upgrade_listen]\nport = {pg_port}\n",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = format!(
+        "host=127.0.0.1 port={} user=trustuser dbname=upgrade_session sslmode=disable",
+        old.port
+    );
+    let client = rt.block_on(connect(&url));
+    rt.block_on(async {
+        client.batch_execute("SET statement_timeout = '4321ms'").await.unwrap();
+        client
+            .batch_execute("SET application_name = 'before-upgrade'")
+            .await
+            .unwrap();
+    });
+    let statement = rt.block_on(client.prepare("SELECT $1::int + 1")).unwrap();
+    let mut listener = Wire::login(old.port);
+    listener.query("LISTEN upgrade_channel");
+
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_pgmux"));
+    let new = old.upgrade(&bin).expect("pgmux upgrade");
+    let mut old = old;
+    let status = old.wait_exit(Duration::from_secs(15)).expect("the old process exits");
+    assert!(status.success(), "{}", old.log());
+    assert_eq!(
+        old.log().matches("client handed to the new process").count(),
+        2,
+        "{}",
+        old.log()
+    );
+
+    // Settings and prepared statements, served by the new process.
+    let row = rt.block_on(client.query_one("SHOW statement_timeout", &[])).unwrap();
+    assert_eq!(row.get::<_, String>(0), "4321ms");
+    let row = rt.block_on(client.query_one("SHOW application_name", &[])).unwrap();
+    assert_eq!(row.get::<_, String>(0), "before-upgrade");
+    let row = rt.block_on(client.query_one(&statement, &[&41i32])).unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    // The cancel key given by the old process cancels a query on the new one.
+    let token = client.cancel_token();
+    let cancel = rt.spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let t0 = Instant::now();
+    let err = rt.block_on(client.batch_execute("SELECT pg_sleep(3)")).unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "cancelled late: {:?}",
+        t0.elapsed()
+    );
+    rt.block_on(cancel).unwrap().expect("cancel request sent");
+
+    // The LISTEN moved too: a NOTIFY reaches the same socket through the new process.
+    let notifier = rt.block_on(connect(&format!(
+        "host=127.0.0.1 port={} user=trustuser dbname=upgrade_listen sslmode=disable",
+        new.port
+    )));
+    rt.block_on(notifier.batch_execute("NOTIFY upgrade_channel, 'after'"))
+        .unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && seen.is_empty() {
+        let got = listener.query("SELECT 1");
+        seen = text_of(&got, b'A');
+        if seen.is_empty() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|n| n.contains("upgrade_channel") && n.contains("after")),
+        "{seen:?}"
+    );
+    let rows = support::console_rows(&new, "SHOW CLIENTS");
+    assert!(
+        rows.iter().any(|r| r["database"].as_deref() == Some("upgrade_session")),
+        "{rows:?}"
+    );
+}
+
+#[test]
+fn a_second_upgrade_while_one_runs_is_refused_and_so_is_one_with_nothing_to_take_over() {
+    // Nothing runs on this port: the error says so.
+    let port = free_port();
+    let dir = temp_dir("upgrade-none");
+    let config = dir.join("pooler.toml");
+    std::fs::write(
+        &config,
+        format!("[pooler]\nlisten_addr = \"127.0.0.1\"\nlisten_port = {port}\n[metrics]\nlisten = \"\"\n"),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let (code, out, err) = run_cmd(
+        env!("CARGO_BIN_EXE_pgmux"),
+        &["--config", &config, "upgrade"],
+        &[],
+        Duration::from_secs(20),
+    );
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("no running pgmux to take over from"), "{out}{err}");
+
+    ensure_database("upgrade_twice");
+    let old = Pgmux::start(
+        "auth_type = \"trust\"\nshutdown_timeout = 20\n",
+        "[databases.upgrade_twice]\nport = {pg_port}\n",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = format!(
+        "host=127.0.0.1 port={} user=trustuser dbname=upgrade_twice sslmode=disable",
+        old.port
+    );
+    let client = rt.block_on(connect(&url));
+    // A transaction left open keeps the old process (and so the first upgrade) going.
+    rt.block_on(client.batch_execute("BEGIN; SELECT 1")).unwrap();
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_pgmux"));
+    let first = old.upgrade(&bin).expect("first upgrade");
+    let second = match old.upgrade(&bin) {
+        Ok(px) => panic!("a second upgrade during the first started: {}", px.log()),
+        Err(log) => log,
+    };
+    assert!(second.contains("already in progress"), "{second}");
+    // The transaction finishes on the old process; then its client moves and the old exits.
+    rt.block_on(client.batch_execute("COMMIT")).unwrap();
+    let mut old = old;
+    assert!(
+        old.wait_exit(Duration::from_secs(15)).is_some_and(|s| s.success()),
+        "{}",
+        old.log()
+    );
+    let row = rt.block_on(client.query_one("SELECT 7", &[])).unwrap();
+    assert_eq!(row.get::<_, i32>(0), 7);
+    // Once the old process is gone, the new one can be upgraded in turn.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let third = loop {
+        match first.upgrade(&bin) {
+            Ok(third) => break third,
+            Err(e) if Instant::now() < deadline => {
+                assert!(!e.contains("panicked"), "{e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("upgrading the new process: {e}"),
+        }
+    };
+    let mut first = first;
+    assert!(
+        first.wait_exit(Duration::from_secs(15)).is_some_and(|s| s.success()),
+        "{}",
+        first.log()
+    );
+    let row = rt.block_on(client.query_one("SELECT 8", &[])).unwrap();
+    assert_eq!(row.get::<_, i32>(0), 8);
+    drop(third);
+}
