@@ -2,10 +2,11 @@
 //! three pgmux processes that are peers of each other. A cancel that HAProxy hands to another
 //! process than the query's is forwarded and cancels the query; a process killed with SIGKILL
 //! fails only its own clients, which reconnect through HAProxy to the others, and pgbench
-//! through HAProxy keeps going.
+//! through HAProxy keeps going; a rolling upgrade of the three (`pgmux upgrade`, one at a time)
+//! under pgbench fails no transaction and refuses no connection.
 //!
 //! HAProxy comes from the Debian package, installed by scripts/test.sh; without it these tests
-//! fail saying so. (The rolling upgrade of item 4 needs item 3, the in-place upgrade: not here.)
+//! fail saying so.
 
 mod support;
 
@@ -286,4 +287,61 @@ fn one_instance_killed_fails_only_its_clients_which_reconnect_to_the_others() {
     let (code, out, err) = run_cmd("pgbench", &args, &[], Duration::from_secs(30));
     assert_eq!(code, 0, "pgbench -C after the kill\n{out}\n{err}");
     assert!(out.contains("number of failed transactions: 0 "), "{out}");
+}
+
+/// pgbench through the balancer, as `app`, in a thread: (exit code, stdout, stderr).
+fn bench_through(port: u16, extra: &[&str], seconds: u32) -> std::thread::JoinHandle<(i32, String, String)> {
+    let mut args: Vec<String> = ["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "app", "-n"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(["-T".into(), seconds.to_string(), "bench".into()]);
+    std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_cmd("pgbench", &args, &[], Duration::from_secs(120))
+    })
+}
+
+#[test]
+fn a_rolling_upgrade_of_all_three_instances_under_pgbench_fails_nothing() {
+    cluster().pgbench_init();
+    let extra = |_: usize, _: &[u16]| "[databases.bench]\nport = {pg_port}\n".to_string();
+    let f = fleet(3, "lbroll", extra);
+    let ports: Vec<u16> = f.iter().map(|px| px.port).collect();
+    let lb = Haproxy::start(&ports);
+    // Fifty sessions spread over the three, and a new connection per transaction beside them.
+    let steady = bench_through(lb.port, &["-S", "-c", "50", "-j", "2"], 10);
+    let storm = bench_through(lb.port, &["-S", "-C", "-c", "4", "-j", "1"], 10);
+    std::thread::sleep(Duration::from_secs(2));
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_pgmux"));
+    let mut upgraded = Vec::new();
+    for mut old in f {
+        let t0 = Instant::now();
+        let new = old.upgrade(&bin).expect("pgmux upgrade");
+        let exited = old.wait_exit(Duration::from_secs(20));
+        assert!(exited.is_some_and(|s| s.success()), "{}", old.log());
+        let handed = old.log().matches("client handed to the new process").count();
+        eprintln!(
+            "instance on {}: {handed} clients handed over in {:?}",
+            old.port,
+            t0.elapsed()
+        );
+        assert!(handed > 0, "no client moved: {}", old.log());
+        upgraded.push(new);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    for (what, bench) in [("pgbench -c 50", steady), ("pgbench -C", storm)] {
+        let (code, out, err) = bench.join().expect("pgbench thread");
+        eprintln!("{what}: {out}");
+        assert_eq!(code, 0, "{what}\n{out}\n{err}");
+        assert!(
+            out.contains("number of failed transactions: 0 "),
+            "{what}\n{out}\n{err}"
+        );
+        assert!(
+            !err.contains("aborted") && !err.contains("error"),
+            "{what}\n{out}\n{err}"
+        );
+    }
 }

@@ -546,3 +546,49 @@ async fn forwarded_cancel_over_tls() {
         );
     }
 }
+
+/// `pgmux upgrade` cannot move a TLS session to the new process: an idle TLS client is told
+/// so (57P01) at once and closed; it reconnects to the new process at the same address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_closes_an_idle_tls_client_with_57p01() {
+    let c = certs();
+    let old = Pgmux::start(
+        &format!(
+            "auth_type = \"trust\"\ntls_mode = \"require\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+            c.cert, c.key
+        ),
+        "[databases.bench]\nport = {pg_port}\n",
+    );
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", old.port)).await.unwrap();
+    tcp.write_all(&SSL_REQUEST).await.unwrap();
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"S");
+    let mut tls = rustls_client(&c.ca).connect(name, tcp).await.unwrap();
+    tls.write_all(&startup_message("trustuser", "bench")).await.unwrap();
+    // Up to ReadyForQuery.
+    loop {
+        let mut head = [0u8; 5];
+        tls.read_exact(&mut head).await.unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize - 4];
+        tls.read_exact(&mut body).await.unwrap();
+        assert_ne!(head[0], b'E', "login: {}", String::from_utf8_lossy(&body));
+        if head[0] == b'Z' {
+            break;
+        }
+    }
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_pgmux"));
+    let new = tokio::task::block_in_place(|| old.upgrade(&bin)).expect("pgmux upgrade");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the TLS client was not closed");
+    let (code, message) = error_fields(&rest);
+    assert_eq!(code, "57P01", "{message}");
+    assert!(message.contains("TLS connection cannot move"), "{message}");
+    let mut old = old;
+    let exited = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(10)));
+    assert!(exited.is_some_and(|s| s.success()), "{}", old.log());
+    // The new process speaks TLS on the same port.
+    psql_over_tls(&new, "host=localhost sslmode=require user=trustuser");
+}

@@ -330,3 +330,37 @@ fn a_second_upgrade_while_one_runs_is_refused_and_so_is_one_with_nothing_to_take
     assert_eq!(row.get::<_, i32>(0), 8);
     drop(third);
 }
+
+#[test]
+fn a_session_mode_client_stays_on_the_old_process_until_it_leaves() {
+    ensure_database("upgrade_sessmode");
+    let old = Pgmux::start(
+        "auth_type = \"trust\"\nshutdown_timeout = 20\n",
+        "[databases.upgrade_sessmode]\nport = {pg_port}\npool_mode = \"session\"\n",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = |port: u16| format!("host=127.0.0.1 port={port} user=trustuser dbname=upgrade_sessmode sslmode=disable");
+    let client = rt.block_on(connect(&url(old.port)));
+    rt.block_on(client.batch_execute("SET statement_timeout = '999ms'"))
+        .unwrap();
+    let pid = |c: &tokio_postgres::Client| {
+        rt.block_on(c.query_one("SELECT pg_backend_pid()", &[]))
+            .unwrap()
+            .get::<_, i32>(0)
+    };
+    let server = pid(&client);
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_pgmux"));
+    let new = old.upgrade(&bin).expect("pgmux upgrade");
+    let mut old = old;
+    // Its server holds its session: the client stays with the old process, served as before.
+    assert!(old.wait_exit(Duration::from_millis(700)).is_none(), "{}", old.log());
+    assert_eq!(pid(&client), server);
+    let row = rt.block_on(client.query_one("SHOW statement_timeout", &[])).unwrap();
+    assert_eq!(row.get::<_, String>(0), "999ms");
+    // New sessions go to the new process; once the old one's client leaves, it exits.
+    let other = rt.block_on(connect(&url(new.port)));
+    assert_ne!(pid(&other), server);
+    drop(client);
+    let exited = old.wait_exit(Duration::from_secs(10));
+    assert!(exited.is_some_and(|s| s.success()), "{}", old.log());
+}
