@@ -173,8 +173,12 @@ fn text_of(messages: &[(u8, Vec<u8>)], tag: u8) -> Vec<String> {
 fn an_idle_client_keeps_its_session_across_the_upgrade() {
     ensure_database("upgrade_session");
     ensure_database("upgrade_listen");
+    let sockets = temp_dir("upgrade-unix");
     let old = Pgmux::start(
-        "auth_type = \"trust\"\nadmin_users = [\"app\"]\nshutdown_timeout = 10\n",
+        &format!(
+            "auth_type = \"trust\"\nadmin_users = [\"app\"]\nshutdown_timeout = 10\nunix_socket_dir = \"{}\"\n",
+            sockets.display()
+        ),
         "[databases.upgrade_session]\nport = {pg_port}\n[databases.upgrade_listen]\nport = {pg_port}\n",
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -193,6 +197,14 @@ fn an_idle_client_keeps_its_session_across_the_upgrade() {
     let statement = rt.block_on(client.prepare("SELECT $1::int + 1")).unwrap();
     let mut listener = Wire::login(old.port);
     listener.query("LISTEN upgrade_channel");
+    // A client on the Unix socket moves too, and the socket file stays for the new process.
+    let local_url = format!(
+        "host={} port={} user=trustuser dbname=upgrade_session",
+        sockets.display(),
+        old.port
+    );
+    let local = rt.block_on(connect(&local_url));
+    rt.block_on(local.batch_execute("SET work_mem = '7MB'")).unwrap();
 
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_pgmux"));
     let new = old.upgrade(&bin).expect("pgmux upgrade");
@@ -201,10 +213,14 @@ fn an_idle_client_keeps_its_session_across_the_upgrade() {
     assert!(status.success(), "{}", old.log());
     assert_eq!(
         old.log().matches("client handed to the new process").count(),
-        2,
+        3,
         "{}",
         old.log()
     );
+    let row = rt.block_on(local.query_one("SHOW work_mem", &[])).unwrap();
+    assert_eq!(row.get::<_, String>(0), "7MB");
+    let again = rt.block_on(connect(&local_url));
+    rt.block_on(again.batch_execute("SELECT 1")).unwrap();
 
     // Settings and prepared statements, served by the new process.
     let row = rt.block_on(client.query_one("SHOW statement_timeout", &[])).unwrap();
