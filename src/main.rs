@@ -161,31 +161,11 @@ fn convert(file: &std::path::Path) -> ExitCode {
     }
 }
 
-/// The sockets clients and scrapers reach: the workers' TCP listeners, the Unix socket, the
-/// metrics listener, and what keeps other processes off the port.
+/// The sockets clients and scrapers reach (the workers' TCP listeners, the Unix socket, the
+/// metrics listener), and what keeps other processes off the port.
 struct Sockets {
-    tcp: Vec<Vec<std::net::TcpListener>>,
-    unix: Option<(std::os::unix::net::UnixListener, PathBuf)>,
-    metrics: Option<std::net::TcpListener>,
+    listening: upgrade::Inheritable,
     _marks: Option<pgmux::port_mark::Marks>,
-}
-
-impl Sockets {
-    /// Copies for a later upgrade's new process.
-    fn inheritable(&self) -> std::io::Result<upgrade::Inheritable> {
-        Ok(upgrade::Inheritable {
-            groups: self
-                .tcp
-                .iter()
-                .map(|g| g.iter().map(|l| l.try_clone()).collect())
-                .collect::<std::io::Result<_>>()?,
-            unix: match &self.unix {
-                Some((l, path)) => Some((l.try_clone()?, path.clone())),
-                None => None,
-            },
-            metrics: self.metrics.as_ref().map(|l| l.try_clone()).transpose()?,
-        })
-    }
 }
 
 /// A fresh start's sockets (None: the error is logged).
@@ -209,9 +189,11 @@ fn bind_all(config: &Config) -> Option<Sockets> {
     // The marks live as long as the process: other pgmux processes see the port is not shared.
     match listener::bind(addr, port, workers, config.pooler.so_reuseport) {
         Ok(bound) => Some(Sockets {
-            tcp: bound.workers,
-            unix,
-            metrics: stats::metrics::bind(&config.metrics.listen),
+            listening: upgrade::Inheritable {
+                groups: bound.workers,
+                unix,
+                metrics: stats::metrics::bind(&config.metrics.listen),
+            },
             _marks: bound.marks,
         }),
         Err(e) => {
@@ -243,9 +225,11 @@ fn take_over(takeover: &mut upgrade::Takeover, config: &Config) -> Result<Socket
         return Err("the running pgmux has no TCP listening socket to give".into());
     }
     Ok(Sockets {
-        tcp,
-        unix: takeover.unix.take(),
-        metrics,
+        listening: upgrade::Inheritable {
+            groups: tcp,
+            unix: takeover.unix.take(),
+            metrics,
+        },
         _marks: marks,
     })
 }
@@ -276,8 +260,8 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>, upgrading: bool)
             None => return ExitCode::FAILURE,
         },
     };
-    let workers = sockets.tcp.len();
-    let inherit = match sockets.inheritable() {
+    let workers = sockets.listening.groups.len();
+    let inherit = match sockets.listening.try_clone() {
         Ok(inherit) => inherit,
         Err(e) => {
             tracing::error!(error = %e, "cannot keep copies of the listening sockets");
@@ -300,6 +284,7 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>, upgrading: bool)
         threads.push_str(", port shared with so_reuseport");
     }
     let socket = sockets
+        .listening
         .unix
         .as_ref()
         .map(|(_, path)| format!(" and {}", path.display()))
@@ -326,12 +311,12 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>, upgrading: bool)
     if let Some(t) = &takeover {
         shared.continue_ids(t.next_client);
     }
-    let Sockets {
-        tcp,
+    let Sockets { listening, _marks } = sockets;
+    let upgrade::Inheritable {
+        groups: tcp,
         unix,
         metrics,
-        _marks,
-    } = sockets;
+    } = listening;
     tokio::spawn(pool::janitor::run(shared.pools.clone()));
     tokio::spawn(stats::period::run(shared.clone()));
     tokio::spawn(stats::metrics::serve(shared.clone(), metrics));
@@ -372,6 +357,7 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>, upgrading: bool)
         );
     }
     shared.shutdown.begin(mode, timeout);
+    upgrade::close_inherited();
     shared.cancels.wake_all();
     for closed in accepting {
         let _ = closed.await;

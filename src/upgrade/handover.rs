@@ -18,6 +18,23 @@ pub struct Inheritable {
     pub metrics: Option<std::net::TcpListener>,
 }
 
+impl Inheritable {
+    pub fn try_clone(&self) -> std::io::Result<Inheritable> {
+        Ok(Inheritable {
+            groups: self
+                .groups
+                .iter()
+                .map(|g| g.iter().map(|l| l.try_clone()).collect())
+                .collect::<std::io::Result<_>>()?,
+            unix: match &self.unix {
+                Some((l, path)) => Some((l.try_clone()?, path.clone())),
+                None => None,
+            },
+            metrics: self.metrics.as_ref().map(|l| l.try_clone()).transpose()?,
+        })
+    }
+}
+
 /// What a session at a transaction boundary sends to the handover thread.
 pub enum Item {
     /// Take this client: `reply` says whether the new process adopted it. `fd` stays open
@@ -32,6 +49,16 @@ pub enum Item {
     Release { id: u64, leftovers: Vec<u8> },
 }
 
+/// The copies a later upgrade gives away. Closed when a shutdown starts (`close_inherited`):
+/// a copy left open would keep the port listening after the workers closed theirs, and new
+/// connections would wait in its queue instead of being refused.
+static INHERIT: std::sync::Mutex<Option<Inheritable>> = std::sync::Mutex::new(None);
+
+/// A shutdown (or a handover) began: this process's copies of its listening sockets go.
+pub fn close_inherited() {
+    INHERIT.lock().unwrap_or_else(|e| e.into_inner()).take();
+}
+
 /// How long the new process may take to answer (starting its workers, adopting a client).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -40,22 +67,25 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// thread's runtime, where forwarded cancel requests run.
 pub fn serve(shared: Arc<Shared>, name: String, inherit: Inheritable, main: tokio::runtime::Handle) {
     let _ = super::NAME.set(name.clone());
+    if shared.shutdown.is_draining() {
+        return;
+    }
+    *INHERIT.lock().unwrap_or_else(|e| e.into_inner()) = Some(inherit);
     let started = std::thread::Builder::new().name("pgmux-upgrade".into()).spawn(move || {
         let listener = match bind(&name) {
             Some(listener) => listener,
             None => return,
         };
         let busy = Arc::new(AtomicBool::new(false));
-        let inherit = Arc::new(inherit);
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
             if peer_uid(&conn).ok() != Some(own_uid()) {
                 continue; // only our own user may take our sockets
             }
-            let (shared, busy, inherit, main) = (shared.clone(), busy.clone(), inherit.clone(), main.clone());
+            let (shared, busy, main) = (shared.clone(), busy.clone(), main.clone());
             let _ = std::thread::Builder::new()
                 .name("pgmux-upgrade-conn".into())
-                .spawn(move || answer(conn, &shared, &busy, &inherit, &main));
+                .spawn(move || answer(conn, &shared, &busy, &main));
         }
     });
     if let Err(e) = started {
@@ -93,13 +123,7 @@ fn bind(name: &str) -> Option<UnixListener> {
     }
 }
 
-fn answer(
-    conn: UnixStream,
-    shared: &Arc<Shared>,
-    busy: &AtomicBool,
-    inherit: &Inheritable,
-    main: &tokio::runtime::Handle,
-) {
+fn answer(conn: UnixStream, shared: &Arc<Shared>, busy: &AtomicBool, main: &tokio::runtime::Handle) {
     let _ = conn.set_read_timeout(Some(ANSWER_TIMEOUT));
     let mut ch = Channel::new(conn);
     let (hello, _) = match ch.recv() {
@@ -137,10 +161,17 @@ fn answer(
         new = new_pid,
         "upgrade: handing the listening sockets to pgmux {new_pid}"
     );
-    match give_listeners(&mut ch, shared, inherit) {
+    // Copies, so the lock is not held while the new process starts (a shutdown takes it).
+    let copies = match INHERIT.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        Some(inherit) => inherit.try_clone(),
+        None => Err(std::io::Error::other(format!("pgmux {own} is shutting down"))),
+    };
+    let given = copies.and_then(|inherit| give_listeners(&mut ch, shared, &inherit));
+    match given {
         Ok(()) => hand_over(ch, shared, new_pid),
         Err(e) => {
             tracing::warn!(error = %e, "upgrade to pgmux {new_pid} failed before it took over: carrying on");
+            let _ = ch.send(&Msg::Refused { why: e.to_string() }, &[]);
             busy.store(false, Ordering::Release);
         }
     }
@@ -173,6 +204,7 @@ fn give_listeners(ch: &mut Channel, shared: &Shared, inherit: &Inheritable) -> s
 
 /// The new process accepts: stop accepting, and offer every client at its next boundary.
 fn hand_over(mut ch: Channel, shared: &Shared, new_pid: u32) {
+    close_inherited();
     let (tx, rx) = std::sync::mpsc::channel();
     let timeout = shared.config.load().pooler.shutdown_timeout;
     shared.shutdown.begin_handover(tx, timeout);
