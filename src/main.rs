@@ -331,7 +331,7 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>, upgrading: bool)
     let main = tokio::runtime::Handle::current();
     match takeover {
         Some(t) => t.ready(shared.clone(), started.handles, inherit, main),
-        None => upgrade::serve(shared.clone(), name, inherit, main),
+        None => upgrade::serve(shared.clone(), name, Some(inherit), main),
     }
     let accepting = started.closed;
     let mode = loop {

@@ -90,11 +90,13 @@ impl Takeover {
             tracing::error!(error = %e, "upgrade: cannot tell the old process we accept; it keeps its clients");
         }
         let _ = self.ch.socket().set_read_timeout(None);
+        // Kept now, so a shutdown during the takeover closes them too.
+        super::keep(inherit);
         let name = super::NAME.get().cloned().unwrap_or_default();
         let started = std::thread::Builder::new().name("pgmux-adopt".into()).spawn(move || {
             adopt_all(&mut self.ch, &shared, &workers, self.old_pid);
             PREDECESSOR.store(0, Ordering::Release);
-            super::serve(shared, name, inherit, main);
+            super::serve(shared, name, None, main);
         });
         if let Err(e) = started {
             tracing::error!(error = %e, "upgrade: cannot start the adopting thread");

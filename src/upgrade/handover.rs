@@ -54,6 +54,11 @@ pub enum Item {
 /// connections would wait in its queue instead of being refused.
 static INHERIT: std::sync::Mutex<Option<Inheritable>> = std::sync::Mutex::new(None);
 
+/// Keeps the copies for a later upgrade (until `close_inherited`).
+pub fn keep(inherit: Inheritable) {
+    *INHERIT.lock().unwrap_or_else(|e| e.into_inner()) = Some(inherit);
+}
+
 /// A shutdown (or a handover) began: this process's copies of its listening sockets go.
 pub fn close_inherited() {
     INHERIT.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -65,12 +70,15 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Listens for `pgmux upgrade` on `name` until the process exits, retrying while the name is
 /// taken (by the predecessor this process is still taking over from). `main` is the main
 /// thread's runtime, where forwarded cancel requests run.
-pub fn serve(shared: Arc<Shared>, name: String, inherit: Inheritable, main: tokio::runtime::Handle) {
+pub fn serve(shared: Arc<Shared>, name: String, inherit: Option<Inheritable>, main: tokio::runtime::Handle) {
     let _ = super::NAME.set(name.clone());
+    if let Some(inherit) = inherit {
+        keep(inherit);
+    }
     if shared.shutdown.is_draining() {
+        close_inherited();
         return;
     }
-    *INHERIT.lock().unwrap_or_else(|e| e.into_inner()) = Some(inherit);
     let started = std::thread::Builder::new().name("pgmux-upgrade".into()).spawn(move || {
         let listener = match bind(&name) {
             Some(listener) => listener,

@@ -20,7 +20,7 @@ pub mod state;
 pub mod wire;
 
 pub use adopt::{takeover, Takeover};
-pub use handover::{close_inherited, serve, Inheritable, Item};
+pub use handover::{close_inherited, keep, serve, Inheritable, Item};
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixStream};
