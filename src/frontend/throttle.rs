@@ -148,10 +148,10 @@ impl Throttle {
         Verdict::Throttled { retry_in }
     }
 
-    /// A wrong password of `tag`.
-    pub fn failed_at(&self, tag: u64, limits: Limits, now: Instant) {
+    /// A wrong password of `tag`; true when it filled the bucket (the next login is refused).
+    pub fn failed_at(&self, tag: u64, limits: Limits, now: Instant) -> bool {
         if !limits.on() {
-            return;
+            return false;
         }
         let mut bucket = self.bucket(tag);
         let slot = match bucket.iter().position(|s| s.tag == tag && s.at.is_some()) {
@@ -162,8 +162,11 @@ impl Throttle {
                 slot
             }
         };
-        slot.level = slot.level(limits, now) + 1.0;
+        let full = f64::from(limits.failures) - 1.0;
+        let before = slot.level(limits, now);
+        slot.level = before + 1.0;
         slot.at = Some(now);
+        before <= full && slot.level > full
     }
 
     /// The right password: the record of `tag` is cleared.
@@ -175,17 +178,18 @@ impl Throttle {
     }
 
     /// Starts a login of `user` from `peer`; a throttled one gets its 53300 here.
-    pub fn begin(&self, peer: &Peer, user: &str, pooler: &PoolerConfig) -> Result<Attempt<'_>, PgError> {
+    pub fn begin<'a>(&'a self, peer: &Peer, user: &'a str, pooler: &PoolerConfig) -> Result<Attempt<'a>, PgError> {
         let limits = Limits::of(pooler);
         let tag = source(peer).filter(|_| limits.on()).map(|s| self.tag(&s, user));
         if let Some(tag) = tag {
             if let Verdict::Throttled { retry_in } = self.check_at(tag, limits, Instant::now()) {
-                tracing::warn!(client = %peer, user, "login throttled: too many failed passwords");
                 return Err(throttled(user, limits, retry_in));
             }
         }
         Ok(Attempt {
             throttle: self,
+            peer: peer.clone(),
+            user,
             tag,
             limits,
             delay: pooler.auth_failure_delay,
@@ -222,6 +226,8 @@ fn throttled(user: &str, limits: Limits, retry_in: Duration) -> PgError {
 /// A login under way; `passed` or `refused` says how it ended (dropped: it counts nothing).
 pub struct Attempt<'a> {
     throttle: &'a Throttle,
+    peer: Peer,
+    user: &'a str,
     /// None: not counted (the limit is off, the Unix socket).
     tag: Option<u64>,
     limits: Limits,
@@ -243,7 +249,11 @@ impl Attempt<'_> {
             return error;
         }
         if let Some(tag) = self.tag {
-            self.throttle.failed_at(tag, self.limits, Instant::now());
+            if self.throttle.failed_at(tag, self.limits, Instant::now()) {
+                // Once as the limit is reached: the refusals that follow are logged as any is.
+                let (client, user) = (&self.peer, self.user);
+                tracing::warn!(%client, user, limit = self.limits.failures, "login throttled: too many wrong passwords");
+            }
         }
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;

@@ -26,7 +26,8 @@ fn the_limit_lets_that_many_failures_through_then_one_per_window_share() {
     let t0 = Instant::now();
     for i in 0..5 {
         assert_eq!(t.check_at(1, FIVE_PER_10S, t0), Verdict::Allowed, "attempt {i}");
-        t.failed_at(1, FIVE_PER_10S, t0);
+        let filled = t.failed_at(1, FIVE_PER_10S, t0);
+        assert_eq!(filled, i == 4, "the fifth failure fills the bucket, and only it");
     }
     // Five failures: the sixth would overflow until one has drained (10 s / 5 = 2 s).
     match t.check_at(1, FIVE_PER_10S, t0) {
