@@ -38,6 +38,11 @@ fn statements() {
         ("SELECT 1 /* FOR UPDATE */", R),
         ("SELECT 1 /* a /* b */ FOR UPDATE */", R),
         ("SELECT 1 /* unclosed", R),
+        // A number ends before `$` (the classify fuzz target's finding): here `$$$$` is an
+        // empty dollar quote and INTO a keyword, not part of a word `4$$$$into`.
+        ("select 4$$$$into 2$$", P),
+        ("select 4$$$$ into t", P),
+        ("select 4$$ into $$", R),
         ("/* unclosed SELECT 1", P),
         ("SELECT 1 -- ; DELETE FROM t", R),
         ("SELECT 1 --\n; DELETE FROM t", P),

@@ -59,6 +59,14 @@ impl<'a> Lexer<'a> {
             b';' => (Tok::Semi, i + 1),
             b'(' => (Tok::Open, i + 1),
             b')' => (Tok::Close, i + 1),
+            // A number ends before a `$`, as in PostgreSQL's lexer: `4$$x$$` is 4 and a dollar
+            // quote, where an identifier goes on (`a$$b` is one word). Found by the classify
+            // fuzz target: `select 4$$$$into 2$$` hid its INTO inside one word.
+            c if c.is_ascii_digit() => {
+                let w = word(text, i);
+                let n = w.iter().position(|&b| b == b'$').unwrap_or(w.len());
+                (Tok::Word(&w[..n]), i + n)
+            }
             c if c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80 => {
                 let w = word(text, i);
                 let end = i + w.len();
@@ -162,5 +170,17 @@ mod tests {
         assert_eq!(toks("'open"), [Bad]);
         assert_eq!(toks("$t$ open $t"), [Bad]);
         assert_eq!(toks("\"open"), [Bad]);
+    }
+
+    #[test]
+    fn a_number_ends_before_a_dollar_quote() {
+        use Tok::*;
+        let s = Str { ambiguous: false };
+        // The classify fuzz target's finding: PostgreSQL reads `4`, `$$$$`, `into`, `2`, `$$`.
+        assert_eq!(
+            toks("select 4$$$$into 2$$"),
+            [Word(b"select"), Word(b"4"), s, Word(b"into"), Word(b"2"), Bad]
+        );
+        assert_eq!(toks("1e5 x1$$ 12abc"), [Word(b"1e5"), Word(b"x1$$"), Word(b"12abc")]);
     }
 }
