@@ -20,6 +20,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SECONDS_EACH=${1:-15}
 LOCK=${PGMUX_CARGO_LOCK-/tmp/pgmux-cargo.lock}
 cd "$ROOT/fuzz"
+# The targets are built into fuzz/target and run from there, whatever CARGO_TARGET_DIR the
+# caller set for pgmux's own build (with it, they were built elsewhere and stale ones run).
+export CARGO_TARGET_DIR="$ROOT/fuzz/target"
 
 # Whether this process or one of its ancestors holds flock $1 (/proc/locks: "N: FLOCK ADVISORY
 # WRITE PID MAJ:MIN:INODE ..."; a waiter's line has "->" in the second field).
