@@ -28,7 +28,8 @@
 #      one exceeds benches/instructions.txt by more than 10 %. Only when every test passed,
 #      and only for a whole run (no CARGO TEST ARGS); PGMUX_SKIP_GATE=1 skips it.
 #   7. The fuzz step: scripts/fuzz.sh runs every cargo-fuzz target of fuzz/ for
-#      PGMUX_FUZZ_SECONDS (default 15) each on its committed seeds, after one build (it installs
+#      PGMUX_FUZZ_SECONDS (default 15: a clean build and the runs take about 4 minutes on 2
+#      cores, see docs/testing.md) each on its committed seeds, after one build (it installs
 #      cargo-fuzz, and the nightly toolchain, when missing); a crash, a broken property or a
 #      timeout fails the run, naming the target and the input. Only for a whole run;
 #      PGMUX_SKIP_FUZZ=1 skips it.
