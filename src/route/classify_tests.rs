@@ -7,6 +7,14 @@ fn c(sql: &str) -> Target {
 }
 
 #[test]
+fn a_number_then_a_non_ascii_identifier_opens_no_dollar_quote() {
+    // The classify fuzz target's second finding, cut down: PostgreSQL reads 1, an identifier
+    // `\xff$$`, `;`, and a statement starting with the identifier `\xff`, not a read.
+    let sql = b"SELECT 1\xff$$ ; \xff x; SELECT $$";
+    assert_eq!(classify(sql, &DenyList::default()), P);
+}
+
+#[test]
 fn statements() {
     let table = [
         // First keyword.
