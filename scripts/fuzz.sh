@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing of every decoder that reads untrusted bytes (fuzz/, cargo fuzz).
 #
-#   scripts/fuzz.sh [SECONDS]          each target for SECONDS (default 15: 13 targets, a rebuild
-#                                      and the runs stay under 5 minutes on 2 cores)
+#   scripts/fuzz.sh [SECONDS]          each target for SECONDS (default 15), FUZZ_JOBS (default:
+#                                      the cores) at a time
 #   FUZZ_TARGETS="frame md5" scripts/fuzz.sh 60      some targets only
 #
 # Idempotent: installs cargo-fuzz when it is missing (needs the nightly toolchain, which
@@ -10,43 +10,105 @@
 # fuzz/corpus/<target>/seed-*; what a run adds there is not committed (fuzz/.gitignore).
 # Exits 1 when a target fails (a panic, an assertion of its property, a sanitizer report,
 # a timeout): the input is in fuzz/artifacts/<target>/, and its run's log in
-# fuzz/artifacts/<target>.log. Builds and runs hold /tmp/pgmux-cargo.lock, as the other
-# cargo commands on a shared machine do.
+# fuzz/artifacts/<target>.log. Builds and runs hold /tmp/pgmux-cargo.lock (PGMUX_CARGO_LOCK;
+# "" for none), as the other cargo commands on a shared machine do, unless an ancestor holds it
+# already (`flock /tmp/pgmux-cargo.lock scripts/test.sh`, which runs this): taking it again
+# would wait forever.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SECONDS_EACH=${1:-15}
-LOCK=/tmp/pgmux-cargo.lock
+LOCK=${PGMUX_CARGO_LOCK-/tmp/pgmux-cargo.lock}
 cd "$ROOT/fuzz"
+# The targets are built into fuzz/target and run from there, whatever CARGO_TARGET_DIR the
+# caller set for pgmux's own build (with it, they were built elsewhere and stale ones run).
+export CARGO_TARGET_DIR="$ROOT/fuzz/target"
 
+# Whether this process or one of its ancestors holds flock $1 (/proc/locks: "N: FLOCK ADVISORY
+# WRITE PID MAJ:MIN:INODE ..."; a waiter's line has "->" in the second field).
+held_by_ancestor() {
+    [ -e "$1" ] || return 1
+    local inode holders pid h
+    inode=$(stat -c %i "$1") || return 1
+    holders=$(awk -v inode="$inode" '$2 == "FLOCK" { n = split($6, f, ":"); if (f[n] == inode) print $5 }' /proc/locks) || return 1
+    pid=$$
+    while [ -n "$pid" ] && [ "$pid" -gt 1 ]; do
+        for h in $holders; do
+            [ "$h" = "$pid" ] && return 0
+        done
+        pid=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f2) || return 1
+    done
+    return 1
+}
+if [ -n "$LOCK" ] && held_by_ancestor "$LOCK"; then
+    echo "fuzz.sh: $LOCK is held by a caller already: not taking it again" >&2
+    LOCK=""
+fi
+locked() {
+    if [ -n "$LOCK" ]; then flock "$LOCK" "$@"; else "$@"; fi
+}
+
+if ! cargo +nightly --version >/dev/null 2>&1; then
+    echo "fuzz.sh: installing the nightly toolchain (cargo fuzz needs it)" >&2
+    locked rustup toolchain install nightly --profile minimal
+fi
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     echo "fuzz.sh: installing cargo-fuzz" >&2
-    flock "$LOCK" cargo install --locked cargo-fuzz
+    locked cargo install --locked cargo-fuzz
 fi
 
 TARGETS=${FUZZ_TARGETS:-$(cargo +nightly fuzz list)}
 
 # One build of every target (with debug assertions: an overflow is a finding), then the runs
-# (each holding the lock for its SECONDS only), of the built binaries: `cargo fuzz run` would
-# check the build again before each.
-flock "$LOCK" cargo +nightly fuzz build -O -a
+# of the built binaries (`cargo fuzz run` would check the build again before each), FUZZ_JOBS
+# at a time (default: one per core; libFuzzer runs on one), each batch holding the lock for its
+# SECONDS only.
+locked cargo +nightly fuzz build -O -a
 BIN=target/$(rustc +nightly -vV | sed -n 's/^host: //p')/release
+JOBS=${FUZZ_JOBS:-$(nproc)}
 mkdir -p artifacts
-failed=()
-for target in $TARGETS; do
-    mkdir -p "corpus/$target"
-    log="artifacts/$target.log"
-    mkdir -p "artifacts/$target"
-    if flock "$LOCK" "$BIN/$target" "corpus/$target" -artifact_prefix="artifacts/$target/" \
-        -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-        >"$log" 2>&1; then
-        execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
-        echo "fuzz.sh: $target: ok, $execs executions in ${SECONDS_EACH}s"
-    else
-        echo "fuzz.sh: $target: FAILED (see fuzz/$log)" >&2
-        grep -E 'panicked|Test unit written|SUMMARY' "$log" | head -5 >&2 || true
-        failed+=("$target")
+
+lock() {
+    if [ -n "$LOCK" ]; then
+        exec 9>>"$LOCK"
+        flock 9
     fi
+}
+unlock() {
+    if [ -n "$LOCK" ]; then
+        flock -u 9
+        exec 9>&-
+    fi
+}
+# A libFuzzer statistic of a run's log (-print_final_stats=1).
+final_stat() { grep -o "stat::$2: *[0-9]*" "$1" | grep -o '[0-9]*$' || echo '?'; }
+
+read -r -a targets <<<"$(echo $TARGETS)"
+failed=()
+for ((i = 0; i < ${#targets[@]}; i += JOBS)); do
+    batch=("${targets[@]:i:JOBS}")
+    pids=()
+    lock
+    for target in "${batch[@]}"; do
+        mkdir -p "corpus/$target" "artifacts/$target"
+        "$BIN/$target" "corpus/$target" -artifact_prefix="artifacts/$target/" \
+            -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+            >"artifacts/$target.log" 2>&1 &
+        pids+=($!)
+    done
+    for k in "${!batch[@]}"; do
+        target=${batch[k]}
+        log="artifacts/$target.log"
+        if wait "${pids[k]}"; then
+            echo "fuzz.sh: $target: ok, $(final_stat "$log" number_of_executed_units) executions in ${SECONDS_EACH}s," \
+                "$(final_stat "$log" new_units_added) new inputs, peak RSS $(final_stat "$log" peak_rss_mb) MB"
+        else
+            echo "fuzz.sh: $target: FAILED (see fuzz/$log)" >&2
+            grep -E 'panicked|Test unit written|SUMMARY' "$log" | head -5 >&2 || true
+            failed+=("$target")
+        fi
+    done
+    unlock
 done
 
 if ((${#failed[@]})); then

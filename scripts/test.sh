@@ -27,6 +27,12 @@
 #      transaction under callgrind (installs valgrind with apt when missing) and fails when
 #      one exceeds benches/instructions.txt by more than 10 %. Only when every test passed,
 #      and only for a whole run (no CARGO TEST ARGS); PGMUX_SKIP_GATE=1 skips it.
+#   7. The fuzz step: scripts/fuzz.sh runs every cargo-fuzz target of fuzz/ for
+#      PGMUX_FUZZ_SECONDS (default 15: a clean build and the runs take about 4 minutes on 2
+#      cores, see docs/testing.md) each on its committed seeds, after one build (it installs
+#      cargo-fuzz, and the nightly toolchain, when missing); a crash, a broken property or a
+#      timeout fails the run, naming the target and the input. Only for a whole run;
+#      PGMUX_SKIP_FUZZ=1 skips it.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -151,4 +157,12 @@ cargo test --locked "$@"
 if [ $# -eq 0 ] && [ "${PGMUX_SKIP_GATE:-0}" != 1 ]; then
   say "benches/instructions.sh --check"
   "$ROOT/benches/instructions.sh" --check
+fi
+
+# --- 7. coverage-guided fuzzing ----------------------------------------------------
+if [ $# -eq 0 ] && [ "${PGMUX_SKIP_FUZZ:-0}" != 1 ]; then
+  say "scripts/fuzz.sh ${PGMUX_FUZZ_SECONDS:-15}"
+  fuzz_started=$(date +%s)
+  "$ROOT/scripts/fuzz.sh" "${PGMUX_FUZZ_SECONDS:-15}"
+  say "fuzz step: $(($(date +%s) - fuzz_started)) s"
 fi

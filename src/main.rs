@@ -55,6 +55,7 @@ enum Command {
 /// jemalloc: its size classes keep the 128-byte-aligned objects tokio allocates for every
 /// connection (the task, the socket's registration) free of the padding glibc's memalign adds,
 /// which is most of what an idle client costs beyond those objects (issue 3, idle clients).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

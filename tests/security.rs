@@ -291,3 +291,126 @@ async fn failures_before_authentication_name_no_server() {
         assert!(px.log().contains(&dead.to_string()), "{what}: the log does not say why");
     }
 }
+
+/// A tokio-postgres login to pgmux from the loopback address `source` (127.0.0.x: Linux
+/// routes all of 127/8 to lo, so each is another client address for pgmux).
+async fn login_from(
+    port: u16,
+    source: &str,
+    user: &str,
+    password: &str,
+    db: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let stream = socket
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    let config: tokio_postgres::Config = format!("user={user} password={password} dbname={db}").parse().unwrap();
+    let fut = config.connect_raw(stream, tokio_postgres::NoTls);
+    let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, fut).await.expect("login hung")?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// The SQLSTATE a refused login got, and how long it took.
+async fn refusal_from(port: u16, source: &str, user: &str, password: &str, db: &str) -> (String, String, Duration) {
+    let started = std::time::Instant::now();
+    let e = login_from(port, source, user, password, db)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{user}@{db} from {source} logged in with {password}"));
+    (sqlstate(&e).unwrap_or_default(), error_text(&e), started.elapsed())
+}
+
+/// auth_failure_delay, auth_failure_limit and auth_failure_window, on the pools and the
+/// console: wrong passwords (and unknown users) wait the delay; past the limit, the address
+/// gets 53300 at once for that user, the right password included, until enough time passed;
+/// other addresses and other users are not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passwords_are_delayed_then_throttled_per_address_and_user() {
+    ensure_database(DB);
+    let px = Pgmux::start(
+        "auth_type = \"scram-sha-256\"\nadmin_users = [\"boss\"]\n\
+         auth_failure_delay = 1\nauth_failure_limit = 3\nauth_failure_window = 12",
+        &rest(&format!(
+            "[users.app]\npassword = \"app\"\n[users.md5user]\npassword = \"md5pass\"\n\
+             [users.boss]\npassword = \"{PLAIN}\"\n"
+        )),
+    );
+    let port = px.port;
+    // The pool users log in to the server with their own password (ghost: nobody's).
+    let right = |user: &str| match user {
+        "app" => "app",
+        "md5user" => "md5pass",
+        _ => PLAIN,
+    };
+    // Three wrong passwords at once from 127.0.0.2, for a pool user, the console's admin and a
+    // name pgmux does not know: each 28P01 after the delay.
+    let mut wrong = Vec::new();
+    for _ in 0..3 {
+        for (user, db) in [("app", DB), ("boss", "pgbouncer"), ("ghost", DB)] {
+            wrong.push(tokio::spawn(refusal_from(port, "127.0.0.2", user, WRONG, db)));
+        }
+    }
+    for task in wrong {
+        let (code, text, took) = task.await.unwrap();
+        assert_eq!(code, "28P01", "{text}");
+        assert!(
+            took >= Duration::from_secs(1),
+            "refused after {took:?}, before auth_failure_delay"
+        );
+    }
+    // Now that address is refused at once for those users, the right password too.
+    for (user, db) in [("app", DB), ("boss", "pgbouncer"), ("ghost", DB)] {
+        let (code, text, took) = refusal_from(port, "127.0.0.2", user, right(user), db).await;
+        assert_eq!(code, "53300", "{user}: {text}");
+        assert!(
+            text.contains(&format!("too many failed logins for user \"{user}\" from this address")),
+            "{text}"
+        );
+        assert!(took < Duration::from_secs(1), "{user}: a throttled login took {took:?}");
+    }
+    // Other addresses for the same users, and other users from the same address, get in.
+    for (source, user, db) in [
+        ("127.0.0.3", "app", DB),
+        ("127.0.0.3", "boss", "pgbouncer"),
+        ("127.0.0.2", "md5user", DB),
+    ] {
+        let client = login_from(port, source, user, right(user), db)
+            .await
+            .unwrap_or_else(|e| panic!("{user} from {source}: {}", error_text(&e)));
+        if db == DB {
+            client.simple_query("SELECT 1").await.unwrap();
+            continue;
+        }
+        let config = console_text(&client, "SHOW CONFIG").await;
+        for row in [
+            "auth_failure_delay\t1\t",
+            "auth_failure_limit\t3\t",
+            "auth_failure_window\t12\t",
+        ] {
+            assert!(config.contains(row), "SHOW CONFIG lacks {row:?}: {config}");
+        }
+    }
+    // Once a failure has drained (12 s / 3), the right password gets in, and clears the record.
+    let (_, text, _) = refusal_from(port, "127.0.0.2", "app", "app", DB).await;
+    let wait: f64 = text
+        .split("try again in ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no wait in {text}"));
+    assert!(wait <= 4.0, "{text}");
+    tokio::time::sleep(Duration::from_secs_f64(wait + 0.5)).await;
+    for (user, db) in [("app", DB), ("boss", "pgbouncer")] {
+        let client = login_from(port, "127.0.0.2", user, right(user), db)
+            .await
+            .unwrap_or_else(|e| panic!("{user} after the wait: {}", error_text(&e)));
+        drop(client);
+    }
+    let (code, text, _) = refusal_from(port, "127.0.0.2", "app", WRONG, DB).await;
+    assert_eq!(code, "28P01", "the right password cleared the record: {text}");
+    assert!(px.log().contains("login throttled"), "the log does not say so");
+}

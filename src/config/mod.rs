@@ -165,6 +165,12 @@ section! {
         client_idle_timeout: Duration = Duration::ZERO, |v| v.duration();
         /// Startup plus authentication must finish within it.
         client_login_timeout: Duration = secs(60), |v| v.duration();
+        /// A wrong password (or an unknown user) waits this long before its error, as with PostgreSQL's auth_delay; 0: no wait.
+        auth_failure_delay: Duration = Duration::from_millis(500), |v| v.duration();
+        /// Wrong passwords for one user from one client address (IPv4, or IPv6 /64; the Unix socket is exempt) let through before its logins are refused at once with 53300; then one more per auth_failure_window / auth_failure_limit. 0: no limit.
+        auth_failure_limit: u32 = 10, |v| v.u32(0);
+        /// How long auth_failure_limit wrong passwords take to be forgotten (they drain evenly over it); 0: no limit.
+        auth_failure_window: Duration = secs(60), |v| v.duration();
         /// Clients idle inside a transaction longer are closed (25P03); their transaction is rolled back.
         idle_transaction_timeout: Duration = Duration::ZERO, |v| v.duration();
         /// Servers idle longer are closed.

@@ -34,6 +34,7 @@ pub struct ClientConn {
 }
 
 /// A client's address as logs show it.
+#[derive(Clone)]
 pub enum Peer {
     Tcp(SocketAddr),
     /// On the Unix socket of `unix_socket_dir`.

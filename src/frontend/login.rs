@@ -225,7 +225,12 @@ async fn login(
         )
         .with_hint("ENABLE it on the console (psql -p PORT -U ADMIN pgbouncer)"));
     }
-    let proof = authenticate(client, shared, config, user, database).await?;
+    // A throttled address gets its 53300 here; a wrong password is counted and delayed.
+    let attempt = shared.throttle.begin(&client.peer(), user, &config.pooler)?;
+    let proof = match authenticate(client, shared, config, user, database).await {
+        Ok(proof) => proof,
+        Err(e) => return Err(attempt.refused(e).await),
+    };
     let password = match &proof {
         Proof::Password(p) => Some(p.as_str()),
         _ => None,
@@ -236,15 +241,15 @@ async fn login(
         Proof::Looked { secret, client_key } => pool.learn_secret(user, secret.clone(), *client_key),
         Proof::Nothing | Proof::Password(_) => {}
     }
-    match password {
-        Some(password) => {
-            if let Err(e) = verify_passthrough(&pool, shared, password).await {
-                shared.pools.forget_if_unused(&pool);
-                return Err(e);
-            }
+    if let Some(password) = password {
+        if let Err(e) = verify_passthrough(&pool, shared, password).await {
+            shared.pools.forget_if_unused(&pool);
+            return Err(attempt.refused(e).await);
         }
-        None if pool.welcome().is_none() => pool.checkout().await.map_err(|e| e.to_pg())?.release(),
-        None => {}
+    }
+    attempt.passed();
+    if password.is_none() && pool.welcome().is_none() {
+        pool.checkout().await.map_err(|e| e.to_pg())?.release();
     }
 
     msg::authentication(&mut out, msg::AUTH_OK, &[]);
@@ -368,10 +373,16 @@ async fn console_login(
     user: &str,
     database: &str,
 ) -> Result<LoggedIn, PgError> {
-    let superuser = match authenticate(client, shared, config, user, database).await? {
-        Proof::Password(password) => admin::check_passthrough(shared, config, user, &password).await?,
-        _ => false,
+    let attempt = shared.throttle.begin(&client.peer(), user, &config.pooler)?;
+    let superuser = match authenticate(client, shared, config, user, database).await {
+        Ok(Proof::Password(password)) => match admin::check_passthrough(shared, config, user, &password).await {
+            Ok(superuser) => superuser,
+            Err(e) => return Err(attempt.refused(e).await),
+        },
+        Ok(_) => false,
+        Err(e) => return Err(attempt.refused(e).await),
     };
+    attempt.passed();
     let role = admin::role(config, user, superuser)?;
     let mut out = BytesMut::new();
     admin::welcome(&mut out, shared.next_process_id());

@@ -14,6 +14,7 @@ pub mod session;
 pub mod set;
 pub mod spare;
 pub mod startup;
+pub mod throttle;
 pub mod timers;
 pub mod track;
 
@@ -57,6 +58,8 @@ pub struct Shared {
     pub auth_cache: auth_query::Cache,
     /// The dashboard's series and logins.
     pub dashboard: crate::dashboard::State,
+    /// Failed logins per client address and user: auth_failure_limit.
+    pub throttle: throttle::Throttle,
 }
 
 impl Shared {
@@ -77,6 +80,7 @@ impl Shared {
             reloads: crate::reload::ReloadStats::default(),
             auth_cache: auth_query::Cache::default(),
             dashboard: crate::dashboard::State::default(),
+            throttle: throttle::Throttle::default(),
             keys: KeyCache::default(),
             clients: AtomicU32::new(0),
             next_client: AtomicU64::new(1),

@@ -7,6 +7,14 @@ fn c(sql: &str) -> Target {
 }
 
 #[test]
+fn a_number_then_a_non_ascii_identifier_opens_no_dollar_quote() {
+    // The classify fuzz target's second finding, cut down: PostgreSQL reads 1, an identifier
+    // `\xff$$`, `;`, and a statement starting with the identifier `\xff`, not a read.
+    let sql = b"SELECT 1\xff$$ ; \xff x; SELECT $$";
+    assert_eq!(classify(sql, &DenyList::default()), P);
+}
+
+#[test]
 fn statements() {
     let table = [
         // First keyword.
@@ -38,6 +46,11 @@ fn statements() {
         ("SELECT 1 /* FOR UPDATE */", R),
         ("SELECT 1 /* a /* b */ FOR UPDATE */", R),
         ("SELECT 1 /* unclosed", R),
+        // A number ends before `$` (the classify fuzz target's finding): here `$$$$` is an
+        // empty dollar quote and INTO a keyword, not part of a word `4$$$$into`.
+        ("select 4$$$$into 2$$", P),
+        ("select 4$$$$ into t", P),
+        ("select 4$$ into $$", R),
         ("/* unclosed SELECT 1", P),
         ("SELECT 1 -- ; DELETE FROM t", R),
         ("SELECT 1 --\n; DELETE FROM t", P),
