@@ -17,6 +17,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
+/// One test at a time: each runs a fleet and pgbench on two cores, and HAProxy's checks
+/// (`fall 1`) would take a process starved by another test's load for a dead one.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A running HAProxy, killed (and reaped) on drop.
 struct Haproxy {
     port: u16,
@@ -122,6 +129,7 @@ fn forwarded(fleet: &[Pgmux]) -> i64 {
 
 #[test]
 fn a_cancel_that_haproxy_sends_to_another_instance_cancels_the_query() {
+    let _serial = one_at_a_time();
     let f = fleet(3, "lb", |_, _| String::new());
     let ports: Vec<u16> = f.iter().map(|px| px.port).collect();
     let lb = Haproxy::start(&ports);
@@ -167,6 +175,7 @@ fn progress(stderr: &str) -> Vec<(f64, f64)> {
 
 #[test]
 fn one_instance_killed_fails_only_its_clients_which_reconnect_to_the_others() {
+    let _serial = one_at_a_time();
     cluster().pgbench_init();
     let f = fleet(3, "lbkill", |_, _| "[databases.bench]\nport = {pg_port}\n".to_string());
     let ports: Vec<u16> = f.iter().map(|px| px.port).collect();
@@ -305,6 +314,7 @@ fn bench_through(port: u16, extra: &[&str], seconds: u32) -> std::thread::JoinHa
 
 #[test]
 fn a_rolling_upgrade_of_all_three_instances_under_pgbench_fails_nothing() {
+    let _serial = one_at_a_time();
     cluster().pgbench_init();
     let extra = |_: usize, _: &[u16]| "[databases.bench]\nport = {pg_port}\n".to_string();
     let f = fleet(3, "lbroll", extra);

@@ -13,6 +13,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::*;
 
+/// One test at a time: the pgbench one loads both cores, and the others time their processes.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 const POOLER: &str = "max_client_conn = 200\nshutdown_timeout = 20\n";
 
 /// A copy of the built binary at `dir/pgmux` (replaced later by renaming another copy over it).
@@ -61,6 +67,7 @@ fn assert_clean(what: &str, (code, out, err): &(i32, String, String)) {
 
 #[test]
 fn upgrade_under_pgbench_fails_no_transaction_and_refuses_no_connection() {
+    let _serial = one_at_a_time();
     cluster().pgbench_init();
     let dir = temp_dir("upgrade-bin");
     let bin = binary_copy(&dir);
@@ -171,6 +178,7 @@ fn text_of(messages: &[(u8, Vec<u8>)], tag: u8) -> Vec<String> {
 
 #[test]
 fn an_idle_client_keeps_its_session_across_the_upgrade() {
+    let _serial = one_at_a_time();
     ensure_database("upgrade_session");
     ensure_database("upgrade_listen");
     let sockets = temp_dir("upgrade-unix");
@@ -275,6 +283,7 @@ fn an_idle_client_keeps_its_session_across_the_upgrade() {
 
 #[test]
 fn a_second_upgrade_while_one_runs_is_refused_and_so_is_one_with_nothing_to_take_over() {
+    let _serial = one_at_a_time();
     // Nothing runs on this port: the error says so.
     let port = free_port();
     let dir = temp_dir("upgrade-none");
@@ -349,6 +358,7 @@ fn a_second_upgrade_while_one_runs_is_refused_and_so_is_one_with_nothing_to_take
 
 #[test]
 fn a_session_mode_client_stays_on_the_old_process_until_it_leaves() {
+    let _serial = one_at_a_time();
     ensure_database("upgrade_sessmode");
     let old = Pgmux::start(
         "auth_type = \"trust\"\nshutdown_timeout = 20\n",
