@@ -16,7 +16,6 @@ use bytes::BytesMut;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// How an offer of a client at its transaction boundary ended.
@@ -113,10 +112,6 @@ fn pairs(settings: &Settings) -> Vec<(String, String)> {
     settings.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
 }
 
-/// How long an adopted listening client waits for the listener connection to cover its
-/// channels before it is served anyway (as at a LISTEN).
-const COVER_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// The new process: builds the session of an offered client, says whether it could
 /// (`registered`), and serves it once the old process has let go (`released`).
 pub async fn adopt(
@@ -193,14 +188,10 @@ async fn build(shared: Arc<Shared>, state: State, fd: OwnedFd) -> Result<Session
     }
     let mut listen = None;
     if !state.channels.is_empty() {
+        // Served once covered (or after the wait a LISTEN gets), as at a LISTEN.
         let mailbox: Arc<crate::listen::Mailbox> = Arc::default();
-        let (wait, spawn) = pool.listen.update(&mailbox, None, &state.channels);
-        if spawn {
-            crate::listen::listener::spawn(pool.clone());
-        }
-        if let Some(generation) = wait {
-            let _ = tokio::time::timeout(COVER_TIMEOUT, pool.listen.covered(generation)).await;
-        }
+        let wait = super::listen::subscribe(&pool, &mailbox, None, &state.channels);
+        super::listen::wait_covered(&pool, wait).await;
         listen = Some(mailbox);
     }
     Ok(Session {

@@ -112,10 +112,7 @@ pub async fn settle(
     }
     let mailbox = mine.get_or_insert_with(Default::default).clone();
     let listened: Vec<Vec<u8>> = listened.into_iter().map(String::into_bytes).collect();
-    let (wait, spawn) = pool.listen.update(&mailbox, unlisten.as_deref(), &listened);
-    if spawn {
-        crate::listen::listener::spawn(pool.clone());
-    }
+    let wait = subscribe(pool, &mailbox, unlisten.as_deref(), &listened);
     // Notifications the server got between its LISTEN and UNLISTEN *, which the listener
     // connection was not there to see.
     for frame in early {
@@ -125,15 +122,35 @@ pub async fn settle(
             mailbox.push(&frame);
         }
     }
-    if let Some(generation) = wait {
-        if tokio::time::timeout(COVER_TIMEOUT, pool.listen.covered(generation))
-            .await
-            .is_err()
-        {
-            tracing::warn!(pool = %pool, "the listener connection is not listening yet: notifications start once it is");
-        }
-    }
+    wait_covered(pool, wait).await;
     true
+}
+
+/// Subscribes `mailbox` in its pool's hub, first `unlisten` then `listen` (`Hub::update`),
+/// starting the pool's listener connection where it has none; the generation that connection
+/// must reach before the new channels are covered.
+pub fn subscribe(
+    pool: &Arc<Pool>,
+    mailbox: &Arc<Mailbox>,
+    unlisten: Option<&[Vec<u8>]>,
+    listen: &[Vec<u8>],
+) -> Option<u64> {
+    let (wait, spawn) = pool.listen.update(mailbox, unlisten, listen);
+    if spawn {
+        crate::listen::listener::spawn(pool.clone());
+    }
+    wait
+}
+
+/// Waits, COVER_TIMEOUT at most, until the listener connection listens on `generation`'s channels.
+pub async fn wait_covered(pool: &Pool, generation: Option<u64>) {
+    let Some(generation) = generation else { return };
+    if tokio::time::timeout(COVER_TIMEOUT, pool.listen.covered(generation))
+        .await
+        .is_err()
+    {
+        tracing::warn!(pool = %pool, "the listener connection is not listening yet: notifications start once it is");
+    }
 }
 
 /// Writes the client's waiting notifications (it is idle).

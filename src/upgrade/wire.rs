@@ -258,6 +258,8 @@ impl<'a> Reader<'a> {
 pub struct Channel {
     sock: UnixStream,
     inbuf: Vec<u8>,
+    /// Where each read lands before it joins `inbuf` (kept: a handover reads one per client).
+    chunk: Vec<u8>,
     fds: VecDeque<OwnedFd>,
 }
 
@@ -266,6 +268,7 @@ impl Channel {
         Channel {
             sock,
             inbuf: Vec::new(),
+            chunk: vec![0u8; 64 * 1024],
             fds: VecDeque::new(),
         }
     }
@@ -296,15 +299,14 @@ impl Channel {
                 let fds = self.fds.drain(..wanted).collect();
                 return Ok((msg, fds));
             }
-            let mut chunk = vec![0u8; 64 * 1024];
-            let n = recv_with_fds(self.sock.as_raw_fd(), &mut chunk, &mut self.fds)?;
+            let n = recv_with_fds(self.sock.as_raw_fd(), &mut self.chunk, &mut self.fds)?;
             if n == 0 {
                 return Err(Error::new(
                     ErrorKind::UnexpectedEof,
                     "the other pgmux closed the upgrade channel",
                 ));
             }
-            self.inbuf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+            self.inbuf.extend_from_slice(self.chunk.get(..n).unwrap_or_default());
         }
     }
 }
