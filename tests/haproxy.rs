@@ -191,29 +191,8 @@ fn one_instance_killed_fails_only_its_clients_which_reconnect_to_the_others() {
     assert_eq!(on_victim, 2, "roundrobin gave process {victim} two of six clients");
 
     // pgbench through HAProxy, its connections spread over the three.
-    let lb_port = lb.port.to_string();
-    let bench = std::thread::spawn(move || {
-        let args = [
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &lb_port,
-            "-U",
-            "app",
-            "-n",
-            "-c",
-            "10",
-            "-j",
-            "2",
-            "-T",
-            "5",
-            "-P",
-            "1",
-            "--failures-detailed",
-            "bench",
-        ];
-        run_cmd("pgbench", &args, &[], Duration::from_secs(60))
-    });
+    let extra = ["-c", "10", "-j", "2", "-P", "1", "--failures-detailed"];
+    let bench = pgbench_thread(lb.port, &extra, 5, Duration::from_secs(60));
     let started = Instant::now();
     // Every pgbench client is connected once its first progress second is over.
     std::thread::sleep(Duration::from_millis(1500));
@@ -268,48 +247,15 @@ fn one_instance_killed_fails_only_its_clients_which_reconnect_to_the_others() {
         after.iter().all(|(_, tps)| *tps > 0.0),
         "pgbench stalled after the kill: {after:?}"
     );
-    let processed = out
-        .lines()
-        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-        .and_then(|v| v.split('/').next()?.trim().parse::<u64>().ok());
-    assert!(processed.is_some_and(|n| n > 0), "{out}");
+    assert!(pgbench_processed(&out) > 0, "{out}");
 
     // With the process gone, new sessions through HAProxy all succeed: pgbench opening a
     // connection per transaction fails none.
-    let port = lb.port.to_string();
-    let args = [
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-U",
-        "app",
-        "-n",
-        "-C",
-        "-c",
-        "4",
-        "-T",
-        "1",
-        "--failures-detailed",
-        "bench",
-    ];
-    let (code, out, err) = run_cmd("pgbench", &args, &[], Duration::from_secs(30));
+    let extra = ["-C", "-c", "4", "--failures-detailed"];
+    let storm = pgbench_thread(lb.port, &extra, 1, Duration::from_secs(30));
+    let (code, out, err) = storm.join().expect("pgbench thread");
     assert_eq!(code, 0, "pgbench -C after the kill\n{out}\n{err}");
     assert!(out.contains("number of failed transactions: 0 "), "{out}");
-}
-
-/// pgbench through the balancer, as `app`, in a thread: (exit code, stdout, stderr).
-fn bench_through(port: u16, extra: &[&str], seconds: u32) -> std::thread::JoinHandle<(i32, String, String)> {
-    let mut args: Vec<String> = ["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "app", "-n"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.extend(["-T".into(), seconds.to_string(), "bench".into()]);
-    std::thread::spawn(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_cmd("pgbench", &args, &[], Duration::from_secs(120))
-    })
 }
 
 #[test]
@@ -321,8 +267,13 @@ fn a_rolling_upgrade_of_all_three_instances_under_pgbench_fails_nothing() {
     let ports: Vec<u16> = f.iter().map(|px| px.port).collect();
     let lb = Haproxy::start(&ports);
     // Fifty sessions spread over the three, and a new connection per transaction beside them.
-    let steady = bench_through(lb.port, &["-S", "-c", "50", "-j", "2"], 10);
-    let storm = bench_through(lb.port, &["-S", "-C", "-c", "4", "-j", "1"], 10);
+    let steady = pgbench_thread(lb.port, &["-S", "-c", "50", "-j", "2"], 10, Duration::from_secs(120));
+    let storm = pgbench_thread(
+        lb.port,
+        &["-S", "-C", "-c", "4", "-j", "1"],
+        10,
+        Duration::from_secs(120),
+    );
     std::thread::sleep(Duration::from_secs(2));
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_pgmux"));
     let mut upgraded = Vec::new();

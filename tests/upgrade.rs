@@ -7,8 +7,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::*;
@@ -19,6 +17,8 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+const BENCH_TIMEOUT: Duration = Duration::from_secs(120);
+
 const POOLER: &str = "max_client_conn = 200\nshutdown_timeout = 20\n";
 
 /// A copy of the built binary at `dir/pgmux` (replaced later by renaming another copy over it).
@@ -28,27 +28,6 @@ fn binary_copy(dir: &Path) -> PathBuf {
     std::fs::copy(env!("CARGO_BIN_EXE_pgmux"), &tmp).expect("copy the binary");
     std::fs::rename(&tmp, &path).expect("put the binary in place");
     path
-}
-
-fn pgbench(port: u16, extra: &[&str], seconds: u32) -> std::thread::JoinHandle<(i32, String, String)> {
-    let mut args: Vec<String> = ["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "app", "-n"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.extend(["-T".into(), seconds.to_string(), "bench".into()]);
-    std::thread::spawn(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_cmd("pgbench", &args, &[("PGPASSWORD", "app")], Duration::from_secs(120))
-    })
-}
-
-fn processed(out: &str) -> u64 {
-    out.lines()
-        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-        .and_then(|v| v.split('/').next())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// pgbench ran to its end with every transaction committed and no client aborted.
@@ -62,7 +41,7 @@ fn assert_clean(what: &str, (code, out, err): &(i32, String, String)) {
         !err.contains("aborted") && !err.contains("error"),
         "{what}: errors\n{out}\n{err}"
     );
-    assert!(processed(out) > 0, "{what}: nothing processed\n{out}");
+    assert!(pgbench_processed(out) > 0, "{what}: nothing processed\n{out}");
 }
 
 #[test]
@@ -73,8 +52,13 @@ fn upgrade_under_pgbench_fails_no_transaction_and_refuses_no_connection() {
     let bin = binary_copy(&dir);
     let old = Pgmux::start_app_from(&bin, POOLER, "bench");
     // Fifty sessions with prepared statements that must move, and new connections all along.
-    let steady = pgbench(old.port, &["-S", "-M", "prepared", "-c", "50", "-j", "2"], 8);
-    let storm = pgbench(old.port, &["-S", "-C", "-c", "4", "-j", "1"], 8);
+    let steady = pgbench_thread(
+        old.port,
+        &["-S", "-M", "prepared", "-c", "50", "-j", "2"],
+        8,
+        BENCH_TIMEOUT,
+    );
+    let storm = pgbench_thread(old.port, &["-S", "-C", "-c", "4", "-j", "1"], 8, BENCH_TIMEOUT);
     std::thread::sleep(Duration::from_secs(3));
     // The binary is replaced on disk under the running process, as a package upgrade does.
     let bin = binary_copy(&dir);
@@ -95,85 +79,10 @@ fn upgrade_under_pgbench_fails_no_transaction_and_refuses_no_connection() {
     let handed = log.matches("client handed to the new process").count();
     assert!(handed >= 40, "only {handed} clients handed over\n{}", tail(&log, 40));
     // The new process serves new sessions on the same port.
-    let after = pgbench(new.port, &["-S", "-c", "2"], 1).join().expect("pgbench thread");
+    let after = pgbench_thread(new.port, &["-S", "-c", "2"], 1, BENCH_TIMEOUT)
+        .join()
+        .expect("pgbench thread");
     assert_clean("pgbench after the upgrade", &after);
-}
-
-/// A raw protocol client, to see notifications and keep a cancel key.
-struct Wire {
-    sock: TcpStream,
-    pid: i32,
-    secret: i32,
-}
-
-impl Wire {
-    fn login(port: u16) -> Wire {
-        let mut sock = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut body = Vec::new();
-        body.extend_from_slice(&196608u32.to_be_bytes());
-        for (k, v) in [("user", "trustuser"), ("database", "upgrade_listen")] {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        msg.extend_from_slice(&body);
-        sock.write_all(&msg).unwrap();
-        let mut me = Wire {
-            sock,
-            pid: 0,
-            secret: 0,
-        };
-        loop {
-            let (tag, body) = me.read();
-            match tag {
-                b'K' => {
-                    me.pid = i32::from_be_bytes(body[0..4].try_into().unwrap());
-                    me.secret = i32::from_be_bytes(body[4..8].try_into().unwrap());
-                }
-                b'Z' => return me,
-                b'E' => panic!("login refused: {}", String::from_utf8_lossy(&body)),
-                _ => {}
-            }
-        }
-    }
-
-    fn read(&mut self) -> (u8, Vec<u8>) {
-        let mut head = [0u8; 5];
-        self.sock.read_exact(&mut head).expect("read a message header");
-        let len = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
-        let mut body = vec![0u8; len - 4];
-        self.sock.read_exact(&mut body).expect("read a message body");
-        (head[0], body)
-    }
-
-    fn query(&mut self, sql: &str) -> Vec<(u8, Vec<u8>)> {
-        let mut msg = vec![b'Q'];
-        msg.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
-        msg.extend_from_slice(sql.as_bytes());
-        msg.push(0);
-        self.sock.write_all(&msg).unwrap();
-        let mut got = Vec::new();
-        loop {
-            let (tag, body) = self.read();
-            let done = tag == b'Z';
-            got.push((tag, body));
-            if done {
-                return got;
-            }
-        }
-    }
-}
-
-fn text_of(messages: &[(u8, Vec<u8>)], tag: u8) -> Vec<String> {
-    messages
-        .iter()
-        .filter(|(t, _)| *t == tag)
-        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
-        .collect()
 }
 
 #[test]
@@ -187,7 +96,9 @@ fn an_idle_client_keeps_its_session_across_the_upgrade() {
             "auth_type = \"trust\"\nadmin_users = [\"app\"]\nshutdown_timeout = 10\nunix_socket_dir = \"{}\"\n",
             sockets.display()
         ),
-        "[databases.upgrade_session]\nport = {pg_port}\n[databases.upgrade_listen]\nport = {pg_port}\n",
+        // `app` logs in to PostgreSQL with its password (the raw client below is `app`).
+        "[users.app]\npassword = \"app\"\n[databases.upgrade_session]\nport = {pg_port}\n\
+         [databases.upgrade_listen]\nport = {pg_port}\n",
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let url = format!(
@@ -203,8 +114,8 @@ fn an_idle_client_keeps_its_session_across_the_upgrade() {
             .unwrap();
     });
     let statement = rt.block_on(client.prepare("SELECT $1::int + 1")).unwrap();
-    let mut listener = Wire::login(old.port);
-    listener.query("LISTEN upgrade_channel");
+    let mut listener = Raw::login(old.port, "upgrade_listen");
+    listener.query("LISTEN upgrade_channel").expect("LISTEN");
     // A client on the Unix socket moves too, and the socket file stays for the new process.
     let local_url = format!(
         "host={} port={} user=trustuser dbname=upgrade_session",
@@ -260,18 +171,17 @@ fn an_idle_client_keeps_its_session_across_the_upgrade() {
     )));
     rt.block_on(notifier.batch_execute("NOTIFY upgrade_channel, 'after'"))
         .unwrap();
-    let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline && seen.is_empty() {
-        let got = listener.query("SELECT 1");
-        seen = text_of(&got, b'A');
-        if seen.is_empty() {
+    while Instant::now() < deadline && listener.notifications.is_empty() {
+        listener.query("SELECT 1").expect("SELECT 1");
+        if listener.notifications.is_empty() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    let seen = &listener.notifications;
     assert!(
         seen.iter()
-            .any(|n| n.contains("upgrade_channel") && n.contains("after")),
+            .any(|(channel, payload)| channel == "upgrade_channel" && payload == "after"),
         "{seen:?}"
     );
     let rows = support::console_rows(&new, "SHOW CLIENTS");

@@ -72,6 +72,8 @@ pub struct Raw {
     s: TcpStream,
     pub pid: i32,
     pub secret: i32,
+    /// NotificationResponses read so far: (channel, payload).
+    pub notifications: Vec<(String, String)>,
 }
 
 /// What a query gave: the rows (every column as text), or the SQLSTATE of its error.
@@ -104,7 +106,12 @@ impl Raw {
             }
         }
         let (pid, secret) = key.ok_or("no BackendKeyData")?;
-        Ok(Raw { s, pid, secret })
+        Ok(Raw {
+            s,
+            pid,
+            secret,
+            notifications: Vec::new(),
+        })
     }
 
     /// Sends a simple query without waiting for its answer.
@@ -128,6 +135,7 @@ impl Raw {
                 b'T' => columns = row_description(&body),
                 b'D' => rows.push(columns.iter().cloned().zip(data_row(&body)).collect()),
                 b'E' => error = Some(error_code(&body)),
+                b'A' => self.notifications.push(notification(&body)),
                 b'Z' => break,
                 _ => {}
             }
@@ -177,6 +185,14 @@ pub fn wait_running(sql: &str, n: usize) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A NotificationResponse's channel and payload (after the sender's pid).
+fn notification(body: &[u8]) -> (String, String) {
+    let mut parts = body[4..]
+        .split(|&b| b == 0)
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    (parts.next().unwrap_or_default(), parts.next().unwrap_or_default())
 }
 
 fn int(b: &[u8]) -> i32 {

@@ -78,6 +78,35 @@ pub fn sqlstate(err: &tokio_postgres::Error) -> Option<String> {
     err.code().map(|c| c.code().to_owned())
 }
 
+/// pgbench in a thread as `app` (password `app`, or trust) on 127.0.0.1:`port`'s database
+/// `bench`: `extra` arguments, then `-T seconds`; (exit code, stdout, stderr) as `run_cmd`.
+pub fn pgbench_thread(
+    port: u16,
+    extra: &[&str],
+    seconds: u32,
+    timeout: Duration,
+) -> std::thread::JoinHandle<(i32, String, String)> {
+    let mut args: Vec<String> = ["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "app", "-n"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(["-T".into(), seconds.to_string(), "bench".into()]);
+    std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_cmd("pgbench", &args, &[("PGPASSWORD", "app")], timeout)
+    })
+}
+
+/// pgbench's "number of transactions actually processed" (0 when it says none).
+pub fn pgbench_processed(out: &str) -> u64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split('/').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Run a command-line client (psql, pgbench, ...) and return (exit code, stdout, stderr).
 /// A bare program name found in PG_BIN is taken from there (the /usr/bin wrappers may pick
 /// another version). Killed on timeout, giving code 124. Signal deaths give 128 + signal.

@@ -9,9 +9,35 @@ use std::time::{Duration, Instant};
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
-thread_local! {
-    /// The binary `spawn` starts, when not the one cargo built (`start_app_from`).
-    static BINARY: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
+/// The binary cargo built.
+fn built() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_pgmux"))
+}
+
+/// Starts `binary --config CONFIG ARGS...` with stdout and stderr in `log_path` and RUST_LOG
+/// `log_filter` (else the test's own, else info), registered in `watchdog` for the cluster
+/// watchdog, which kills leftovers when the tests die: the child and its pid file.
+fn launch(
+    binary: &Path,
+    config_path: &Path,
+    args: &[&str],
+    log_path: &Path,
+    log_filter: Option<&str>,
+    watchdog: &Path,
+) -> (Child, PathBuf) {
+    let log = fs::File::create(log_path).expect("create pgmux log");
+    let mut cmd = Command::new(binary);
+    cmd.arg("--config").arg(config_path).args(args);
+    cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+    if let Some(filter) = log_filter {
+        cmd.env("RUST_LOG", filter);
+    } else if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info");
+    }
+    let child = cmd.spawn().expect("spawn pgmux");
+    let pid_file = watchdog.join(child.id().to_string());
+    let _ = fs::write(&pid_file, "");
+    (child, pid_file)
 }
 
 /// A running pgmux. Its config and log live in `dir` (under the cluster's temp root, so the
@@ -52,7 +78,7 @@ impl Pgmux {
     /// socket directory) and `{replica_port}` the given replica port. Waits until the port
     /// accepts TCP (10 s); panics with the log tail if pgmux exits or never listens.
     pub fn start_with(cluster: &Cluster, replica_port: Option<u16>, pooler_extra: &str, rest: &str) -> Pgmux {
-        Self::spawn(cluster, replica_port, pooler_extra, rest, None)
+        Self::spawn(built(), cluster, replica_port, pooler_extra, rest, None)
     }
 
     /// `start_app` from another copy of the binary (an upgrade test replaces it under the
@@ -61,10 +87,7 @@ impl Pgmux {
         super::ensure_database(db);
         let pooler = format!("auth_type = \"scram-sha-256\"\n{pooler}");
         let rest = format!("[users.app]\npassword = \"app\"\n[databases.{db}]\nport = {{pg_port}}\n");
-        BINARY.with(|b| *b.borrow_mut() = Some(binary.to_owned()));
-        let started = std::panic::catch_unwind(|| Self::spawn(cluster(), None, &pooler, &rest, None));
-        BINARY.with(|b| *b.borrow_mut() = None);
-        started.unwrap_or_else(|e| std::panic::resume_unwind(e))
+        Self::spawn(binary, cluster(), None, &pooler, &rest, None)
     }
 
     /// `BINARY --config <this config> upgrade`: the new process, once it took over from this
@@ -80,16 +103,8 @@ impl Pgmux {
         let config_path = dir.join(self.config_path.file_name().expect("config file name"));
         fs::copy(&self.config_path, &config_path).expect("copy the config");
         let log_path = dir.join("pgmux.log");
-        let log = fs::File::create(&log_path).expect("create pgmux log");
-        let mut cmd = Command::new(binary);
-        cmd.arg("--config").arg(&config_path).arg("upgrade");
-        cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
-        }
-        let child = cmd.spawn().expect("spawn pgmux upgrade");
-        let pid_file = cluster().dir.join("pids").join(child.id().to_string());
-        let _ = fs::write(&pid_file, "");
+        let watchdog = self.pid_file.parent().expect("the watchdog's directory");
+        let (child, pid_file) = launch(binary, &config_path, &["upgrade"], &log_path, None, watchdog);
         let mut me = Pgmux {
             port: self.port,
             config_path,
@@ -107,10 +122,11 @@ impl Pgmux {
 
     /// `start` with RUST_LOG set to `filter` (e.g. "trace") whatever the test's environment says.
     pub fn start_logging(filter: &str, pooler_extra: &str, rest: &str) -> Pgmux {
-        Self::spawn(cluster(), None, pooler_extra, rest, Some(filter))
+        Self::spawn(built(), cluster(), None, pooler_extra, rest, Some(filter))
     }
 
     fn spawn(
+        binary: &Path,
         cluster: &Cluster,
         replica_port: Option<u16>,
         pooler_extra: &str,
@@ -132,20 +148,8 @@ impl Pgmux {
             let config_path = dir.join("pgmux.toml");
             let log_path = dir.join("pgmux.log");
             fs::write(&config_path, config_text(port, &vars, pooler_extra, rest)).expect("write config");
-            let log = fs::File::create(&log_path).expect("create pgmux log");
-            let binary = BINARY.with(|b| b.borrow().clone());
-            let mut cmd = Command::new(binary.unwrap_or_else(|| env!("CARGO_BIN_EXE_pgmux").into()));
-            cmd.arg("--config").arg(&config_path);
-            cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
-            if let Some(filter) = log_filter {
-                cmd.env("RUST_LOG", filter);
-            } else if std::env::var_os("RUST_LOG").is_none() {
-                cmd.env("RUST_LOG", "info");
-            }
-            let child = cmd.spawn().expect("spawn pgmux");
-            // Registered for the cluster watchdog, which kills leftovers when the tests die.
-            let pid_file = cluster.dir.join("pids").join(child.id().to_string());
-            let _ = fs::write(&pid_file, "");
+            let watchdog = cluster.dir.join("pids");
+            let (child, pid_file) = launch(binary, &config_path, &[], &log_path, log_filter, &watchdog);
             let mut me = Pgmux {
                 port,
                 config_path,
@@ -206,16 +210,8 @@ impl Pgmux {
             let log_path = dir.join("pgmux.log");
             let subst = |s: &str| vars.iter().fold(s.to_owned(), |s, (k, v)| s.replace(k, v));
             fs::write(&config_path, subst(text)).expect("write config");
-            let log = fs::File::create(&log_path).expect("create pgmux log");
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgmux"));
-            cmd.arg("--config").arg(&config_path);
-            cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
-            if std::env::var_os("RUST_LOG").is_none() {
-                cmd.env("RUST_LOG", "info");
-            }
-            let child = cmd.spawn().expect("spawn pgmux");
-            let pid_file = cluster.dir.join("pids").join(child.id().to_string());
-            let _ = fs::write(&pid_file, "");
+            let watchdog = cluster.dir.join("pids");
+            let (child, pid_file) = launch(built(), &config_path, &[], &log_path, None, &watchdog);
             let mut me = Pgmux {
                 port,
                 config_path,
