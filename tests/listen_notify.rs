@@ -10,7 +10,7 @@ use std::future::poll_fn;
 use std::time::Duration;
 use support::*;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 const DB: &str = "listen_notify";
 /// Every wait for a notification gives up after this.
@@ -122,18 +122,7 @@ async fn rows(c: &Client, sql: &str) -> Vec<HashMap<String, String>> {
         .await
         .expect("in time")
         .unwrap();
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                r.columns()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| (c.name().to_owned(), r.get(i).unwrap_or_default().to_owned()))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
+    text_rows(&msgs)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

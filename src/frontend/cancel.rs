@@ -416,6 +416,25 @@ impl CancelRegistry {
 mod tests {
     use super::*;
 
+    /// A pool of the embedded default's, for registering clients of.
+    fn test_pool() -> Arc<Pool> {
+        let config = crate::config::Config::embedded_default();
+        let pools = crate::pool::Pools::new(None);
+        let Some(db) = config.database("d") else {
+            panic!("the embedded default serves every database")
+        };
+        pools.get_or_create(&config, db, "d", "u", None)
+    }
+
+    fn test_facts(socket: RawFd) -> ClientFacts {
+        ClientFacts {
+            route: Preference::Auto,
+            tls: false,
+            settings: Settings::default(),
+            socket,
+        }
+    }
+
     #[test]
     fn ids_still_in_use_are_skipped() {
         // Issue 22: after 2^31 logins the ids wrap, and a long-lived client's id came round
@@ -440,18 +459,8 @@ mod tests {
     fn an_entry_not_kept_leaves_the_registry() {
         // Issue 22: a login cut between register and the welcome (client_login_timeout) left
         // its entry, with a descriptor number a later socket could reuse.
-        let config = crate::config::Config::embedded_default();
-        let pools = crate::pool::Pools::new(None);
-        let Some(db) = config.database("d") else {
-            panic!("the embedded default serves every database")
-        };
-        let pool = pools.get_or_create(&config, db, "d", "u", None);
-        let facts = || ClientFacts {
-            route: Preference::Auto,
-            tls: false,
-            settings: Settings::default(),
-            socket: 12345,
-        };
+        let pool = test_pool();
+        let facts = || test_facts(12345);
         let registry = CancelRegistry::default();
         let cut = registry.register(|| 7, None, pool.clone(), facts());
         assert_eq!(registry.all().len(), 1);
@@ -473,18 +482,8 @@ mod tests {
     fn session_keys_name_their_server_pid_and_stay_unique() {
         // Issue 23: a session-mode client is told its server's pid, which another client (of
         // another host, or the next user of that server) can be told too.
-        let config = crate::config::Config::embedded_default();
-        let pools = crate::pool::Pools::new(None);
-        let Some(db) = config.database("d") else {
-            panic!("the embedded default serves every database")
-        };
-        let pool = pools.get_or_create(&config, db, "d", "u", None);
-        let facts = || ClientFacts {
-            route: Preference::Auto,
-            tls: false,
-            settings: Settings::default(),
-            socket: -1,
-        };
+        let pool = test_pool();
+        let facts = || test_facts(-1);
         let registry = CancelRegistry::default();
         let mut ids = 5_000_000..;
         let mut next = || ids.next().unwrap_or(0);
@@ -514,18 +513,8 @@ mod tests {
     fn with_peering_every_key_names_its_peer() {
         // Issue 18: a process with peer_id 3 puts 3 in every secret it hands out, in both modes,
         // so that another peer can forward a cancel here; the forwarded bit is never set.
-        let config = crate::config::Config::embedded_default();
-        let pools = crate::pool::Pools::new(None);
-        let Some(db) = config.database("d") else {
-            panic!("the embedded default serves every database")
-        };
-        let pool = pools.get_or_create(&config, db, "d", "u", None);
-        let facts = || ClientFacts {
-            route: Preference::Auto,
-            tls: false,
-            settings: Settings::default(),
-            socket: -1,
-        };
+        let pool = test_pool();
+        let facts = || test_facts(-1);
         let registry = CancelRegistry::new(3);
         let mut ids = 5_000_000..;
         let mut next = || ids.next().unwrap_or(0);

@@ -66,18 +66,7 @@ pub async fn show_rows(console: &Client, show: &str) -> Vec<Row> {
         .simple_query(show)
         .await
         .unwrap_or_else(|e| panic!("{show}: {e}"));
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                r.columns()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| (c.name().to_owned(), r.get(i).unwrap_or_default().to_owned()))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
+    super::text_rows(&msgs)
 }
 
 /// A JSON value as the console prints it: strings bare, null as "", booleans 0/1.

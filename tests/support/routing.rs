@@ -82,6 +82,14 @@ pub type ReplicaRow = HashMap<String, String>;
 pub async fn show_replicas(console: &Client, db: &str) -> Vec<ReplicaRow> {
     let msgs = within("SHOW REPLICAS", console.simple_query("SHOW REPLICAS")).await;
     let msgs = msgs.unwrap_or_else(|e| panic!("SHOW REPLICAS: {e} [{e:?}]"));
+    text_rows(&msgs)
+        .into_iter()
+        .filter(|r| r.get("database").is_some_and(|d| d == db))
+        .collect()
+}
+
+/// The rows of a simple query's answer, by column name (NULL as "").
+pub fn text_rows(msgs: &[SimpleQueryMessage]) -> Vec<HashMap<String, String>> {
     msgs.iter()
         .filter_map(|m| match m {
             SimpleQueryMessage::Row(r) => Some(
@@ -89,11 +97,10 @@ pub async fn show_replicas(console: &Client, db: &str) -> Vec<ReplicaRow> {
                     .iter()
                     .enumerate()
                     .map(|(i, c)| (c.name().to_owned(), r.get(i).unwrap_or_default().to_owned()))
-                    .collect::<ReplicaRow>(),
+                    .collect(),
             ),
             _ => None,
         })
-        .filter(|r| r.get("database").is_some_and(|d| d == db))
         .collect()
 }
 
