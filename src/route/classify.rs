@@ -197,18 +197,16 @@ fn explain(lex: &mut Lexer, deny: &DenyList) -> Verdict {
             // It runs the statement: a replica only when hinted. ANALYZE false too, in doubt.
             Tok::Word(w) if is(w, &["analyze", "analyse"]) => v = Verdict::Doubt,
             Tok::Word(w) if is(w, &["verbose"]) => {}
-            Tok::Open => {
-                let mut depth = 1usize;
-                while depth > 0 {
-                    match lex.next_tok() {
-                        Tok::Open => depth += 1,
-                        Tok::Close => depth -= 1,
-                        Tok::Word(w) if is(w, &["analyze", "analyse"]) => v = Verdict::Doubt,
-                        Tok::End | Tok::Semi | Tok::Bad => return Verdict::Write,
-                        _ => {}
-                    }
+            // Options are names and plain values: a parenthesis inside is not an EXPLAIN
+            // PostgreSQL would run, and the words after it are no option (found by the fuzzer).
+            Tok::Open => loop {
+                match lex.next_tok() {
+                    Tok::Close => break,
+                    Tok::Word(w) if is(w, &["analyze", "analyse"]) => v = Verdict::Doubt,
+                    Tok::End | Tok::Semi | Tok::Bad | Tok::Open => return Verdict::Write,
+                    _ => {}
                 }
-            }
+            },
             _ => break,
         }
         tok = lex.next_tok();

@@ -131,6 +131,8 @@ fn statements() {
         ("EXPLAIN INSERT INTO t VALUES (1)", P),
         ("EXPLAIN SELECT * FROM t FOR UPDATE", P),
         ("EXPLAIN (COSTS off SELECT 1", P),
+        ("EXPLAIN (COSTS (off) DELETE, BUFFERS) SELECT 1", P),
+        ("explain (a (b)delete, buffers) select 0", P),
         // Several statements.
         ("SELECT 1;", R),
         ("SELECT 1 ; ; -- bye\n /* c */", R),
