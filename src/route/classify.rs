@@ -197,15 +197,10 @@ fn explain(lex: &mut Lexer, deny: &DenyList) -> Verdict {
             // It runs the statement: a replica only when hinted. ANALYZE false too, in doubt.
             Tok::Word(w) if is(w, &["analyze", "analyse"]) => v = Verdict::Doubt,
             Tok::Word(w) if is(w, &["verbose"]) => {}
-            // Options are names and plain values: a parenthesis inside is not an EXPLAIN
-            // PostgreSQL would run, and the words after it are no option (found by the fuzzer).
-            Tok::Open => loop {
-                match lex.next_tok() {
-                    Tok::Close => break,
-                    Tok::Word(w) if is(w, &["analyze", "analyse"]) => v = Verdict::Doubt,
-                    Tok::End | Tok::Semi | Tok::Bad | Tok::Open => return Verdict::Write,
-                    _ => {}
-                }
+            Tok::Open => match explain_options(lex) {
+                Some(true) => v = Verdict::Doubt,
+                Some(false) => {}
+                None => return Verdict::Write,
             },
             _ => break,
         }
@@ -214,6 +209,50 @@ fn explain(lex: &mut Lexer, deny: &DenyList) -> Verdict {
     match tok {
         Tok::Word(w) if is(w, &["select", "values", "table", "with"]) => v.max(body(lex, deny)),
         _ => Verdict::Write,
+    }
+}
+
+/// EXPLAIN's known options (PostgreSQL 15 to 17) and the words their values may be.
+const EXPLAIN_OPTIONS: &[&str] = &[
+    "analyze",
+    "analyse",
+    "verbose",
+    "costs",
+    "settings",
+    "generic_plan",
+    "buffers",
+    "serialize",
+    "wal",
+    "timing",
+    "summary",
+    "memory",
+    "format",
+];
+const EXPLAIN_VALUES: &[&str] = &[
+    "true", "false", "on", "off", "text", "xml", "json", "yaml", "none", "binary",
+];
+
+/// `( name [value] [, ...] )` after its `(`: whether ANALYZE is among them, None for anything
+/// PostgreSQL would refuse or that is not plainly an option (a quoted name such as `"analyze"`,
+/// a parenthesis, an unknown word): the primary answers those (found by the fuzzer).
+fn explain_options(lex: &mut Lexer) -> Option<bool> {
+    let mut analyze = false;
+    loop {
+        match lex.next_tok() {
+            Tok::Word(w) if is(w, EXPLAIN_OPTIONS) => analyze |= is(w, &["analyze", "analyse"]),
+            _ => return None,
+        }
+        let mut tok = lex.next_tok();
+        match tok {
+            Tok::Word(w) if is(w, EXPLAIN_VALUES) || w.first().is_some_and(u8::is_ascii_digit) => tok = lex.next_tok(),
+            Tok::Str { .. } => tok = lex.next_tok(),
+            _ => {}
+        }
+        match tok {
+            Tok::Close => return Some(analyze),
+            Tok::Other(b',') => {}
+            _ => return None,
+        }
     }
 }
 

@@ -128,6 +128,12 @@ fn statements() {
         ("EXPLAIN (ANALYZE) SELECT 1", P),
         ("EXPLAIN (ANALYZE true, BUFFERS) SELECT 1", P),
         ("EXPLAIN (ANALYZE false) SELECT 1", P),
+        ("EXPLAIN (FORMAT 'json', COSTS 0) SELECT 1", R),
+        // Unknown or quoted options (PostgreSQL refuses the first, runs ANALYZE for the second).
+        ("EXPLAIN (insert) SELECT 1", P),
+        ("EXPLAIN (format insert) SELECT 1", P),
+        ("EXPLAIN (\"analyze\") SELECT 1", P),
+        ("EXPLAIN (costs,) SELECT 1", P),
         ("EXPLAIN INSERT INTO t VALUES (1)", P),
         ("EXPLAIN SELECT * FROM t FOR UPDATE", P),
         ("EXPLAIN (COSTS off SELECT 1", P),
