@@ -139,8 +139,9 @@ fn reference_statements(t: &[u8]) -> Option<Vec<Vec<Vec<u8>>>> {
             }
             out.last_mut().unwrap().push(t[start..i].to_vec());
         } else if c.is_ascii_digit() {
-            // Numbers (with letters after them, as `1e5` or `0x1F`) are not words.
-            while i < t.len() && (t[i].is_ascii_alphanumeric() || t[i] == b'_' || t[i] == b'.') {
+            // Numbers (with letters after them, as `1e5` or `0x1F`) are not words. A `.` ends
+            // one: `0.i$$` is `0.` and the identifier `i$$`, no dollar quote.
+            while i < t.len() && (t[i].is_ascii_alphanumeric() || t[i] == b'_') {
                 i += 1;
             }
         } else if c == b';' {
