@@ -26,6 +26,8 @@ use tokio_util::io::poll_read_buf;
 /// Stop reading a peer while this much of its data waits for the other side.
 const HIGH_WATER: usize = 256 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
+/// Rounds of the relay's loop in one poll (each moves up to READ_CHUNK one way or the other).
+const YIELD_AFTER: u32 = 64;
 
 #[derive(Debug)]
 pub enum RelayEnd {
@@ -163,7 +165,15 @@ pub async fn relay(
         // is not before this poll returns (the worker's runtime is single-threaded): it is not
         // asked twice. Its waker is registered by that first Pending.
         let (mut client_unready, mut server_unready) = (false, false);
+        let mut turns = 0u32;
         loop {
+            // A read that succeeds spends no tokio budget (`stream::raw`): a transaction
+            // whose bytes keep coming lets the worker's other clients run now and then.
+            turns += 1;
+            if turns > YIELD_AFTER {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             let mut progress = false;
             match flush(cx, &mut server.stream, &mut client.buf, &mut client.ready) {
                 Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::ServerGone(e)),
@@ -194,55 +204,6 @@ pub async fn relay(
                 }
                 if client.terminate {
                     return Poll::Ready(RelayEnd::ClientGone);
-                }
-            }
-
-            if !client_unready && !client.terminate && (client.buf.len() < HIGH_WATER || client.ready == 0) {
-                reserve(&mut client.buf);
-                match poll_read_buf(Pin::new(&mut client.stream), cx, &mut client.buf) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
-                    Poll::Ready(Ok(_)) => {
-                        let quiet_before = client.tracker.quiet();
-                        match scan_client(
-                            &client.buf,
-                            client.ready,
-                            client.max_message_size as usize,
-                            &mut client.tracker,
-                        ) {
-                            Ok(found) => {
-                                let from = client.ready;
-                                client.ready = found.end;
-                                client.terminate = found.terminate;
-                                let frames = client.buf.get(from..found.end).unwrap_or_default();
-                                meter.from_client(frames.len());
-                                meter.requests(frames, quiet_before);
-                                if release_at_idle && found.set {
-                                    watch_set(client.buf.get(from..found.end), &client.tracker, scan, pending_set);
-                                    *harmless_sets = harmless_sets.saturating_add(set::harmless(frames));
-                                }
-                                if release_at_idle && found.listen {
-                                    super::listen::collect(frames, listen_ops.get_or_insert_with(Default::default));
-                                }
-                                if found.rewrite && tracking {
-                                    let at = Position {
-                                        answered: scan.answered,
-                                        pending: client.tracker.pending,
-                                    };
-                                    client.ready = prepared::translate(
-                                        &mut client.buf,
-                                        from,
-                                        found.end,
-                                        &mut client.prepared,
-                                        &mut server.prepared,
-                                        at,
-                                    );
-                                }
-                            }
-                            Err(e) => return Poll::Ready(RelayEnd::ClientInvalid(protocol_violation(&e))),
-                        }
-                        progress = true;
-                    }
-                    Poll::Pending => client_unready = true,
                 }
             }
 
@@ -318,6 +279,61 @@ pub async fn relay(
                     Poll::Pending => server_unready = true,
                 }
             }
+            // After the server's read that ends the transaction the client is not polled: the
+            // server goes back first (the next request is read by the session's wait).
+            if !client_unready
+                && !client.terminate
+                && *stop != ServerStop::Release
+                && (client.buf.len() < HIGH_WATER || client.ready == 0)
+            {
+                reserve(&mut client.buf);
+                match poll_read_buf(Pin::new(&mut client.stream), cx, &mut client.buf) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
+                    Poll::Ready(Ok(_)) => {
+                        let quiet_before = client.tracker.quiet();
+                        match scan_client(
+                            &client.buf,
+                            client.ready,
+                            client.max_message_size as usize,
+                            &mut client.tracker,
+                        ) {
+                            Ok(found) => {
+                                let from = client.ready;
+                                client.ready = found.end;
+                                client.terminate = found.terminate;
+                                let frames = client.buf.get(from..found.end).unwrap_or_default();
+                                meter.from_client(frames.len());
+                                meter.requests(frames, quiet_before);
+                                if release_at_idle && found.set {
+                                    watch_set(client.buf.get(from..found.end), &client.tracker, scan, pending_set);
+                                    *harmless_sets = harmless_sets.saturating_add(set::harmless(frames));
+                                }
+                                if release_at_idle && found.listen {
+                                    super::listen::collect(frames, listen_ops.get_or_insert_with(Default::default));
+                                }
+                                if found.rewrite && tracking {
+                                    let at = Position {
+                                        answered: scan.answered,
+                                        pending: client.tracker.pending,
+                                    };
+                                    client.ready = prepared::translate(
+                                        &mut client.buf,
+                                        from,
+                                        found.end,
+                                        &mut client.prepared,
+                                        &mut server.prepared,
+                                        at,
+                                    );
+                                }
+                            }
+                            Err(e) => return Poll::Ready(RelayEnd::ClientInvalid(protocol_violation(&e))),
+                        }
+                        progress = true;
+                    }
+                    Poll::Pending => client_unready = true,
+                }
+            }
+
             if !progress {
                 if let Poll::Ready(phase) = watch.poll(cx, &client.tracker) {
                     return Poll::Ready(RelayEnd::Timeout(phase));

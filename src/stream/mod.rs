@@ -12,6 +12,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
+mod raw;
+
 pub enum Stream {
     Plain(TcpStream),
     /// A client that asked for TLS: pgmux is the TLS server.
@@ -137,7 +139,7 @@ impl AsyncRead for Stream {
     #[inline(always)]
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Plain(s) => raw::poll_read(s, cx, buf),
             other => other.poll_read_other(cx, buf),
         }
     }
@@ -147,7 +149,7 @@ impl AsyncWrite for Stream {
     #[inline(always)]
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Plain(s) => raw::poll_write(s, cx, buf),
             other => other.poll_write_other(cx, buf),
         }
     }
