@@ -11,7 +11,7 @@ use super::track::listen_tags::LISTENED;
 use super::{ClientSlot, Shared};
 use crate::backend::Settings;
 use crate::config::PoolMode;
-use crate::pool::{Lease, Pool};
+use crate::pool::{Checkout, Lease, Pool};
 use crate::prepared;
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::PgError;
@@ -212,9 +212,14 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
             }
             lease.release(); // a failover since login
         }
-        let waited = {
-            let work = pin!(s.client.wait_with(checkout(pool, &s.settings)));
-            drain::until_deadline(watch, work).await
+        // A free idle server with the client's settings: taken without a future (no wait,
+        // no watch of the client); anything else waits as below.
+        let waited = match pool.start_checkout() {
+            Checkout::Now(lease) if lease.has_settings(&s.settings) => Some(Waited::Done(Ok(lease))),
+            started => {
+                let work = pin!(s.client.wait_with(checkout_from(started, pool, &s.settings)));
+                drain::until_deadline(watch, work).await
+            }
         };
         // A replica that cannot lend a connection: the primary takes the read.
         if let (Pick::Replica(route, i), Some(Waited::Done(Err(e)))) = (&pick, &waited) {
@@ -545,7 +550,15 @@ fn timeout_error(phase: Phase, t: &Timeouts) -> PgError {
 
 /// Takes a server and brings its session settings to the client's.
 pub async fn checkout(pool: &Arc<Pool>, settings: &Settings) -> Result<Lease, PgError> {
-    let mut lease = pool.checkout().await.map_err(|e| e.to_pg())?;
+    checkout_from(pool.start_checkout(), pool, settings).await
+}
+
+/// `checkout` from what `Pool::start_checkout` found.
+async fn checkout_from(started: Checkout<'_>, pool: &Arc<Pool>, settings: &Settings) -> Result<Lease, PgError> {
+    let mut lease = match started {
+        Checkout::Now(lease) => lease,
+        Checkout::Wait(wait) => wait.await.map_err(|e| e.to_pg())?,
+    };
     let server = lease.conn();
     if let Some(sql) = settings.apply_sql(&server.settings) {
         // Boxed, as is clean_up: rare paths whose state would weigh on every idle client's task.

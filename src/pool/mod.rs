@@ -11,5 +11,5 @@ pub mod registry;
 
 pub use gate::Gate;
 pub use limits::{Limit, LimitKind};
-pub use pool::{IdleServer, Lease, Pool, PoolError, PoolSettings};
+pub use pool::{Checkout, IdleServer, Lease, Pool, PoolError, PoolSettings};
 pub use registry::{PoolKey, Pools, Reconfigured};

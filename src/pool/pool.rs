@@ -361,17 +361,25 @@ impl Pool {
     /// that is still healthy (checked with server_check_query when it sat idle longer than
     /// server_check_delay) or opens a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Lease, PoolError> {
-        if self.paused() {
-            return Box::pin(self.checkout_paused()).await;
+        match self.start_checkout() {
+            Checkout::Now(lease) => Ok(lease),
+            Checkout::Wait(wait) => wait.await,
         }
-        // The hot path, inline: a free permit and an idle connection that needs no check.
+    }
+
+    /// `checkout` without a future when a permit is free and an idle connection needs no
+    /// check (the hot path: the caller awaits nothing); otherwise the boxed wait.
+    pub fn start_checkout(self: &Arc<Self>) -> Checkout<'_> {
+        if self.paused() {
+            return Checkout::Wait(Box::pin(self.checkout_paused()));
+        }
         let Some(permit) = self.permits.try_acquire() else {
-            return Box::pin(self.checkout_slow(None, None)).await;
+            return Checkout::Wait(Box::pin(self.checkout_slow(None, None)));
         };
         match self.take_idle() {
-            Some((conn, false)) => Ok(self.lease(conn, permit, false)),
-            Some((conn, true)) => Box::pin(self.checkout_slow(Some(permit), Some(conn))).await,
-            None => Box::pin(self.checkout_slow(Some(permit), None)).await,
+            Some((conn, false)) => Checkout::Now(self.lease(conn, permit, false)),
+            Some((conn, true)) => Checkout::Wait(Box::pin(self.checkout_slow(Some(permit), Some(conn)))),
+            None => Checkout::Wait(Box::pin(self.checkout_slow(Some(permit), None))),
         }
     }
 
@@ -706,6 +714,12 @@ impl std::fmt::Display for Pool {
     }
 }
 
+/// What `Pool::start_checkout` found: a connection at once, or the wait for one.
+pub enum Checkout<'a> {
+    Now(Lease),
+    Wait(std::pin::Pin<Box<dyn std::future::Future<Output = Result<Lease, PoolError>> + Send + 'a>>),
+}
+
 /// A server connection checked out by one client.
 pub struct Lease {
     conn: Option<Box<ServerConn>>,
@@ -720,6 +734,11 @@ impl Lease {
         self.conn
             .as_mut()
             .unwrap_or_else(|| unreachable!("lease without a connection"))
+    }
+
+    /// Whether the connection's settings are `settings` (nothing to SET before use).
+    pub fn has_settings(&self, settings: &crate::backend::Settings) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.settings == *settings)
     }
 
     /// The pool the connection belongs to (a replica's, with read_write_split).
