@@ -175,7 +175,9 @@ pub async fn relay(
                 return Poll::Pending;
             }
             let mut progress = false;
-            match flush(cx, &mut server.stream, &mut client.buf, &mut client.ready) {
+            // Nothing to write and nothing a TLS stream holds back: no call (most rounds).
+            let to_server = client.ready > 0 || server.stream.is_tls();
+            match flush_if(to_server, cx, &mut server.stream, &mut client.buf, &mut client.ready) {
                 Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::ServerGone(e)),
                 Poll::Ready(Ok(moved)) => progress |= moved,
                 Poll::Pending => {}
@@ -193,7 +195,8 @@ pub async fn relay(
                 *stop = ServerStop::More;
                 return Poll::Ready(RelayEnd::Release);
             }
-            match flush(cx, &mut client.stream, &mut server.buf, to_client) {
+            let to_client_now = *to_client > 0 || client.stream.is_tls();
+            match flush_if(to_client_now, cx, &mut client.stream, &mut server.buf, to_client) {
                 Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
                 Poll::Ready(Ok(moved)) => progress |= moved,
                 Poll::Pending => {}
@@ -343,6 +346,20 @@ pub async fn relay(
         }
     })
     .await
+}
+
+#[inline(always)]
+fn flush_if(
+    wanted: bool,
+    cx: &mut Context<'_>,
+    to: &mut crate::stream::Stream,
+    buf: &mut BytesMut,
+    ready: &mut usize,
+) -> Poll<io::Result<bool>> {
+    match wanted {
+        true => flush(cx, to, buf, ready),
+        false => Poll::Ready(Ok(false)),
+    }
 }
 
 /// Writes `buf[..*ready]` to `to`, as far as the socket takes it, then flushes what a TLS stream

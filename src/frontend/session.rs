@@ -586,25 +586,31 @@ async fn checkout_from(started: Checkout<'_>, pool: &Arc<Pool>, settings: &Setti
     Ok(lease)
 }
 
-/// Returns a server whose transaction ended, once any cancel aimed at it has landed.
+/// Returns a server whose transaction ended, once any cancel aimed at it has landed: at once
+/// when none is in flight (no future), else after the boxed wait.
 async fn give_back(mut lease: Lease) {
-    let pool = lease.pool().clone();
     let server = lease.conn();
     // Bytes after the last ReadyForQuery: the server is not in a state we know.
     if !server.buf.is_empty() || server.listening {
         return;
     }
-    if server.in_flight.count() > 0 {
-        // SHOW POOLS' sv_being_canceled: it waits for the cancels aimed at it to land.
-        pool.counts.settling.fetch_add(1, Ordering::Relaxed);
-        // Boxed (only when a cancel is in flight): the wait would weigh on every idle client's task.
-        let settled = Box::pin(server.in_flight.settled(CLEANUP_TIMEOUT)).await;
-        pool.counts.settling.fetch_sub(1, Ordering::Relaxed);
-        if !settled {
-            return;
-        }
+    if server.in_flight.count() == 0 {
+        return lease.release();
     }
-    lease.release();
+    // Boxed (only when a cancel is in flight): the wait would weigh on every idle client's task.
+    Box::pin(settle_then_give_back(lease)).await
+}
+
+async fn settle_then_give_back(mut lease: Lease) {
+    let pool = lease.pool().clone();
+    let server = lease.conn();
+    // SHOW POOLS' sv_being_canceled: it waits for the cancels aimed at it to land.
+    pool.counts.settling.fetch_add(1, Ordering::Relaxed);
+    let settled = server.in_flight.settled(CLEANUP_TIMEOUT).await;
+    pool.counts.settling.fetch_sub(1, Ordering::Relaxed);
+    if settled {
+        lease.release();
+    }
 }
 
 /// A SET pgmux did not follow changed the server's settings: RESET ALL brings it back to
