@@ -10,7 +10,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio_util::io::poll_read_buf;
 
 pub struct ClientConn {
     /// Plain TCP until the client asks for TLS and gets it (`into_tls`).
@@ -183,7 +182,7 @@ impl ClientConn {
                 continue;
             }
             // Pending with nothing read (a spurious wake-up): the next poll gives the buffer back.
-            match ready!(poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)) {
+            match ready!(self.stream.poll_read_buf(cx, &mut self.buf)) {
                 Ok(0) | Err(_) => return Poll::Ready(Request::Gone),
                 Ok(_) => {}
             }

@@ -21,7 +21,6 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
-use tokio_util::io::poll_read_buf;
 
 /// Stop reading a peer while this much of its data waits for the other side.
 const HIGH_WATER: usize = 256 * 1024;
@@ -212,7 +211,7 @@ pub async fn relay(
 
             if !server_unready && *stop == ServerStop::More && server.buf.len() < HIGH_WATER {
                 reserve(&mut server.buf);
-                match poll_read_buf(Pin::new(&mut server.stream), cx, &mut server.buf) {
+                match server.stream.poll_read_buf(cx, &mut server.buf) {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(RelayEnd::ServerGone(io::ErrorKind::UnexpectedEof.into()))
                     }
@@ -290,7 +289,7 @@ pub async fn relay(
                 && (client.buf.len() < HIGH_WATER || client.ready == 0)
             {
                 reserve(&mut client.buf);
-                match poll_read_buf(Pin::new(&mut client.stream), cx, &mut client.buf) {
+                match client.stream.poll_read_buf(cx, &mut client.buf) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
                     Poll::Ready(Ok(_)) => {
                         let quiet_before = client.tracker.quiet();

@@ -135,6 +135,18 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Reads into `buf`'s spare capacity: `tokio_util::io::poll_read_buf`, with plain TCP
+    /// read straight into the buffer.
+    #[inline(always)]
+    pub fn poll_read_buf(&mut self, cx: &mut Context<'_>, buf: &mut bytes::BytesMut) -> Poll<io::Result<usize>> {
+        match self {
+            Stream::Plain(s) if buf.capacity() > buf.len() => raw::poll_read_bytes(s, cx, buf),
+            other => tokio_util::io::poll_read_buf(Pin::new(other), cx, buf),
+        }
+    }
+}
+
 impl AsyncRead for Stream {
     #[inline(always)]
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {

@@ -11,6 +11,7 @@
 //! `syscall(2)` rather than `recv`/`send`: glibc's wrappers switch thread cancellation on and
 //! off around the call, which pgmux never uses.
 
+use bytes::BytesMut;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::task::{Context, Poll};
@@ -18,12 +19,33 @@ use tokio::io::{Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 pub fn poll_read(s: &TcpStream, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    // SAFETY: recvfrom only writes into the unfilled part, and what it reports written is
+    // initialised before `assume_init`.
+    let unfilled = unsafe { buf.unfilled_mut() };
+    let (ptr, len) = (unfilled.as_mut_ptr().cast::<u8>(), unfilled.len());
+    let n = std::task::ready!(poll_read_into(s, cx, ptr, len))?;
+    // SAFETY: the kernel wrote n bytes there.
+    unsafe { buf.assume_init(n) };
+    buf.advance(n);
+    Poll::Ready(Ok(()))
+}
+
+/// Reads into `buf`'s spare capacity (which the caller reserved), like tokio-util's
+/// `poll_read_buf` without its `ReadBuf` round trip.
+pub fn poll_read_bytes(s: &TcpStream, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+    let spare = buf.spare_capacity_mut();
+    let (ptr, len) = (spare.as_mut_ptr().cast::<u8>(), spare.len());
+    let n = std::task::ready!(poll_read_into(s, cx, ptr, len))?;
+    // SAFETY: the kernel initialised n bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Poll::Ready(Ok(n))
+}
+
+/// Reads into `ptr..ptr+len` (writable, owned by the caller): Ready(Ok(0)) at the end of the
+/// stream.
+fn poll_read_into(s: &TcpStream, cx: &mut Context<'_>, ptr: *mut u8, len: usize) -> Poll<io::Result<usize>> {
     let fd = s.as_raw_fd();
     loop {
-        // SAFETY: recvfrom only writes into the unfilled part, and what it reports written is
-        // initialised before `assume_init`.
-        let unfilled = unsafe { buf.unfilled_mut() };
-        let (ptr, len) = (unfilled.as_mut_ptr().cast::<libc::c_void>(), unfilled.len());
         let mut got = 0;
         let read = s.try_io(Interest::READABLE, || {
             // SAFETY: fd is open (s owns it) and ptr..ptr+len is writable memory.
@@ -31,7 +53,7 @@ pub fn poll_read(s: &TcpStream, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> 
                 libc::syscall(
                     libc::SYS_recvfrom,
                     fd,
-                    ptr,
+                    ptr.cast::<libc::c_void>(),
                     len,
                     0,
                     std::ptr::null_mut::<libc::c_void>(),
@@ -48,13 +70,8 @@ pub fn poll_read(s: &TcpStream, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> 
             }
         });
         match read {
-            _ if got > 0 => {
-                // SAFETY: the kernel wrote `got` bytes there.
-                unsafe { buf.assume_init(got) };
-                buf.advance(got);
-                return Poll::Ready(Ok(()));
-            }
-            Ok(()) => return Poll::Ready(Ok(())), // end of stream (or an empty buffer)
+            _ if got > 0 => return Poll::Ready(Ok(got)),
+            Ok(()) => return Poll::Ready(Ok(0)), // end of stream (or an empty buffer)
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if let Err(e) = std::task::ready!(s.poll_read_ready(cx)) {
                     return Poll::Ready(Err(e));
