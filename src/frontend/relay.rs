@@ -111,13 +111,15 @@ impl RelayState {
 }
 
 /// Relays until the transaction ends (or a timeout, or an error).
-pub async fn relay(
-    client: &mut ClientConn,
-    server: &mut ServerConn,
-    settings: &mut Settings,
-    state: &mut RelayState,
-    pool: &Pool,
-) -> RelayEnd {
+/// What runs before the first poll runs at the call; the future is the poll loop alone (not an
+/// async fn: the client task's transaction future holds it, and it stays small).
+pub fn relay<'a>(
+    client: &'a mut ClientConn,
+    server: &'a mut ServerConn,
+    settings: &'a mut Settings,
+    state: &'a mut RelayState,
+    pool: &'a Pool,
+) -> impl std::future::Future<Output = RelayEnd> + Send + 'a {
     let RelayState {
         to_client,
         scan,
@@ -159,7 +161,7 @@ pub async fn relay(
         let end = client.ready;
         client.ready = prepared::translate(&mut client.buf, 0, end, &mut client.prepared, &mut server.prepared, at);
     }
-    poll_fn(|cx| {
+    poll_fn(move |cx| {
         // A socket whose read said Pending stays unready until the reactor runs again, which
         // is not before this poll returns (the worker's runtime is single-threaded): it is not
         // asked twice. Its waker is registered by that first Pending.
@@ -344,7 +346,6 @@ pub async fn relay(
             }
         }
     })
-    .await
 }
 
 #[inline(always)]

@@ -195,7 +195,8 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
     let timeouts = s.shared.knobs.timeouts();
     let mode = s.cancel.pool.mode();
     if s.client.rewrite && mode != PoolMode::Session {
-        if let Some(flow) = answer_alone(s).await {
+        // Boxed: its state would weigh on every transaction's future.
+        if let Some(flow) = Box::pin(answer_alone(s)).await {
             return flow;
         }
     }
@@ -216,9 +217,14 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
         // no watch of the client); anything else waits as below.
         let waited = match pool.start_checkout() {
             Checkout::Now(lease) if lease.has_settings(&s.settings) => Some(Waited::Done(Ok(lease))),
+            // Boxed: a wait is the slow path, and its state would weigh on every transaction's
+            // future (copied into its box once per transaction).
             started => {
-                let work = pin!(s.client.wait_with(checkout_from(started, pool, &s.settings)));
-                drain::until_deadline(watch, work).await
+                Box::pin(async {
+                    let work = pin!(s.client.wait_with(checkout_from(started, pool, &s.settings)));
+                    drain::until_deadline(watch, work).await
+                })
+                .await
             }
         };
         // A replica that cannot lend a connection: the primary takes the read.
