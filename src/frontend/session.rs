@@ -331,14 +331,22 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
     match end {
         RelayEnd::Release => {
             if keep {
-                give_back(lease).await;
+                if let Some(lease) = give_back_now(lease) {
+                    Box::pin(settle_then_give_back(lease)).await;
+                }
             } else {
                 drop(lease);
             }
             if let Some(mailbox) = &s.listen {
                 mailbox.take(&mut state.out);
             }
-            if client.write(&state.out).await.is_ok() {
+            // Plain TCP takes the answer's tail at once, nearly always: no future for it.
+            let written = match client.stream.write_now(&state.out) {
+                Ok(n) if n == state.out.len() && !client.stream.is_tls() => Ok(()),
+                Ok(n) => client.write(state.out.get(n..).unwrap_or_default()).await,
+                Err(e) => Err(e),
+            };
+            if written.is_ok() {
                 return Flow::Next;
             }
         }
@@ -593,18 +601,26 @@ async fn checkout_from(started: Checkout<'_>, pool: &Arc<Pool>, settings: &Setti
 }
 
 /// Returns a server whose transaction ended, once any cancel aimed at it has landed: at once
-/// when none is in flight (no future), else after the boxed wait.
-async fn give_back(mut lease: Lease) {
+/// when none is in flight, else after the boxed wait.
+async fn give_back(lease: Lease) {
+    if let Some(lease) = give_back_now(lease) {
+        // Boxed (only when a cancel is in flight): the wait would weigh on every idle client's task.
+        Box::pin(settle_then_give_back(lease)).await
+    }
+}
+
+/// `give_back` without a future: the lease back when a cancel in flight must land first.
+fn give_back_now(mut lease: Lease) -> Option<Lease> {
     let server = lease.conn();
     // Bytes after the last ReadyForQuery: the server is not in a state we know.
     if !server.buf.is_empty() || server.listening {
-        return;
+        return None;
     }
-    if server.in_flight.count() == 0 {
-        return lease.release();
+    if server.in_flight.count() > 0 {
+        return Some(lease);
     }
-    // Boxed (only when a cancel is in flight): the wait would weigh on every idle client's task.
-    Box::pin(settle_then_give_back(lease)).await
+    lease.release();
+    None
 }
 
 async fn settle_then_give_back(mut lease: Lease) {

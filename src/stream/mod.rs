@@ -147,6 +147,20 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// What a plain TCP socket takes of `buf` right now, without a future (0 when it takes
+    /// nothing, and always 0 on other streams): the caller writes the rest the usual way.
+    pub fn write_now(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) if !buf.is_empty() => match raw::try_write(s, buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                written => written,
+            },
+            _ => Ok(0),
+        }
+    }
+}
+
 impl AsyncRead for Stream {
     #[inline(always)]
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {

@@ -84,24 +84,8 @@ fn poll_read_into(s: &TcpStream, cx: &mut Context<'_>, ptr: *mut u8, len: usize)
 }
 
 pub fn poll_write(s: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-    let fd = s.as_raw_fd();
     loop {
-        let written = s.try_io(Interest::WRITABLE, || {
-            // SAFETY: fd is open (s owns it) and buf is readable memory of its length.
-            let n = unsafe {
-                libc::syscall(
-                    libc::SYS_sendto,
-                    fd,
-                    buf.as_ptr().cast::<libc::c_void>(),
-                    buf.len(),
-                    libc::MSG_NOSIGNAL,
-                    std::ptr::null::<libc::c_void>(),
-                    0,
-                )
-            };
-            checked(n)
-        });
-        match written {
+        match try_write(s, buf) {
             Ok(n) => return Poll::Ready(Ok(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if let Err(e) = std::task::ready!(s.poll_write_ready(cx)) {
@@ -112,6 +96,26 @@ pub fn poll_write(s: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::R
             Err(e) => return Poll::Ready(Err(e)),
         }
     }
+}
+
+/// One write without waiting: WouldBlock when the socket takes nothing now.
+pub fn try_write(s: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    let fd = s.as_raw_fd();
+    s.try_io(Interest::WRITABLE, || {
+        // SAFETY: fd is open (s owns it) and buf is readable memory of its length.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_sendto,
+                fd,
+                buf.as_ptr().cast::<libc::c_void>(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+                std::ptr::null::<libc::c_void>(),
+                0,
+            )
+        };
+        checked(n)
+    })
 }
 
 fn checked(n: libc::c_long) -> io::Result<usize> {
