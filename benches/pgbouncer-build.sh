@@ -29,10 +29,11 @@ die() { printf 'pgbouncer-build.sh: %s\n' "$*" >&2; exit 1; }
 # repository names no archive host: the first URI that is not a security or updates archive.
 debian_mirror() {
   {
-    cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '/^URIs:/ {for (i = 2; i <= NF; i++) print $i}'
+    # A missing file (no sources.list on a deb822-only machine) is no error here (pipefail).
+    cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '/^URIs:/ {for (i = 2; i <= NF; i++) print $i}' || true
     cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
-      | awk '$1 == "deb" || $1 == "deb-src" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; break } }'
-  } | grep -v -e security -e updates | head -1 | sed 's:/*$::'
+      | awk '$1 == "deb" || $1 == "deb-src" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; break } }' || true
+  } | grep -v -e security -e updates | head -1 | sed 's:/*$::' || true
 }
 MIRROR=${DEBIAN_MIRROR:-$(debian_mirror)}
 [ -n "$MIRROR" ] || die "no Debian mirror found in /etc/apt/sources*; set DEBIAN_MIRROR"
