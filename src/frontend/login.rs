@@ -81,7 +81,8 @@ async fn admit(stream: Stream, shared: Arc<Shared>) -> Option<Session> {
                 cancel,
                 shared: slot.into_session().unwrap_or(shared),
                 counted: false,
-                linked,
+                // Boxed: session mode only, and every idle client's task would carry its room.
+                linked: linked.map(Box::new),
                 listen: None,
             })
         }

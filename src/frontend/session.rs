@@ -41,7 +41,7 @@ pub struct Session {
     /// Its notifications, once it listens (transaction and statement modes: `crate::listen`).
     pub listen: Option<Arc<crate::listen::Mailbox>>,
     /// Session mode: the server linked at login (the client was told its pid), until used.
-    pub linked: Option<Lease>,
+    pub linked: Option<Box<Lease>>,
 }
 
 impl Drop for Session {
@@ -50,7 +50,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         // Never used, so clean: back to the pool rather than closed.
         if let Some(lease) = self.linked.take() {
-            lease.release();
+            (*lease).release();
         }
         // Before the socket closes (the fields drop after this).
         self.cancel.forget_socket();
@@ -67,14 +67,17 @@ impl Drop for Session {
 
 /// Serves a logged-in client until it leaves. (Not an async fn: its argument would be stored
 /// twice in the client task's state.)
+///
+/// The loop keeps no local across an await but the idle wait itself, and every other await is
+/// boxed: the future is the whole task of an idle client, and tokio's task cell around it grows
+/// in steps of 128 bytes (`docs/performance.md`, memory per idle client).
 #[allow(clippy::manual_async_fn)] // the arguments would be stored twice
 pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
     async move {
         logged_in(&mut s);
-        let mut handed = false;
         // The session loop, inline: an idle client's task waits in `next_request`, holding its
         // session and the two polls of that wait, nothing else.
-        let invalid = loop {
+        let end = loop {
             let watch = Watch::new(&s.shared.shutdown, &s.cancel);
             let news = s.listen.as_deref();
             let mut request = if s.shared.knobs.client_idle().is_zero() {
@@ -85,60 +88,82 @@ pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
             };
             if let Request::HandOver = request {
                 // Boxed: only an upgrade in place gets here.
-                request = match Box::pin(super::handover::offer(&mut s)).await {
-                    Offered::Handed => {
-                        handed = true;
-                        break None;
-                    }
-                    Offered::Closed(e) => break Some(e),
-                    Offered::Kept => {
-                        let news = s.listen.as_deref();
-                        Box::pin(drain::until_closing(&mut s.client, &s.shared.shutdown, news)).await
-                    }
+                request = match Box::pin(hand_over(&mut s)).await {
+                    Ok(request) => request,
+                    Err(end) => break end,
                 };
             }
             match request {
                 Request::HandOver => continue,
                 Request::News => {
-                    if super::listen::deliver(&mut s).await.is_err() {
-                        break None;
+                    // Boxed: held inline, its state would weigh on every idle client's task.
+                    if Box::pin(super::listen::deliver(&mut s)).await.is_err() {
+                        break End::Left(None);
                     }
                     continue;
                 }
                 Request::Ready => {}
-                Request::Gone => break None,
-                Request::Invalid(e) => break Some(e),
+                Request::Gone => break End::Left(None),
+                Request::Invalid(e) => break End::Left(Some(e)),
             }
             // Boxed, once per transaction, for the same reason.
             match Box::pin(transaction(&mut s, false)).await {
                 Flow::Next => {}
-                Flow::Stop => break None,
+                Flow::Stop => break End::Left(None),
                 // A read whose replica died before answering: once more, elsewhere.
                 Flow::Retry => {
                     if let Flow::Stop = Box::pin(transaction(&mut s, true)).await {
-                        break None;
+                        break End::Left(None);
                     }
                 }
             }
         };
-        // A handed-over client's socket is the new process's: not a word from here.
-        let invalid = match !handed && s.cancel.killed.load(Ordering::Acquire) {
-            true => Some(Box::new(PgError::fatal(
-                "57P01",
-                "terminated by the pgmux console (KILL_CLIENT or KILL)",
-            ))),
-            false => invalid,
-        };
-        if let Some(e) = invalid {
-            s.cancel.pool.stats.error(e.code.as_bytes());
-            Box::pin(s.client.send_error(&e)).await;
+        Box::pin(finish(&mut s, end)).await
+    }
+}
+
+/// How a session ended: handed to a new process (`pgmux upgrade`), or left with the error it
+/// gets, if any.
+enum End {
+    Handed,
+    Left(Option<Box<PgError>>),
+}
+
+/// An upgrade asks for the client: the request to serve if it stays here, or the end.
+async fn hand_over(s: &mut Session) -> Result<Request, End> {
+    match super::handover::offer(s).await {
+        Offered::Handed => Err(End::Handed),
+        Offered::Closed(e) => Err(End::Left(Some(e))),
+        Offered::Kept => {
+            let news = s.listen.as_deref();
+            Ok(drain::until_closing(&mut s.client, &s.shared.shutdown, news).await)
         }
-        match handed {
-            true => {
-                tracing::info!(client = %s.client.peer(), pool = %s.cancel.pool, "client handed to the new process")
-            }
-            false => tracing::info!(client = %s.client.peer(), pool = %s.cancel.pool, "client logged out"),
+    }
+}
+
+/// The session's last words: its error, if it has one, and the log line.
+async fn finish(s: &mut Session, end: End) {
+    let (handed, invalid) = match end {
+        End::Handed => (true, None),
+        End::Left(invalid) => (false, invalid),
+    };
+    // A handed-over client's socket is the new process's: not a word from here.
+    let invalid = match !handed && s.cancel.killed.load(Ordering::Acquire) {
+        true => Some(Box::new(PgError::fatal(
+            "57P01",
+            "terminated by the pgmux console (KILL_CLIENT or KILL)",
+        ))),
+        false => invalid,
+    };
+    if let Some(e) = invalid {
+        s.cancel.pool.stats.error(e.code.as_bytes());
+        s.client.send_error(&e).await;
+    }
+    match handed {
+        true => {
+            tracing::info!(client = %s.client.peer(), pool = %s.cancel.pool, "client handed to the new process")
         }
+        false => tracing::info!(client = %s.client.peer(), pool = %s.cancel.pool, "client logged out"),
     }
 }
 
@@ -207,7 +232,7 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
     s.cancel.wait_since.store(asked, Ordering::Relaxed);
     let (waited, pool) = loop {
         let pool = pick.pool(&s.cancel.pool);
-        if let Some(lease) = s.linked.take() {
+        if let Some(lease) = s.linked.take().map(|lease| *lease) {
             if Arc::ptr_eq(lease.pool(), pool) {
                 break (Some(Waited::Done(Ok(lease))), pool);
             }
