@@ -30,20 +30,6 @@ fn binary_copy(dir: &Path) -> PathBuf {
     path
 }
 
-/// pgbench ran to its end with every transaction committed and no client aborted.
-fn assert_clean(what: &str, (code, out, err): &(i32, String, String)) {
-    assert_eq!(*code, 0, "{what}: pgbench failed\n{out}\n{err}");
-    assert!(
-        out.contains("number of failed transactions: 0"),
-        "{what}: failures\n{out}\n{err}"
-    );
-    assert!(
-        !err.contains("aborted") && !err.contains("error"),
-        "{what}: errors\n{out}\n{err}"
-    );
-    assert!(pgbench_processed(out) > 0, "{what}: nothing processed\n{out}");
-}
-
 #[test]
 fn upgrade_under_pgbench_fails_no_transaction_and_refuses_no_connection() {
     let _serial = one_at_a_time();
@@ -73,8 +59,8 @@ fn upgrade_under_pgbench_fails_no_transaction_and_refuses_no_connection() {
     let steady = steady.join().expect("pgbench thread");
     let storm = storm.join().expect("pgbench thread");
     eprintln!("steady: {}\nstorm: {}", steady.1, storm.1);
-    assert_clean("pgbench -M prepared -c 50", &steady);
-    assert_clean("pgbench -C", &storm);
+    pgbench_clean("pgbench -M prepared -c 50", &steady);
+    pgbench_clean("pgbench -C", &storm);
     let log = old.log();
     let handed = log.matches("client handed to the new process").count();
     assert!(handed >= 40, "only {handed} clients handed over\n{}", tail(&log, 40));
@@ -82,7 +68,7 @@ fn upgrade_under_pgbench_fails_no_transaction_and_refuses_no_connection() {
     let after = pgbench_thread(new.port, &["-S", "-c", "2"], 1, BENCH_TIMEOUT)
         .join()
         .expect("pgbench thread");
-    assert_clean("pgbench after the upgrade", &after);
+    pgbench_clean("pgbench after the upgrade", &after);
 }
 
 #[test]

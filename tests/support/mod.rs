@@ -107,6 +107,21 @@ pub fn pgbench_processed(out: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// pgbench (as `pgbench_thread` returns it) ran to its end with every transaction committed,
+/// none failed and no client aborted.
+pub fn pgbench_clean(what: &str, (code, out, err): &(i32, String, String)) {
+    assert_eq!(*code, 0, "{what}: pgbench failed\n{out}\n{err}");
+    assert!(
+        out.contains("number of failed transactions: 0 "),
+        "{what}: failures\n{out}\n{err}"
+    );
+    assert!(
+        !err.contains("aborted") && !err.contains("error"),
+        "{what}: errors\n{out}\n{err}"
+    );
+    assert!(pgbench_processed(out) > 0, "{what}: nothing processed\n{out}");
+}
+
 /// Run a command-line client (psql, pgbench, ...) and return (exit code, stdout, stderr).
 /// A bare program name found in PG_BIN is taken from there (the /usr/bin wrappers may pick
 /// another version). Killed on timeout, giving code 124. Signal deaths give 128 + signal.
