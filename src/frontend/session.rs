@@ -143,28 +143,23 @@ async fn hand_over(s: &mut Session) -> Result<Request, End> {
 
 /// The session's last words: its error, if it has one, and the log line.
 async fn finish(s: &mut Session, end: End) {
-    let (handed, invalid) = match end {
-        End::Handed => (true, None),
-        End::Left(invalid) => (false, invalid),
-    };
-    // A handed-over client's socket is the new process's: not a word from here.
-    let invalid = match !handed && s.cancel.killed.load(Ordering::Acquire) {
-        true => Some(Box::new(PgError::fatal(
+    let invalid = match end {
+        // A handed-over client's socket is the new process's: not a word from here.
+        End::Handed => {
+            tracing::info!(client = %s.client.peer(), pool = %s.cancel.pool, "client handed to the new process");
+            return;
+        }
+        End::Left(_) if s.cancel.killed.load(Ordering::Acquire) => Some(Box::new(PgError::fatal(
             "57P01",
             "terminated by the pgmux console (KILL_CLIENT or KILL)",
         ))),
-        false => invalid,
+        End::Left(invalid) => invalid,
     };
     if let Some(e) = invalid {
         s.cancel.pool.stats.error(e.code.as_bytes());
         s.client.send_error(&e).await;
     }
-    match handed {
-        true => {
-            tracing::info!(client = %s.client.peer(), pool = %s.cancel.pool, "client handed to the new process")
-        }
-        false => tracing::info!(client = %s.client.peer(), pool = %s.cancel.pool, "client logged out"),
-    }
+    tracing::info!(client = %s.client.peer(), pool = %s.cancel.pool, "client logged out");
 }
 
 fn logged_in(s: &mut Session) {

@@ -62,20 +62,36 @@ impl Stream {
         }
     }
 
-    /// True when an idle connection has nothing to say: a peer that closed it (TCP FIN, TLS
-    /// close_notify) or sent something unasked is not quiet. Never blocks: a plain socket is
-    /// probed with `try_read`; a TLS one is polled once with a no-op waker, so data rustls
-    /// already holds counts too, and TLS records with no application data (session tickets)
-    /// do not. Whatever a probe consumes is lost: only for connections about to be dropped
-    /// when they are not quiet.
-    /// A write that never waits, for a last Terminate to a server being closed. Over TLS it
+    /// A write that never waits (a last Terminate to a server being closed, `write_now`). Over TLS it
     /// is skipped: a record cannot be written without the async machinery, and the close of the
     /// socket says the same.
     pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Stream::Plain(s) => s.try_write(buf),
+            Stream::Plain(s) => raw::try_write(s, buf),
             Stream::Unix(s) => s.try_write(buf),
             Stream::Tls(_) | Stream::ServerTls(_) => Ok(0),
+        }
+    }
+
+    /// `try_write` for the data path: 0 when the socket takes nothing now (or `buf` is empty);
+    /// the caller writes the rest the usual way. Over TLS always 0.
+    pub fn write_now(&self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        match self.try_write(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            written => written,
+        }
+    }
+
+    /// Reads into `buf`'s spare capacity: `tokio_util::io::poll_read_buf`, with plain TCP
+    /// read straight into the buffer.
+    #[inline(always)]
+    pub fn poll_read_buf(&mut self, cx: &mut Context<'_>, buf: &mut bytes::BytesMut) -> Poll<io::Result<usize>> {
+        match self {
+            Stream::Plain(s) if buf.capacity() > buf.len() => raw::poll_read_bytes(s, cx, buf),
+            other => tokio_util::io::poll_read_buf(Pin::new(other), cx, buf),
         }
     }
 
@@ -90,6 +106,12 @@ impl Stream {
         })
     }
 
+    /// True when an idle connection has nothing to say: a peer that closed it (TCP FIN, TLS
+    /// close_notify) or sent something unasked is not quiet. Never blocks: a plain socket is
+    /// probed with `try_read`; a TLS one is polled once with a no-op waker, so data rustls
+    /// already holds counts too, and TLS records with no application data (session tickets)
+    /// do not. Whatever a probe consumes is lost: only for connections about to be dropped
+    /// when they are not quiet.
     pub fn is_quiet(&mut self) -> bool {
         let mut probe = [0u8; 1];
         match self {
@@ -131,32 +153,6 @@ impl Stream {
             Stream::Tls(s) => Pin::new(s).poll_flush(cx),
             Stream::ServerTls(s) => Pin::new(s).poll_flush(cx),
             Stream::Plain(_) | Stream::Unix(_) => Poll::Ready(Ok(())),
-        }
-    }
-}
-
-impl Stream {
-    /// Reads into `buf`'s spare capacity: `tokio_util::io::poll_read_buf`, with plain TCP
-    /// read straight into the buffer.
-    #[inline(always)]
-    pub fn poll_read_buf(&mut self, cx: &mut Context<'_>, buf: &mut bytes::BytesMut) -> Poll<io::Result<usize>> {
-        match self {
-            Stream::Plain(s) if buf.capacity() > buf.len() => raw::poll_read_bytes(s, cx, buf),
-            other => tokio_util::io::poll_read_buf(Pin::new(other), cx, buf),
-        }
-    }
-}
-
-impl Stream {
-    /// What a plain TCP socket takes of `buf` right now, without a future (0 when it takes
-    /// nothing, and always 0 on other streams): the caller writes the rest the usual way.
-    pub fn write_now(&self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) if !buf.is_empty() => match raw::try_write(s, buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-                written => written,
-            },
-            _ => Ok(0),
         }
     }
 }
