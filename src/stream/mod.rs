@@ -79,9 +79,12 @@ impl Stream {
         if buf.is_empty() {
             return Ok(0);
         }
-        match self.try_write(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-            written => written,
+        match self {
+            Stream::Plain(s) => raw::write_now(s, buf),
+            other => match other.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                written => written,
+            },
         }
     }
 
@@ -115,9 +118,7 @@ impl Stream {
     pub fn is_quiet(&mut self) -> bool {
         let mut probe = [0u8; 1];
         match self {
-            Stream::Plain(s) => {
-                matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
+            Stream::Plain(s) => raw::is_quiet(s),
             Stream::Unix(s) => {
                 matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }

@@ -46,8 +46,10 @@ pub fn poll_read_bytes(s: &TcpStream, cx: &mut Context<'_>, buf: &mut BytesMut) 
 fn poll_read_into(s: &TcpStream, cx: &mut Context<'_>, ptr: *mut u8, len: usize) -> Poll<io::Result<usize>> {
     let fd = s.as_raw_fd();
     loop {
-        let mut got = 0;
-        let read = s.try_io(Interest::READABLE, || {
+        // What the system call said, kept here rather than in the io::Error that `try_io`
+        // wants: asking an error its kind and dropping it are calls, several per transaction.
+        let mut outcome = Outcome::NotReady;
+        let cleared = s.try_io(Interest::READABLE, || {
             // SAFETY: fd is open (s owns it) and ptr..ptr+len is writable memory.
             let n = unsafe {
                 libc::syscall(
@@ -60,48 +62,96 @@ fn poll_read_into(s: &TcpStream, cx: &mut Context<'_>, ptr: *mut u8, len: usize)
                     0,
                 )
             };
-            got = checked(n)?;
+            outcome = Outcome::of(n);
             // A short read emptied the socket: WouldBlock has try_io forget its readiness, as
             // tokio's own poll_read does, so that the next read waits for the reactor instead
             // of making a system call that answers EAGAIN.
-            match got < len && got > 0 {
-                true => Err(io::ErrorKind::WouldBlock.into()),
-                false => Ok(()),
+            match outcome {
+                Outcome::Done(got) if got == len || got == 0 => Ok(()),
+                Outcome::Done(_) | Outcome::WouldBlock => Err(io::ErrorKind::WouldBlock.into()),
+                Outcome::NotReady | Outcome::Failed(_) => Ok(()),
             }
         });
-        match read {
-            _ if got > 0 => return Poll::Ready(Ok(got)),
-            Ok(()) => return Poll::Ready(Ok(0)), // end of stream (or an empty buffer)
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+        forget(cleared);
+        match outcome {
+            Outcome::Done(got) => return Poll::Ready(Ok(got)), // 0: end of stream (or an empty buffer)
+            Outcome::NotReady | Outcome::WouldBlock => {
                 if let Err(e) = std::task::ready!(s.poll_read_ready(cx)) {
                     return Poll::Ready(Err(e));
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Poll::Ready(Err(e)),
+            Outcome::Failed(libc::EINTR) => {}
+            Outcome::Failed(errno) => return Poll::Ready(Err(io::Error::from_raw_os_error(errno))),
         }
     }
 }
 
 pub fn poll_write(s: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
     loop {
-        match try_write(s, buf) {
-            Ok(n) => return Poll::Ready(Ok(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+        match write(s, buf) {
+            Outcome::Done(n) => return Poll::Ready(Ok(n)),
+            Outcome::NotReady | Outcome::WouldBlock => {
                 if let Err(e) = std::task::ready!(s.poll_write_ready(cx)) {
                     return Poll::Ready(Err(e));
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Poll::Ready(Err(e)),
+            Outcome::Failed(libc::EINTR) => {}
+            Outcome::Failed(errno) => return Poll::Ready(Err(io::Error::from_raw_os_error(errno))),
         }
     }
 }
 
 /// One write without waiting: WouldBlock when the socket takes nothing now.
 pub fn try_write(s: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    match write(s, buf) {
+        Outcome::Done(n) => Ok(n),
+        Outcome::NotReady | Outcome::WouldBlock => Err(io::ErrorKind::WouldBlock.into()),
+        Outcome::Failed(errno) => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// `try_write` for the data path: 0 when the socket takes nothing now.
+pub fn write_now(s: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    match write(s, buf) {
+        Outcome::Done(n) => Ok(n),
+        Outcome::NotReady | Outcome::WouldBlock | Outcome::Failed(libc::EINTR) => Ok(0),
+        Outcome::Failed(errno) => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// True when the socket has nothing to read and is not closed: a probe that consumes what it
+/// finds (see `Stream::is_quiet`).
+pub fn is_quiet(s: &TcpStream) -> bool {
     let fd = s.as_raw_fd();
-    s.try_io(Interest::WRITABLE, || {
+    let mut quiet = true; // no readiness since the last read: nothing came
+    let cleared = s.try_io(Interest::READABLE, || {
+        let mut probe = 0u8;
+        // SAFETY: fd is open (s owns it) and probe is one writable byte.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_recvfrom,
+                fd,
+                (&raw mut probe).cast::<libc::c_void>(),
+                1,
+                0,
+                std::ptr::null_mut::<libc::c_void>(),
+                0,
+            )
+        };
+        quiet = matches!(Outcome::of(n), Outcome::WouldBlock);
+        match quiet {
+            true => Err(io::ErrorKind::WouldBlock.into()),
+            false => Ok(()),
+        }
+    });
+    forget(cleared);
+    quiet
+}
+
+fn write(s: &TcpStream, buf: &[u8]) -> Outcome {
+    let fd = s.as_raw_fd();
+    let mut outcome = Outcome::NotReady;
+    let cleared = s.try_io(Interest::WRITABLE, || {
         // SAFETY: fd is open (s owns it) and buf is readable memory of its length.
         let n = unsafe {
             libc::syscall(
@@ -114,10 +164,42 @@ pub fn try_write(s: &TcpStream, buf: &[u8]) -> io::Result<usize> {
                 0,
             )
         };
-        checked(n)
-    })
+        outcome = Outcome::of(n);
+        match outcome {
+            Outcome::WouldBlock => Err(io::ErrorKind::WouldBlock.into()),
+            _ => Ok(()),
+        }
+    });
+    forget(cleared);
+    outcome
 }
 
-fn checked(n: libc::c_long) -> io::Result<usize> {
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+/// What one system call on a socket did.
+#[derive(Clone, Copy)]
+enum Outcome {
+    /// tokio saw no readiness since the last WouldBlock: the call was not made.
+    NotReady,
+    Done(usize),
+    WouldBlock,
+    Failed(i32),
+}
+
+impl Outcome {
+    fn of(n: libc::c_long) -> Outcome {
+        match usize::try_from(n) {
+            Ok(n) => Outcome::Done(n),
+            // SAFETY: errno is this thread's, read right after the failed call.
+            Err(_) => match unsafe { *libc::__errno_location() } {
+                libc::EAGAIN => Outcome::WouldBlock,
+                errno => Outcome::Failed(errno),
+            },
+        }
+    }
+}
+
+/// Lets go of `try_io`'s answer without dropping it: every error in this file's `try_io` calls
+/// is a WouldBlock made from its kind, which owns nothing (and its drop is a call).
+#[inline(always)]
+fn forget(cleared: io::Result<()>) {
+    std::mem::forget(cleared);
 }
