@@ -107,12 +107,12 @@ pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
                 Request::Invalid(e) => break End::Left(Some(e)),
             }
             // Boxed, once per transaction, for the same reason.
-            match Box::pin(transaction(&mut s, false)).await {
+            match in_place(|| transaction(&mut s, false)).await {
                 Flow::Next => {}
                 Flow::Stop => break End::Left(None),
                 // A read whose replica died before answering: once more, elsewhere.
                 Flow::Retry => {
-                    if let Flow::Stop = Box::pin(transaction(&mut s, true)).await {
+                    if let Flow::Stop = in_place(|| transaction(&mut s, true)).await {
                         break End::Left(None);
                     }
                 }
@@ -120,6 +120,17 @@ pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
         };
         Box::pin(finish(&mut s, end)).await
     }
+}
+
+/// `Box::pin(make())` with the future written straight into its box: `Box::pin` builds a
+/// future on the stack and copies the whole of it (a transaction's is about 1.6 KiB, most of it
+/// not yet used) into the allocation.
+#[inline(always)]
+fn in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    let mut slot = Box::<F>::new_uninit();
+    slot.write(make());
+    // SAFETY: written just above.
+    Box::into_pin(unsafe { slot.assume_init() })
 }
 
 /// How a session ended: handed to a new process (`pgmux upgrade`), or left with the error it
