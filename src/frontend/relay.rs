@@ -120,48 +120,53 @@ pub fn relay<'a>(
     state: &'a mut RelayState,
     pool: &'a Pool,
 ) -> impl std::future::Future<Output = RelayEnd> + Send + 'a {
-    let RelayState {
-        to_client,
-        scan,
-        stop,
-        watch,
-        release_at_idle,
-        statement_mode,
-        started,
-        out,
-        set: pending_set,
-        meter,
-        listen_ops,
-        harmless_sets,
-        tracked_sets,
-    } = state;
-    let (release_at_idle, statement_mode) = (*release_at_idle, *statement_mode);
+    let (release_at_idle, statement_mode) = (state.release_at_idle, state.statement_mode);
     // Prepared statements are tracked where a client may change servers between transactions.
     let tracking = release_at_idle && server.prepared.limit > 0;
-    if !*started {
-        *started = true;
+    if !state.started {
+        state.started = true;
         server.prepared.replies.clear();
         let waiting = client.buf.get(..client.ready).unwrap_or_default();
-        meter.from_client(waiting.len());
-        meter.requests(waiting, true);
+        state.meter.from_client(waiting.len());
+        state.meter.requests(waiting, true);
         if std::mem::take(&mut client.set) && release_at_idle {
-            watch_set(client.buf.get(..client.ready), &client.tracker, scan, pending_set);
-            *harmless_sets = harmless_sets.saturating_add(set::harmless(waiting));
+            watch_set(
+                client.buf.get(..client.ready),
+                &client.tracker,
+                &mut state.scan,
+                &mut state.set,
+            );
+            state.harmless_sets = state.harmless_sets.saturating_add(set::harmless(waiting));
         }
         if std::mem::take(&mut client.listen) && release_at_idle {
-            super::listen::collect(waiting, listen_ops.get_or_insert_with(Default::default));
+            super::listen::collect(waiting, state.listen_ops.get_or_insert_with(Default::default));
         }
     }
     if std::mem::take(&mut client.rewrite) && tracking {
         // Frames scanned while the client waited for this server.
         let at = Position {
-            answered: scan.answered,
+            answered: state.scan.answered,
             pending: client.tracker.pending,
         };
         let end = client.ready;
         client.ready = prepared::translate(&mut client.buf, 0, end, &mut client.prepared, &mut server.prepared, at);
     }
     poll_fn(move |cx| {
+        // Taken apart here rather than before the closure: it captures one pointer, not one per
+        // field (each a load and a spill at every poll).
+        let RelayState {
+            to_client,
+            scan,
+            stop,
+            watch,
+            out,
+            set: pending_set,
+            meter,
+            listen_ops,
+            harmless_sets,
+            tracked_sets,
+            ..
+        } = &mut *state;
         // A socket whose read said Pending stays unready until the reactor runs again, which
         // is not before this poll returns (the worker's runtime is single-threaded): it is not
         // asked twice. Its waker is registered by that first Pending.
