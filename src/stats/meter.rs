@@ -3,7 +3,7 @@
 //! relaxed atomic adds per transaction and two clock reads per query.
 
 use super::{now_us, PoolStats};
-use crate::protocol::frame::{peek_header, read_cstr, HEADER_LEN};
+use crate::protocol::frame::{read_cstr, HEADER_LEN};
 use std::sync::atomic::Ordering;
 
 /// At most this much of a query's text is kept for the slow-query list.
@@ -57,22 +57,24 @@ impl Meter {
     /// Client frames `frames` went on their way; `idle_before` says the server owed nothing
     /// before them. Counts Parse and Bind, and starts the clocks.
     pub fn requests(&mut self, frames: &[u8], idle_before: bool) {
-        let mut pos = 0;
-        let mut first = true;
-        while let Ok(Some((tag, total))) = peek_header(frames.get(pos..).unwrap_or_default(), usize::MAX >> 1) {
-            let body = frames.get(pos + HEADER_LEN..pos + total).unwrap_or_default();
+        // The frames were checked when they were scanned (`track::scan_client`): only their
+        // tags and lengths are read here, the first Query, Parse or Bind's text captured.
+        let mut capture = idle_before && self.slow_threshold > 0;
+        let mut rest = frames;
+        while let [tag, a, b, c, d, ..] = *rest {
+            let total = (u32::from_be_bytes([a, b, c, d]) as usize).saturating_add(1);
             match tag {
                 b'P' => self.client_parses += 1,
                 b'B' => self.binds += 1,
                 _ => {}
             }
-            if first && idle_before && self.slow_threshold > 0 && matches!(tag, b'Q' | b'P' | b'B') {
-                first = false;
-                self.capture_text(tag, body);
+            if capture && matches!(tag, b'Q' | b'P' | b'B') {
+                capture = false;
+                self.capture_text(tag, rest.get(HEADER_LEN..total).unwrap_or_default());
             }
-            pos += total;
+            rest = rest.get(total..).unwrap_or_default();
         }
-        if idle_before && pos > 0 {
+        if idle_before && !frames.is_empty() {
             let now = now_us();
             self.busy_since = now;
             if self.xact_since == 0 {
@@ -81,11 +83,21 @@ impl Meter {
         }
     }
 
+    /// Keeps the frame's tag and the start of its body as they are: they are read
+    /// (`captured`) only for a slow query, so the copy is all the data path pays.
     fn capture_text(&mut self, tag: u8, body: &[u8]) {
         if self.capture.capacity() == 0 {
             self.capture = STOCK.with(|s| s.borrow_mut().pop()).unwrap_or_default();
         }
         self.capture.clear();
+        self.capture.push(tag);
+        // A Parse's statement name comes first: room for a short one beside CAPTURE bytes of text.
+        self.capture.extend_from_slice(body.get(..CAPTURE + 64).unwrap_or(body));
+    }
+
+    /// What the server is busy with, if captured.
+    pub fn captured(&self) -> Option<Captured<'_>> {
+        let (&tag, body) = self.capture.split_first()?;
         let mut at = 0;
         let text = match tag {
             b'Q' => body,
@@ -94,29 +106,18 @@ impl Meter {
                 body.get(at..).unwrap_or_default()
             }
             _ => {
+                // A Bind: portal name, then the statement's.
                 let _ = read_cstr(body, &mut at);
-                self.capture.push(b'B');
-                let mut name_end = at;
-                let name = read_cstr(body, &mut name_end).unwrap_or_default();
-                name
+                return Some(Captured::Statement(read_cstr(body, &mut at).unwrap_or_default()));
             }
         };
-        // A Query's text ends at its frame's end: only the first CAPTURE bytes need a look.
-        let text = &text[..text.len().min(CAPTURE)];
+        // A Query's text ends at its frame's end, a Parse's at a NUL.
+        let text = text.get(..CAPTURE).unwrap_or(text);
         let text = match tag {
             b'Q' => text.strip_suffix(b"\0").unwrap_or(text),
             _ => std::ffi::CStr::from_bytes_until_nul(text).map_or(text, |t| t.to_bytes()),
         };
-        self.capture.extend_from_slice(text);
-    }
-
-    /// What the server is busy with, if captured.
-    pub fn captured(&self) -> Option<Captured<'_>> {
-        match self.capture.split_first() {
-            None => None,
-            Some((b'B', name)) if !name.is_empty() => Some(Captured::Statement(name)),
-            Some(_) => Some(Captured::Text(&self.capture)),
-        }
+        Some(Captured::Text(text))
     }
 
     /// Nothing came back from the server and nothing but the first `request` bytes went to it.
