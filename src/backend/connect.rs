@@ -237,6 +237,7 @@ async fn login(
         generation: 0,
         worker: crate::worker::current(),
         listening: false,
+        capture: Vec::new(),
     });
     Ok((server, reported))
 }

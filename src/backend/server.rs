@@ -29,6 +29,9 @@ pub struct ServerConn {
     pub worker: Option<u16>,
     /// A client's LISTEN ran on it and no UNLISTEN * since: it must not go back to the pool.
     pub listening: bool,
+    /// The slow-query capture buffer of the transactions it serves (`stats::meter`), kept here
+    /// between them: a server is used by one transaction at a time, and there are few servers.
+    pub capture: Vec<u8>,
 }
 
 impl ServerConn {

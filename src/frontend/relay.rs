@@ -189,8 +189,20 @@ pub fn relay<'a>(
                 Poll::Pending => {}
             }
             if *stop == ServerStop::Release && client.ready == 0 {
-                // The answer's tail leaves with the client, sharing the server buffer's memory
-                // (no copy); the buffer gets it back once the tail is written and dropped.
+                // The answer's tail goes out now if the client's socket takes it (nearly always);
+                // what it does not take leaves with the client, sharing the server buffer's
+                // memory (no copy), and the buffer gets it back once that is written and dropped.
+                // (A failed write leaves it all there: the session's write then fails the same.)
+                let now = client
+                    .stream
+                    .write_now(server.buf.get(..*to_client).unwrap_or_default());
+                let written = now.unwrap_or(0).min(*to_client);
+                server.buf.advance(written);
+                *to_client -= written;
+                if *to_client == 0 && out.is_empty() {
+                    *stop = ServerStop::More;
+                    return Poll::Ready(RelayEnd::Release);
+                }
                 let tail = server.buf.split_to(*to_client);
                 if out.is_empty() {
                     *out = tail;

@@ -292,7 +292,10 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
     let replay = Replay::take(&pick, retried, &s.client);
     s.cancel.attach(lease.conn(), pool);
     let mut state = RelayState::new(mode != PoolMode::Session, mode == PoolMode::Statement, timeouts);
-    state.meter = Meter::new(s.shared.knobs.slow_threshold_us());
+    state.meter = Meter::new(
+        s.shared.knobs.slow_threshold_us(),
+        std::mem::take(&mut lease.conn().capture),
+    );
     // Session mode never sees Release: the relay runs until the client leaves.
     let mut cancelled = false;
     let end = loop {
@@ -356,6 +359,7 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
         }
     }
     state.meter.flush(&pool.stats);
+    lease.conn().capture = state.meter.take_capture();
     if let Pick::Primary { wrote: true } = pick {
         s.cancel.wrote_at.store(now_us(), Ordering::Release);
     }

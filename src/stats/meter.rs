@@ -38,10 +38,25 @@ pub enum Captured<'a> {
 }
 
 impl Meter {
-    pub fn new(slow_threshold_us: u64) -> Meter {
-        let mut meter = Meter::default();
-        meter.slow_threshold = slow_threshold_us;
-        meter
+    /// `capture`: the server connection's buffer for the slow-query text (`ServerConn::capture`),
+    /// given back with `take_capture`.
+    pub fn new(slow_threshold_us: u64, capture: Vec<u8>) -> Meter {
+        Meter {
+            slow_threshold: slow_threshold_us,
+            capture,
+            ..Meter::default()
+        }
+    }
+
+    /// The capture buffer, emptied, for the next transaction on the same server (none when a
+    /// long query grew it past what is worth keeping).
+    pub fn take_capture(&mut self) -> Vec<u8> {
+        let mut capture = std::mem::take(&mut self.capture);
+        capture.clear();
+        match capture.capacity() <= 2 * CAPTURE {
+            true => capture,
+            false => Vec::new(),
+        }
     }
 
     #[inline]
@@ -86,9 +101,6 @@ impl Meter {
     /// Keeps the frame's tag and the start of its body as they are: they are read
     /// (`captured`) only for a slow query, so the copy is all the data path pays.
     fn capture_text(&mut self, tag: u8, body: &[u8]) {
-        if self.capture.capacity() == 0 {
-            self.capture = STOCK.with(|s| s.borrow_mut().pop()).unwrap_or_default();
-        }
         self.capture.clear();
         self.capture.push(tag);
         // A Parse's statement name comes first: room for a short one beside CAPTURE bytes of text.
@@ -175,30 +187,6 @@ impl Meter {
     }
 }
 
-thread_local! {
-    /// Capture buffers of ended transactions, reused by the next ones on this thread: the
-    /// allocator is not asked for one per transaction.
-    static STOCK: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Capture buffers kept per thread (about as many as transactions in flight on a worker).
-const KEEP: usize = 64;
-
-impl Drop for Meter {
-    fn drop(&mut self) {
-        if self.capture.capacity() > 0 && self.capture.capacity() <= 2 * CAPTURE {
-            let mut capture = std::mem::take(&mut self.capture);
-            capture.clear();
-            let _ = STOCK.try_with(|s| {
-                let mut stock = s.borrow_mut();
-                if stock.len() < KEEP {
-                    stock.push(capture);
-                }
-            });
-        }
-    }
-}
-
 #[inline]
 fn add(counter: &super::Counter, n: u64) {
     if n > 0 {
@@ -215,7 +203,7 @@ mod tests {
     #[test]
     fn counts_a_transaction_once_it_ends() {
         let stats = PoolStats::default();
-        let mut m = Meter::new(1);
+        let mut m = Meter::new(1, Vec::new());
         let mut frames = frame(b'P', b"s1\0select $1\0\0\0");
         frames.extend(frame(b'B', b"\0s1\0\0\0\0\0\0\0"));
         frames.extend(frame(b'S', b""));
@@ -244,9 +232,9 @@ mod tests {
         assert_eq!(PoolStats::get(&stats.received), frames.len() as u64);
         assert!(PoolStats::get(&stats.xact_time) >= 2000);
         assert_eq!(stats.query_latency.snapshot().iter().sum::<u64>(), 2);
-        drop(m);
-        // The next meter on this thread reuses the capture buffer, empty.
-        let mut next = Meter::new(1);
+        // The next meter (the same server's next transaction) reuses the capture buffer, empty.
+        let mut next = Meter::new(1, m.take_capture());
+        assert!(next.captured().is_none());
         next.requests(&frame(b'Q', b"select 2\0"), true);
         assert!(matches!(next.captured(), Some(Captured::Text(t)) if t == b"select 2"));
     }
