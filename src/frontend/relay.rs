@@ -193,9 +193,15 @@ pub fn relay<'a>(
                 // what it does not take leaves with the client, sharing the server buffer's
                 // memory (no copy), and the buffer gets it back once that is written and dropped.
                 // (A failed write leaves it all there: the session's write then fails the same.)
-                let now = client
-                    .stream
-                    .write_now(server.buf.get(..*to_client).unwrap_or_default());
+                // Not after a LISTEN or UNLISTEN: the client may hear of it only once pgmux
+                // listens for it (`listen::settle`, after the relay), or a notification sent
+                // at once could be missed.
+                let now = match scan.listen == 0 && listen_ops.is_none() {
+                    true => client
+                        .stream
+                        .write_now(server.buf.get(..*to_client).unwrap_or_default()),
+                    false => Ok(0),
+                };
                 let written = now.unwrap_or(0).min(*to_client);
                 server.buf.advance(written);
                 *to_client -= written;
