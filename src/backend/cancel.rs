@@ -2,10 +2,7 @@
 
 use super::connect::Target;
 use crate::config::ServerTlsMode;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Notify;
 
 const CANCEL_REQUEST_CODE: i32 = 80_877_102;
 
@@ -49,41 +46,5 @@ async fn send_cancel(target: &Target, process_id: i32, secret_key: i32) -> std::
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
         }
-    }
-}
-
-/// Cancels in flight against one server connection.
-#[derive(Default, Debug)]
-pub struct InFlight {
-    count: AtomicU32,
-    done: Notify,
-}
-
-impl InFlight {
-    /// Waits until no cancel is in flight; false if one is still running after `limit`.
-    pub async fn settled(&self, limit: Duration) -> bool {
-        let wait = async {
-            loop {
-                let notified = self.done.notified();
-                if self.count.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        tokio::time::timeout(limit, wait).await.is_ok()
-    }
-
-    pub fn count(&self) -> u32 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    pub fn begin(&self) {
-        self.count.fetch_add(1, Ordering::AcqRel);
-    }
-
-    pub fn end(&self) {
-        self.count.fetch_sub(1, Ordering::AcqRel);
-        self.done.notify_waiters();
     }
 }

@@ -232,7 +232,6 @@ async fn login(
         created_us: now,
         idle_since_us: now,
         settings: Settings::default(),
-        in_flight: Default::default(),
         prepared: Default::default(),
         generation: 0,
         worker: crate::worker::current(),

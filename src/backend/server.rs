@@ -19,8 +19,6 @@ pub struct ServerConn {
     pub idle_since_us: u64,
     /// Client settings applied to this session, as far as pgmux knows.
     pub settings: Settings,
-    /// Cancel requests on their way to this backend: it is not reused until they land.
-    pub in_flight: std::sync::Arc<super::cancel::InFlight>,
     /// Pooler-wide prepared statements it holds (transaction and statement modes).
     pub prepared: crate::prepared::ServerStatements,
     /// The pool's RECONNECT generation when it was opened.

@@ -10,7 +10,7 @@
 //! The registry of handles is also the list of clients the console shows (SHOW CLIENTS) and
 //! acts on (KILL_CLIENT, KILL): each handle carries what the console reports about its client.
 
-use crate::backend::cancel::{cancel, InFlight};
+use crate::backend::cancel::cancel;
 use crate::backend::ServerConn;
 use crate::backend::Settings;
 use crate::pool::Pool;
@@ -31,7 +31,6 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Held {
     pub process_id: i32,
     secret_key: i32,
-    in_flight: Arc<InFlight>,
     pub server_id: u64,
     /// When the server connection was opened, seconds since start.
     pub created_s: u32,
@@ -61,6 +60,8 @@ pub struct CancelHandle {
     pub wait_since: AtomicU64,
     /// KILL_CLIENT or KILL: the session ends at its next step and says why.
     pub killed: AtomicBool,
+    /// Cancels sent for this client and not landed yet (`cancels_in_flight`).
+    in_flight: AtomicU32,
     /// `attached.waker` holds the session's waker (see `wake_on_shutdown`).
     waker_left: AtomicBool,
     /// read_write_split: when the client's last write on the primary ended (µs; 0: never), and
@@ -96,7 +97,6 @@ impl CancelHandle {
         let held = Held {
             process_id: server.process_id,
             secret_key: server.secret_key,
-            in_flight: server.in_flight.clone(),
             server_id: server.id,
             created_s: (server.created_us / 1_000_000) as u32,
             tls: server.stream.is_tls(),
@@ -108,6 +108,12 @@ impl CancelHandle {
     /// The client gave its server back: cancels from now on are dropped.
     pub fn detach(&self) {
         self.attached().held.take();
+    }
+
+    /// Cancels sent to the server it held (or holds) that have not landed yet: that server
+    /// must not serve another client before they do.
+    pub fn cancels_in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Acquire)
     }
 
     /// The server it holds now, if any.
@@ -172,18 +178,24 @@ impl CancelHandle {
     /// Cancels whatever the held server runs (a cancel request, or query_timeout). Returns
     /// false when the client holds no server.
     pub async fn cancel_held(&self) -> bool {
-        let Some(held) = self.held() else {
-            return false;
+        // Counted under the lock that `detach` takes: the session, once it let go of the server,
+        // sees every cancel aimed at it (`cancels_in_flight`) and keeps it until they land.
+        let held = {
+            let attached = self.attached();
+            let Some(held) = attached.held.clone() else {
+                return false;
+            };
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+            held
         };
         let pool = held.other_pool.as_ref().unwrap_or(&self.pool);
         pool.counts.cancels.fetch_add(1, Ordering::Relaxed);
-        held.in_flight.begin();
         let target = &pool.target;
         let sent = tokio::time::timeout(CANCEL_TIMEOUT, cancel(target, held.process_id, held.secret_key)).await;
         if !matches!(sent, Ok(Ok(()))) {
             tracing::warn!(pool = %self.pool, backend_pid = held.process_id, "cancel request to the server failed");
         }
-        held.in_flight.end();
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
         pool.counts.cancels.fetch_sub(1, Ordering::Relaxed);
         true
     }
@@ -269,6 +281,7 @@ fn new_handle(
         request_s: AtomicU32::new((now / 1_000_000) as u32),
         wait_since: AtomicU64::new(0),
         killed: AtomicBool::new(false),
+        in_flight: AtomicU32::new(0),
         waker_left: AtomicBool::new(false),
         wrote_at: AtomicU64::new(0),
         route: facts.route,

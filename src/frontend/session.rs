@@ -366,8 +366,8 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
     match end {
         RelayEnd::Release => {
             if keep {
-                if let Some(lease) = give_back_now(lease) {
-                    Box::pin(settle_then_give_back(lease)).await;
+                if let Some(lease) = give_back_now(lease, &s.cancel) {
+                    Box::pin(settle_then_give_back(lease, &s.cancel)).await;
                 }
             } else {
                 drop(lease);
@@ -385,7 +385,7 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
                 return Flow::Next;
             }
         }
-        RelayEnd::ClientGone => clean_up(lease, client, pool, &pool.settings().server_reset_query).await,
+        RelayEnd::ClientGone => clean_up(lease, client, &s.cancel, pool, &pool.settings().server_reset_query).await,
         RelayEnd::TransactionBlock => {
             pool.stats.error(b"0A000");
             let error = PgError::fatal(
@@ -395,7 +395,7 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
             .with_hint("run each statement on its own, or use pool_mode = \"transaction\" for this database or user");
             Box::pin(client.send_error(&error)).await;
             drop_frame(lease.conn());
-            clean_up(lease, client, pool, "").await;
+            clean_up(lease, client, &s.cancel, pool, "").await;
         }
         RelayEnd::Timeout(Phase::Busy) => {
             // Only after the cancel: a server that answers neither the query nor its cancel is
@@ -415,18 +415,18 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
             .with_hint("the server may be unreachable; reconnect to get another connection");
             pool.stats.error(error.code.as_bytes());
             Box::pin(client.send_error(&error)).await;
-            clean_up(lease, client, pool, "").await;
+            clean_up(lease, client, &s.cancel, pool, "").await;
         }
         RelayEnd::Timeout(phase) => {
             let error = timeout_error(phase, &timeouts);
             pool.stats.error(error.code.as_bytes());
             Box::pin(client.send_error(&error)).await;
-            clean_up(lease, client, pool, &pool.settings().server_reset_query).await;
+            clean_up(lease, client, &s.cancel, pool, &pool.settings().server_reset_query).await;
         }
         RelayEnd::ClientInvalid(e) => {
             pool.stats.error(e.code.as_bytes());
             Box::pin(client.send_error(&e)).await;
-            clean_up(lease, client, pool, &pool.settings().server_reset_query).await;
+            clean_up(lease, client, &s.cancel, pool, &pool.settings().server_reset_query).await;
         }
         RelayEnd::ServerGone(e) => {
             let addr = lease.conn().addr.clone();
@@ -637,33 +637,41 @@ async fn checkout_from(started: Checkout<'_>, pool: &Arc<Pool>, settings: &Setti
 
 /// Returns a server whose transaction ended, once any cancel aimed at it has landed: at once
 /// when none is in flight, else after the boxed wait.
-async fn give_back(lease: Lease) {
-    if let Some(lease) = give_back_now(lease) {
+async fn give_back(lease: Lease, cancel: &CancelHandle) {
+    if let Some(lease) = give_back_now(lease, cancel) {
         // Boxed (only when a cancel is in flight): the wait would weigh on every idle client's task.
-        Box::pin(settle_then_give_back(lease)).await
+        Box::pin(settle_then_give_back(lease, cancel)).await
     }
 }
 
-/// `give_back` without a future: the lease back when a cancel in flight must land first.
-fn give_back_now(mut lease: Lease) -> Option<Lease> {
+/// `give_back` without a future: the lease back when a cancel in flight must land first. The
+/// client's handle must be detached from the server already (`CancelHandle::detach`).
+fn give_back_now(mut lease: Lease, cancel: &CancelHandle) -> Option<Lease> {
     let server = lease.conn();
     // Bytes after the last ReadyForQuery: the server is not in a state we know.
     if !server.buf.is_empty() || server.listening {
         return None;
     }
-    if server.in_flight.count() > 0 {
+    if cancel.cancels_in_flight() > 0 {
         return Some(lease);
     }
     lease.release();
     None
 }
 
-async fn settle_then_give_back(mut lease: Lease) {
+async fn settle_then_give_back(lease: Lease, cancel: &CancelHandle) {
     let pool = lease.pool().clone();
-    let server = lease.conn();
     // SHOW POOLS' sv_being_canceled: it waits for the cancels aimed at it to land.
     pool.counts.settling.fetch_add(1, Ordering::Relaxed);
-    let settled = server.in_flight.settled(CLEANUP_TIMEOUT).await;
+    // Polled: rare (a cancel in flight as the transaction ended), and a waiter list in every
+    // client's handle would weigh on every idle client.
+    let settled = tokio::time::timeout(CLEANUP_TIMEOUT, async {
+        while cancel.cancels_in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .is_ok();
     pool.counts.settling.fetch_sub(1, Ordering::Relaxed);
     if settled {
         lease.release();
@@ -691,13 +699,14 @@ async fn reset_settings(lease: &mut Lease) -> bool {
 fn clean_up<'a>(
     lease: Lease,
     client: &'a ClientConn,
+    cancel: &'a CancelHandle,
     pool: &'a Pool,
     reset_query: &'a str,
 ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
-    Box::pin(roll_back(lease, client, pool, reset_query))
+    Box::pin(roll_back(lease, client, cancel, pool, reset_query))
 }
 
-async fn roll_back(mut lease: Lease, client: &ClientConn, pool: &Pool, reset_query: &str) {
+async fn roll_back(mut lease: Lease, client: &ClientConn, cancel: &CancelHandle, pool: &Pool, reset_query: &str) {
     let mode = pool.mode();
     let tracker = client.tracker;
     let server = lease.conn();
@@ -726,7 +735,7 @@ async fn roll_back(mut lease: Lease, client: &ClientConn, pool: &Pool, reset_que
         Some(())
     };
     if let Ok(Some(())) = tokio::time::timeout(CLEANUP_TIMEOUT, work).await {
-        give_back(lease).await;
+        give_back(lease, cancel).await;
     }
 }
 
