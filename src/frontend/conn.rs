@@ -141,15 +141,18 @@ impl ClientConn {
     /// `wait_for_request` as a poll, so an idle client's task holds no future for it.
     pub fn poll_request(&mut self, cx: &mut Context<'_>) -> Poll<Request> {
         loop {
-            match scan_client(&self.buf, self.ready, self.max_message_size as usize, &mut self.tracker) {
-                Ok(scan) => {
-                    self.ready = scan.end;
-                    self.terminate = scan.terminate;
-                    self.rewrite |= scan.rewrite;
-                    self.listen |= scan.listen;
-                    self.set |= scan.set;
+            // Nothing past the scanned frames (an idle client, most polls): no scan.
+            if self.buf.len() > self.ready {
+                match scan_client(&self.buf, self.ready, self.max_message_size as usize, &mut self.tracker) {
+                    Ok(scan) => {
+                        self.ready = scan.end;
+                        self.terminate = scan.terminate;
+                        self.rewrite |= scan.rewrite;
+                        self.listen |= scan.listen;
+                        self.set |= scan.set;
+                    }
+                    Err(e) => return Poll::Ready(Request::Invalid(Box::new(protocol_violation(&e)))),
                 }
-                Err(e) => return Poll::Ready(Request::Invalid(Box::new(protocol_violation(&e)))),
             }
             if self.ready > 0 && self.tracker.quiet() && only_flushes(self.buf.get(..self.ready).unwrap_or_default()) {
                 // Flushes with nothing before them to flush (after the last Sync): no server
