@@ -28,16 +28,27 @@ pub fn peek_header(buf: &[u8], max: usize) -> Result<Option<(u8, usize)>, FrameE
     let Some(header) = buf.get(..HEADER_LEN) else {
         return Ok(None);
     };
-    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    let total = header_total(len_word([header[1], header[2], header[3], header[4]]), max)?;
+    Ok(Some((header[0], total)))
+}
+
+#[inline(always)]
+pub fn len_word(bytes: [u8; 4]) -> u32 {
+    u32::from_be_bytes(bytes)
+}
+
+/// A frame's total size (tag included) from its length word, checked as `peek_header` says.
+#[inline(always)]
+pub fn header_total(len: u32, max: usize) -> Result<usize, FrameError> {
     // The length is an Int32: 2^31 and above are negative, whatever `max` allows.
-    if len < 4 || len > i32::MAX as u32 {
+    if !(4..=i32::MAX as u32).contains(&len) {
         return Err(FrameError::BadLength { len });
     }
     let len = len as usize;
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
-    Ok(Some((header[0], len + 1)))
+    Ok(len + 1)
 }
 
 /// Size of the complete frame at the start of `buf`, or `Ok(None)` until all of it is buffered.
