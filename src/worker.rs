@@ -55,6 +55,7 @@ pub fn start(
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .on_thread_unpark(crate::stats::clock::tick)
+            .on_thread_park(before_sleep)
             .build()?;
         handles.push(runtime.handle().clone());
         let shared = shared.clone();
@@ -93,4 +94,14 @@ pub fn start(
         closed.push(on_done);
     }
     Ok(Started { closed, handles })
+}
+
+/// The worker has no ready task and is about to block in the reactor: let a thread that is
+/// ready to run on this core (pgbench, PostgreSQL, a client: often the one about to send the
+/// next request) go first, so the worker more often finds work when it comes back than sleeps
+/// and is woken. Where nothing else waits for the core this returns at once. Measured
+/// (`benches/ctxsw.sh`, pgbench -S -c 50 on two shared cores): 0.29 to 0.35 context switches per
+/// transaction instead of 0.38 to 0.43 (PgBouncer 0.37 to 0.39), TPS a few per cent higher.
+fn before_sleep() {
+    std::thread::yield_now();
 }
