@@ -5,7 +5,7 @@
 //! the pool when every one of them is answered, the client has sent nothing since its last Sync,
 //! and the last ReadyForQuery says idle (`I`).
 
-use crate::protocol::frame::{header_total, is_frontend_tag, len_word, peek_header, read_cstr, FrameError, HEADER_LEN};
+use crate::protocol::frame::{header_total, is_frontend_tag, peek_header, read_cstr, FrameError, HEADER_LEN};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tracker {
@@ -65,7 +65,7 @@ pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Resu
     let mut pos = from;
     let (mut rewrite, mut listen, mut set) = (false, false, false);
     while let Some(&[tag, a, b, c, d]) = buf.get(pos..pos.saturating_add(HEADER_LEN)) {
-        let total = header_total(len_word([a, b, c, d]), max)?;
+        let total = header_total(u32::from_be_bytes([a, b, c, d]), max)?;
         if !is_frontend_tag(tag) {
             return Err(FrameError::BadTag(tag as char));
         }

@@ -25,16 +25,10 @@ pub enum FrameError {
 /// before the body arrives, so an oversized message is refused without buffering it.
 #[inline]
 pub fn peek_header(buf: &[u8], max: usize) -> Result<Option<(u8, usize)>, FrameError> {
-    let Some(header) = buf.get(..HEADER_LEN) else {
+    let Some(&[tag, a, b, c, d]) = buf.get(..HEADER_LEN) else {
         return Ok(None);
     };
-    let total = header_total(len_word([header[1], header[2], header[3], header[4]]), max)?;
-    Ok(Some((header[0], total)))
-}
-
-#[inline(always)]
-pub fn len_word(bytes: [u8; 4]) -> u32 {
-    u32::from_be_bytes(bytes)
+    Ok(Some((tag, header_total(u32::from_be_bytes([a, b, c, d]), max)?)))
 }
 
 /// A frame's total size (tag included) from its length word, checked as `peek_header` says.

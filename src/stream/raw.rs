@@ -50,19 +50,8 @@ fn poll_read_into(s: &TcpStream, cx: &mut Context<'_>, ptr: *mut u8, len: usize)
         // wants: asking an error its kind and dropping it are calls, several per transaction.
         let mut outcome = Outcome::NotReady;
         let cleared = s.try_io(Interest::READABLE, || {
-            // SAFETY: fd is open (s owns it) and ptr..ptr+len is writable memory.
-            let n = unsafe {
-                libc::syscall(
-                    libc::SYS_recvfrom,
-                    fd,
-                    ptr.cast::<libc::c_void>(),
-                    len,
-                    0,
-                    std::ptr::null_mut::<libc::c_void>(),
-                    0,
-                )
-            };
-            outcome = Outcome::of(n);
+            // SAFETY: ptr..ptr+len is writable memory (the caller's).
+            outcome = unsafe { recv(fd, ptr, len) };
             // A short read emptied the socket: WouldBlock has try_io forget its readiness, as
             // tokio's own poll_read does, so that the next read waits for the reactor instead
             // of making a system call that answers EAGAIN.
@@ -126,19 +115,8 @@ pub fn is_quiet(s: &TcpStream) -> bool {
     let mut quiet = true; // no readiness since the last read: nothing came
     let cleared = s.try_io(Interest::READABLE, || {
         let mut probe = 0u8;
-        // SAFETY: fd is open (s owns it) and probe is one writable byte.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_recvfrom,
-                fd,
-                (&raw mut probe).cast::<libc::c_void>(),
-                1,
-                0,
-                std::ptr::null_mut::<libc::c_void>(),
-                0,
-            )
-        };
-        quiet = matches!(Outcome::of(n), Outcome::WouldBlock);
+        // SAFETY: probe is one writable byte.
+        quiet = matches!(unsafe { recv(fd, &raw mut probe, 1) }, Outcome::WouldBlock);
         match quiet {
             true => Err(io::ErrorKind::WouldBlock.into()),
             false => Ok(()),
@@ -146,6 +124,26 @@ pub fn is_quiet(s: &TcpStream) -> bool {
     });
     forget(cleared);
     quiet
+}
+
+/// One `recvfrom` on `fd`, the open socket of the caller's stream, into `ptr..ptr+len`.
+///
+/// # Safety
+/// `ptr..ptr+len` must be writable memory.
+unsafe fn recv(fd: std::os::fd::RawFd, ptr: *mut u8, len: usize) -> Outcome {
+    // SAFETY: the caller vouches for the memory, and fd is its stream's open socket.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_recvfrom,
+            fd,
+            ptr.cast::<libc::c_void>(),
+            len,
+            0,
+            std::ptr::null_mut::<libc::c_void>(),
+            0,
+        )
+    };
+    Outcome::of(n)
 }
 
 fn write(s: &TcpStream, buf: &[u8]) -> Outcome {
