@@ -104,10 +104,26 @@ count() {
     PGPASSWORD=app "$PGBIN/pgbench" -h 127.0.0.1 -p "$PORT" -U app -n $mode -c 10 -j 2 -t "$1" bench >"$out/pgbench.$1" 2>&1 \
       || die "pgbench $mode failed: $(grep -m1 -iE 'error|fatal' "$out/pgbench.$1")"
   }
-  total() { callgrind_annotate "$(ls -t "$out"/cg.out.* | head -1)" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'; }
-  bench 100
-  callgrind_control -z "$vpid" >/dev/null 2>&1; bench 500; callgrind_control -d "$vpid" >/dev/null 2>&1; sleep 1; total_a=$(total)
-  callgrind_control -z "$vpid" >/dev/null 2>&1; bench 2500; callgrind_control -d "$vpid" >/dev/null 2>&1; sleep 1; total_b=$(total)
+  # Every dump zeroes callgrind's counters, and the script waits for each dump's file to be
+  # complete: a zeroing command that valgrind missed (callgrind_control gives up after a few
+  # seconds on a busy machine) once let a run count the warm-up too and read 40 % high.
+  dumped=0
+  dump() {
+    dumped=$((dumped + 1))
+    local f="$out/cg.out.$dumped"
+    callgrind_control -d "$vpid" >/dev/null 2>&1 || true
+    for _ in $(seq 600); do
+      [ -f "$f" ] && grep -q '^totals:' "$f" && break
+      sleep 0.1
+    done
+    grep -q '^totals:' "$f" 2>/dev/null || die "callgrind did not dump ($f) for $mode"
+    [ ! -f "$out/cg.out.$((dumped + 1))" ] || die "callgrind dumped more than asked for $mode"
+  }
+  summary() { awk '/^summary:/ {print $2; exit}' "$out/cg.out.$1"; }
+  bench 100; dump          # dump 1: start-up, warm-up and its logins, thrown away
+  bench 500; dump          # dump 2
+  bench 2500; dump         # dump 3
+  total_a=$(summary 2); total_b=$(summary 3)
   kill "$vpid" 2>/dev/null; wait "$vpid" 2>/dev/null || true
   rm -rf "$out"
   [ -n "$total_a" ] && [ -n "$total_b" ] || die "no callgrind totals for $mode"
