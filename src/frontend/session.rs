@@ -226,9 +226,9 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
     let timeouts = s.shared.knobs.timeouts();
     let mode = s.cancel.pool.mode();
     if s.client.rewrite && mode != PoolMode::Session {
-        // Boxed: its state would weigh on every transaction's future.
-        if let Some(flow) = Box::pin(answer_alone(s)).await {
-            return flow;
+        if let Some(out) = answer_alone(s) {
+            // Boxed: its state would weigh on every transaction's future.
+            return Box::pin(send_answer(&mut s.client, out)).await;
         }
     }
     let watch = &Watch::new(&s.shared.shutdown, &s.cancel);
@@ -524,8 +524,8 @@ fn pick<'a>(cancel: &'a CancelHandle, client: &ClientConn, mode: PoolMode) -> Pi
 }
 
 /// A lone Parse and Sync of statements the pool knows, answered without a server (see
-/// `prepared::local`); None when the request needs one.
-async fn answer_alone(s: &mut Session) -> Option<Flow> {
+/// `prepared::local`): the answer to write, or None when the request needs a server.
+fn answer_alone(s: &mut Session) -> Option<BytesMut> {
     let client = &mut s.client;
     if client.tracker.status != b'I' || s.cancel.pool.max_prepared_statements() == 0 {
         return None;
@@ -544,10 +544,14 @@ async fn answer_alone(s: &mut Session) -> Option<Flow> {
     client.rewrite = false;
     // The Sync is answered.
     client.tracker.pending = client.tracker.pending.saturating_sub(1);
-    Some(match client.write(&out).await {
+    Some(out)
+}
+
+async fn send_answer(client: &mut ClientConn, out: BytesMut) -> Flow {
+    match client.write(&out).await {
         Ok(()) => Flow::Next,
         Err(_) => Flow::Stop,
-    })
+    }
 }
 
 /// Waits for the client's next request (or a shutdown), closing it after client_idle_timeout.

@@ -1,11 +1,14 @@
 //! A client's own view of its prepared statements: its names, each mapped to the pooler-wide
 //! statement it stands for. Empty (one null pointer) for a client that never prepares.
 
+use super::keyhash::KeyHash;
 use super::Statement;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-type Map = HashMap<Box<[u8]>, Arc<Statement>>;
+/// Hashed with the statement keys' seeded hash (SipHash cost ~200 instructions per Bind); a
+/// client choosing names to collide hurts only its own map, and cannot aim without the seed.
+type Map = HashMap<Box<[u8]>, Arc<Statement>, KeyHash>;
 
 #[derive(Debug, Default)]
 pub struct ClientStatements {

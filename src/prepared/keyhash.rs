@@ -1,9 +1,10 @@
 //! Hashing of pooler-wide statement keys (128 bits of SHA-256) for the per-server maps that
-//! every prepared transaction looks up: two folded multiplies of the key with a random
-//! per-process seed, about fifteen instructions where SipHash takes over a hundred. One fold is
-//! not enough: with one half of the key fixed, the low bits it gives barely move. The seed keeps a client that
-//! picks statement texts from aiming their keys at one bucket (the fold mixes every key bit
-//! into the low bits the table indexes by, so collisions cannot be found without the seed).
+//! every prepared transaction looks up, and of clients' statement names: two folded multiplies
+//! of the key with a random per-process seed, about fifteen instructions where SipHash takes
+//! over a hundred. One fold is not enough: with one half of the key fixed, the low bits it gives
+//! barely move. The seed keeps a client that picks statement texts or names from aiming them at
+//! one bucket (the fold mixes every key bit into the low bits the table indexes by, so
+//! collisions cannot be found without the seed).
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::OnceLock;
@@ -55,7 +56,7 @@ impl Hasher for KeyHasher {
         self.hash = fold(h ^ s1, MIX);
     }
 
-    /// Not used by u128 keys; kept correct for any other input, 8 bytes at a time.
+    /// Byte strings (clients' statement names), 8 bytes at a time, each word with its length.
     fn write(&mut self, bytes: &[u8]) {
         for chunk in bytes.chunks(8) {
             let mut word = [0u8; 8];

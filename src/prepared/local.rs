@@ -41,6 +41,9 @@ impl Known {
 /// the client does not use yet, then one Sync: records them in `view`, writes the replies to
 /// `out` and returns true. Otherwise changes nothing and returns false.
 pub fn answer(frames: &[u8], view: &mut ClientStatements, known: &Known, out: &mut BytesMut) -> bool {
+    if frames.first() != Some(&b'P') {
+        return false; // the usual case, asked of every request of a client that prepares
+    }
     let mut parses: Vec<(&[u8], Arc<Statement>)> = Vec::new();
     let mut rest = frames;
     let mut synced = false;

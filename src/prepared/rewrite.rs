@@ -198,7 +198,7 @@ impl Cx<'_> {
         statement::frame(self.out, b'B', |b| {
             b.put_slice(portal);
             b.put_u8(0);
-            b.put_slice(&stmt.name());
+            b.put_slice(stmt.name());
             b.put_u8(0);
             b.put_slice(&body[pos..]);
         });
@@ -214,7 +214,7 @@ impl Cx<'_> {
         };
         statement::frame(self.out, b'D', |b| {
             b.put_u8(b'S');
-            b.put_slice(&stmt.name());
+            b.put_slice(stmt.name());
             b.put_u8(0);
         });
         true
