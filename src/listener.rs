@@ -149,7 +149,10 @@ pub enum Listener {
 impl Listener {
     async fn accept(&self) -> std::io::Result<Stream> {
         match self {
-            Listener::Tcp(l) => l.accept().await.map(|(s, _)| Stream::Plain(s)),
+            Listener::Tcp(l) => l
+                .accept()
+                .await
+                .map(|(s, _)| Stream::Plain(crate::stream::Tcp::client(s))),
             Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
         }
     }

@@ -69,7 +69,7 @@ impl Socket {
     pub async fn into_stream(self, tls: Option<&ServerTls>, host: &str, addr: &str) -> Result<Stream, BackendError> {
         Ok(match (self, tls) {
             (Socket::Tcp(tcp), Some(tls)) => start_tls(tcp, tls, host, addr).await?,
-            (Socket::Tcp(tcp), None) => Stream::Plain(tcp),
+            (Socket::Tcp(tcp), None) => Stream::Plain(crate::stream::Tcp::server(tcp)),
             (Socket::Unix(unix), _) => Stream::Unix(unix),
         })
     }
@@ -266,7 +266,7 @@ async fn start_tls(mut tcp: TcpStream, tls: &ServerTls, host: &str, addr: &str) 
                 Err(e) => Err(tls_error(e.to_string())),
             }
         }
-        b'N' if tls.mode == ServerTlsMode::Prefer => Ok(Stream::Plain(tcp)),
+        b'N' if tls.mode == ServerTlsMode::Prefer => Ok(Stream::Plain(crate::stream::Tcp::server(tcp))),
         b'N' => Err(BackendError::NoTls {
             addr: addr.to_owned(),
             mode: tls.mode,

@@ -214,7 +214,7 @@ fn socket(fd: OwnedFd, tcp: bool) -> std::io::Result<Stream> {
         true => {
             let s = std::net::TcpStream::from(fd);
             s.set_nonblocking(true)?;
-            Stream::Plain(tokio::net::TcpStream::from_std(s)?)
+            Stream::Plain(crate::stream::Tcp::client(tokio::net::TcpStream::from_std(s)?))
         }
         false => {
             let s = std::os::unix::net::UnixStream::from(fd);

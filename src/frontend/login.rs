@@ -41,7 +41,7 @@ async fn admit(stream: Stream, shared: Arc<Shared>) -> Option<Session> {
     let (slot, connected) = ClientSlot::take(&shared);
     let config = shared.config.load_full();
     if let Stream::Plain(tcp) = &stream {
-        crate::tcp::current().apply(socket2::SockRef::from(tcp));
+        crate::tcp::current().apply(socket2::SockRef::from(&tcp.s));
     }
     let mut client = ClientConn::new(stream, config.pooler.max_message_size);
     let peer = client.peer();

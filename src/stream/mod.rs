@@ -14,8 +14,10 @@ use tokio::net::{TcpStream, UnixStream};
 
 mod raw;
 
+pub use raw::Tcp;
+
 pub enum Stream {
-    Plain(TcpStream),
+    Plain(Tcp),
     /// A client that asked for TLS: pgmux is the TLS server.
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// A server pgmux reached over TLS: pgmux is the TLS client.
@@ -29,7 +31,7 @@ pub enum Stream {
 macro_rules! each {
     ($stream:expr, $s:ident => $body:expr) => {
         match $stream {
-            Stream::Plain($s) => $body,
+            Stream::Plain(Tcp { s: $s, .. }) => $body,
             Stream::Tls($s) => $body,
             Stream::ServerTls($s) => $body,
             Stream::Unix($s) => $body,
@@ -103,7 +105,7 @@ impl Stream {
     /// returned as they are.
     pub fn rehome(self) -> io::Result<Stream> {
         Ok(match self {
-            Stream::Plain(s) => Stream::Plain(TcpStream::from_std(s.into_std()?)?),
+            Stream::Plain(t) => Stream::Plain(t.rehome()?),
             Stream::Unix(s) => Stream::Unix(UnixStream::from_std(s.into_std()?)?),
             tls => tls,
         })

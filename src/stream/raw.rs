@@ -13,12 +13,60 @@
 
 use bytes::BytesMut;
 use std::io;
+use std::ops::Deref;
 use std::os::fd::AsRawFd;
 use std::task::{Context, Poll};
 use tokio::io::{Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-pub fn poll_read(s: &TcpStream, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+/// A plain TCP socket, and what the data path knows of its read registration with the reactor.
+pub struct Tcp {
+    pub s: TcpStream,
+    /// Only one task ever reads the socket (a client's session; a server connection moves
+    /// from session to session, so not a server's).
+    one_task: bool,
+    /// That task's waker is registered for readability and no readiness was seen since. The
+    /// reactor keeps a registered waker until it wakes it, and sets the readiness first: so a
+    /// second registration (about 120 instructions: the waiters' lock, the waker compared) is
+    /// skipped, once per transaction (the relay registers the client, then the idle wait).
+    armed: bool,
+}
+
+impl Tcp {
+    pub fn client(s: TcpStream) -> Tcp {
+        Tcp {
+            s,
+            one_task: true,
+            armed: false,
+        }
+    }
+
+    pub fn server(s: TcpStream) -> Tcp {
+        Tcp {
+            s,
+            one_task: false,
+            armed: false,
+        }
+    }
+
+    /// The same socket registered with the current runtime's reactor.
+    pub fn rehome(self) -> io::Result<Tcp> {
+        Ok(Tcp {
+            s: TcpStream::from_std(self.s.into_std()?)?,
+            one_task: self.one_task,
+            armed: false,
+        })
+    }
+}
+
+impl Deref for Tcp {
+    type Target = TcpStream;
+    fn deref(&self) -> &TcpStream {
+        &self.s
+    }
+}
+
+pub fn poll_read(s: &mut Tcp, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
     // SAFETY: recvfrom only writes into the unfilled part, and what it reports written is
     // initialised before `assume_init`.
     let unfilled = unsafe { buf.unfilled_mut() };
@@ -32,7 +80,7 @@ pub fn poll_read(s: &TcpStream, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> 
 
 /// Reads into `buf`'s spare capacity (which the caller reserved), like tokio-util's
 /// `poll_read_buf` without its `ReadBuf` round trip.
-pub fn poll_read_bytes(s: &TcpStream, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+pub fn poll_read_bytes(s: &mut Tcp, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
     let spare = buf.spare_capacity_mut();
     let (ptr, len) = (spare.as_mut_ptr().cast::<u8>(), spare.len());
     let n = std::task::ready!(poll_read_into(s, cx, ptr, len))?;
@@ -43,13 +91,13 @@ pub fn poll_read_bytes(s: &TcpStream, cx: &mut Context<'_>, buf: &mut BytesMut) 
 
 /// Reads into `ptr..ptr+len` (writable, owned by the caller): Ready(Ok(0)) at the end of the
 /// stream.
-fn poll_read_into(s: &TcpStream, cx: &mut Context<'_>, ptr: *mut u8, len: usize) -> Poll<io::Result<usize>> {
-    let fd = s.as_raw_fd();
+fn poll_read_into(t: &mut Tcp, cx: &mut Context<'_>, ptr: *mut u8, len: usize) -> Poll<io::Result<usize>> {
+    let fd = t.s.as_raw_fd();
     loop {
         // What the system call said, kept here rather than in the io::Error that `try_io`
         // wants: asking an error its kind and dropping it are calls, several per transaction.
         let mut outcome = Outcome::NotReady;
-        let cleared = s.try_io(Interest::READABLE, || {
+        let cleared = t.s.try_io(Interest::READABLE, || {
             // SAFETY: ptr..ptr+len is writable memory (the caller's).
             outcome = unsafe { recv(fd, ptr, len) };
             // A short read emptied the socket: WouldBlock has try_io forget its readiness, as
@@ -62,11 +110,24 @@ fn poll_read_into(s: &TcpStream, cx: &mut Context<'_>, ptr: *mut u8, len: usize)
             }
         });
         forget(cleared);
+        if !matches!(outcome, Outcome::NotReady) {
+            t.armed = false; // readiness was seen: the reactor may have woken (taken) the waker
+        }
         match outcome {
             Outcome::Done(got) => return Poll::Ready(Ok(got)), // 0: end of stream (or an empty buffer)
             Outcome::NotReady | Outcome::WouldBlock => {
-                if let Err(e) = std::task::ready!(s.poll_read_ready(cx)) {
-                    return Poll::Ready(Err(e));
+                if t.armed {
+                    return Poll::Pending;
+                }
+                // Out of cooperative budget, tokio answers Pending without registering.
+                let registers = t.one_task && tokio::task::coop::has_budget_remaining();
+                match t.s.poll_read_ready(cx) {
+                    Poll::Pending => {
+                        t.armed = registers;
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {}
                 }
             }
             Outcome::Failed(libc::EINTR) => {}
@@ -110,10 +171,12 @@ pub fn write_now(s: &TcpStream, buf: &[u8]) -> io::Result<usize> {
 
 /// True when the socket has nothing to read and is not closed: a probe that consumes what it
 /// finds (see `Stream::is_quiet`).
-pub fn is_quiet(s: &TcpStream) -> bool {
-    let fd = s.as_raw_fd();
+pub fn is_quiet(t: &mut Tcp) -> bool {
+    let fd = t.s.as_raw_fd();
     let mut quiet = true; // no readiness since the last read: nothing came
-    let cleared = s.try_io(Interest::READABLE, || {
+    let mut probed = false;
+    let cleared = t.s.try_io(Interest::READABLE, || {
+        probed = true;
         let mut probe = 0u8;
         // SAFETY: probe is one writable byte.
         quiet = matches!(unsafe { recv(fd, &raw mut probe, 1) }, Outcome::WouldBlock);
@@ -123,6 +186,9 @@ pub fn is_quiet(s: &TcpStream) -> bool {
         }
     });
     forget(cleared);
+    if probed {
+        t.armed = false; // readiness was seen: the reactor may have woken (taken) the waker
+    }
     quiet
 }
 
