@@ -64,7 +64,13 @@ pub fn lower_bound(index: usize) -> u64 {
 impl Histogram {
     #[inline]
     pub fn record(&self, us: u64) {
-        if let Some(shard) = self.shards.get(shard()) {
+        self.record_at(shard(), us);
+    }
+
+    /// `record` on the line `shard()` gave (see `Counter::add_at`).
+    #[inline]
+    pub fn record_at(&self, shard: usize, us: u64) {
+        if let Some(shard) = self.shards.get(shard) {
             let buckets = shard.get_or_init(|| (0..BUCKETS).map(|_| AtomicU64::new(0)).collect());
             if let Some(bucket) = buckets.get(index(us)) {
                 bucket.fetch_add(1, Ordering::Relaxed);

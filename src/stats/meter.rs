@@ -2,6 +2,7 @@
 //! added to the pool's totals when a transaction ends, so the data path pays a handful of
 //! relaxed atomic adds per transaction and two clock reads per query.
 
+use super::counter::shard;
 use super::{now_us, PoolStats};
 use crate::protocol::frame::{read_cstr, HEADER_LEN};
 use std::sync::atomic::Ordering;
@@ -156,8 +157,9 @@ impl Meter {
         } else {
             now.saturating_sub(self.busy_since)
         };
+        let line = shard();
         for _ in 0..answered {
-            stats.query_latency.record(took);
+            stats.query_latency.record_at(line, took);
         }
         self.queries += u64::from(answered);
         self.query_time += took;
@@ -165,32 +167,36 @@ impl Meter {
         self.busy_since = if pending > 0 { now } else { 0 };
         if pending == 0 && status == b'I' && self.xact_since > 0 {
             let xact = now.saturating_sub(self.xact_since);
-            stats.xact_latency.record(xact);
-            add(&stats.xact_time, xact);
-            stats.xacts.fetch_add(1, Ordering::Relaxed);
+            stats.xact_latency.record_at(line, xact);
+            add(&stats.xact_time, line, xact);
+            stats.xacts.add_at(line, 1, Ordering::Relaxed);
             self.xact_since = 0;
-            self.flush(stats);
+            self.flush_at(line, stats);
         }
         slow
     }
 
     /// Adds what was counted to the pool's totals (also when a transaction ends otherwise).
     pub fn flush(&mut self, stats: &PoolStats) {
+        self.flush_at(shard(), stats);
+    }
+
+    fn flush_at(&mut self, line: usize, stats: &PoolStats) {
         self.flushed = true;
-        add(&stats.received, std::mem::take(&mut self.received));
-        add(&stats.sent, std::mem::take(&mut self.sent));
-        add(&stats.queries, std::mem::take(&mut self.queries));
-        add(&stats.query_time, std::mem::take(&mut self.query_time));
-        add(&stats.client_parses, std::mem::take(&mut self.client_parses));
-        add(&stats.server_parses, std::mem::take(&mut self.server_parses));
-        add(&stats.binds, std::mem::take(&mut self.binds));
+        add(&stats.received, line, std::mem::take(&mut self.received));
+        add(&stats.sent, line, std::mem::take(&mut self.sent));
+        add(&stats.queries, line, std::mem::take(&mut self.queries));
+        add(&stats.query_time, line, std::mem::take(&mut self.query_time));
+        add(&stats.client_parses, line, std::mem::take(&mut self.client_parses));
+        add(&stats.server_parses, line, std::mem::take(&mut self.server_parses));
+        add(&stats.binds, line, std::mem::take(&mut self.binds));
     }
 }
 
 #[inline]
-fn add(counter: &super::Counter, n: u64) {
+fn add(counter: &super::Counter, line: usize, n: u64) {
     if n > 0 {
-        counter.fetch_add(n, Ordering::Relaxed);
+        counter.add_at(line, n, Ordering::Relaxed);
     }
 }
 
