@@ -143,10 +143,16 @@ impl CancelHandle {
     ///
     /// A session's task keeps its waker, so once one is left here later calls only look at
     /// `waker_left` (a load, not the lock); `wake_all` clears it with the waker it takes.
+    #[inline]
     pub fn wake_on_shutdown(&self, waker: &std::task::Waker) {
-        if self.waker_left.load(Ordering::Acquire) {
-            return;
+        // Inline: the waker is left once per session, and this is asked twice per transaction.
+        if !self.waker_left.load(Ordering::Acquire) {
+            self.leave_waker(waker);
         }
+    }
+
+    #[inline(never)]
+    fn leave_waker(&self, waker: &std::task::Waker) {
         let mut attached = self.attached();
         if !attached.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
             attached.waker = Some(waker.clone());
