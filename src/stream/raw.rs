@@ -267,3 +267,83 @@ impl Outcome {
 fn forget(cleared: io::Result<()>) {
     std::mem::forget(cleared);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+    use std::io::Write;
+    use std::time::Duration;
+
+    /// A connected pair: the accepted side as `make` wraps it, and its peer (blocking).
+    async fn pair(make: fn(TcpStream) -> Tcp) -> (Tcp, std::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (peer, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let peer = peer.unwrap().into_std().unwrap();
+        peer.set_nonblocking(false).unwrap();
+        (make(accepted.unwrap().0), peer)
+    }
+
+    /// Reads twice in a task of its own (as a session reads): each time the first poll finds
+    /// nothing and registers, the second (after a wake-up from elsewhere) finds nothing again,
+    /// and then only the reactor can wake the task, when the peer writes from another thread
+    /// 50 ms later. Returns the socket, whether each second poll left it armed, and the reads.
+    async fn reads_after_spurious_wakes(mut tcp: Tcp, mut peer: std::net::TcpStream) -> (Tcp, Vec<(bool, usize)>) {
+        let writer = std::thread::spawn(move || {
+            for word in [&b"hello"[..], b"again!"] {
+                std::thread::sleep(Duration::from_millis(50));
+                peer.write_all(word).unwrap();
+            }
+            peer
+        });
+        let reader = tokio::spawn(async move {
+            let mut reads = Vec::new();
+            for _ in 0..2 {
+                let mut buf = BytesMut::with_capacity(64);
+                let mut polls = 0;
+                let mut armed_on_second = false;
+                let got = poll_fn(|cx| {
+                    polls += 1;
+                    match polls {
+                        1 => {
+                            assert!(poll_read_bytes(&mut tcp, cx, &mut buf).is_pending());
+                            cx.waker().wake_by_ref();
+                            Poll::Pending
+                        }
+                        2 => {
+                            assert!(poll_read_bytes(&mut tcp, cx, &mut buf).is_pending());
+                            armed_on_second = tcp.armed;
+                            Poll::Pending
+                        }
+                        _ => poll_read_bytes(&mut tcp, cx, &mut buf),
+                    }
+                })
+                .await;
+                reads.push((armed_on_second, got.unwrap()));
+            }
+            (tcp, reads)
+        });
+        let done = tokio::time::timeout(Duration::from_secs(5), reader).await;
+        let _peer = writer.join().unwrap();
+        done.expect("the registration woke the reader").unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_client_socket_keeps_its_registration_and_is_still_woken() {
+        let (tcp, peer) = pair(Tcp::client).await;
+        let (tcp, reads) = reads_after_spurious_wakes(tcp, peer).await;
+        // Armed on each second poll (no second registration), and woken all the same; the
+        // second read shows the first one disarmed it (the reactor took the waker it woke).
+        assert_eq!(reads, [(true, 5), (true, 6)]);
+        assert!(!tcp.armed);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_server_socket_registers_every_time() {
+        // A server connection moves between sessions' tasks: a waker left by one is no use.
+        let (tcp, peer) = pair(Tcp::server).await;
+        let (_, reads) = reads_after_spurious_wakes(tcp, peer).await;
+        assert_eq!(reads, [(false, 5), (false, 6)]);
+    }
+}
