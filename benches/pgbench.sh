@@ -444,13 +444,17 @@ summarize() {
 
 # --- idle clients ----------------------------------------------------------------
 # N clients log in and sit idle (a pgbench script that only sleeps); the pooler's RSS is
-# read before they connect and once all are established.
+# read before they connect (after one login of its own, so that what a pooler makes once at
+# its first login, such as pgmux's login throttle table, is not counted per client) and once
+# all are established.
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 established() { ss -Htn state established "( dport = :$1 )" | wc -l; }
 
 idle_measure() {  # name port pid n
   local name=$1 port=$2 pid=$3 n=$4 script before during open bench _
   script=$(mktemp); echo '\sleep 60 s' > "$script"
+  PGPASSWORD=$BENCH_PASSWORD "$PGBIN/psql" -h 127.0.0.1 -p "$port" -U "$BENCH_USER" -d "$BENCH_DB" \
+    -qAtc 'select 1' >/dev/null 2>&1 || die "$name: the warm-up login failed"
   before=$(rss_kib "$pid")
   PGPASSWORD=$BENCH_PASSWORD "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U "$BENCH_USER" -n \
     -c "$n" -j 2 -t 1 -f "$script" "$BENCH_DB" >/dev/null 2>&1 &
