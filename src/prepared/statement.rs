@@ -1,5 +1,6 @@
 //! One pooler-wide statement, and the few frames pgmux writes for statements.
 
+use crate::protocol::frame::HEADER_LEN;
 use bytes::{BufMut, BytesMut};
 use sha2::{Digest, Sha256};
 
@@ -35,18 +36,17 @@ impl Statement {
     /// The pooler-wide name, read from the Parse frame (spelling it from the key costs ~300
     /// instructions, paid on every Bind otherwise).
     pub fn name(&self) -> &[u8] {
-        self.parse.get(5..5 + NAME_LEN).unwrap_or_default()
+        self.parse.get(HEADER_LEN..HEADER_LEN + NAME_LEN).unwrap_or_default()
     }
 
     /// What followed the name in the client's Parse: query, NUL, parameter types.
     pub fn tail(&self) -> &[u8] {
-        self.parse.get(1 + 4 + NAME_LEN + 1..).unwrap_or_default()
+        self.parse.get(HEADER_LEN + NAME_LEN + 1..).unwrap_or_default()
     }
 
     /// The statement's SQL text.
     pub fn text(&self) -> &[u8] {
-        let rest = self.parse.get(1 + 4 + NAME_LEN + 1..).unwrap_or_default();
-        rest.split(|&b| b == 0).next().unwrap_or_default()
+        self.tail().split(|&b| b == 0).next().unwrap_or_default()
     }
 }
 

@@ -113,10 +113,10 @@ impl Stream {
 
     /// True when an idle connection has nothing to say: a peer that closed it (TCP FIN, TLS
     /// close_notify) or sent something unasked is not quiet. Never blocks: a plain socket is
-    /// probed with a one-byte read when the reactor saw it readable; a TLS one is polled once with a no-op waker, so data rustls
-    /// already holds counts too, and TLS records with no application data (session tickets)
-    /// do not. Whatever a probe consumes is lost: only for connections about to be dropped
-    /// when they are not quiet.
+    /// probed with a one-byte read when the reactor saw it readable; a TLS one is polled once
+    /// with a no-op waker, so data rustls already holds counts too, and TLS records with no
+    /// application data (session tickets) do not. Whatever a probe consumes is lost: only for
+    /// connections about to be dropped when they are not quiet.
     pub fn is_quiet(&mut self) -> bool {
         let mut probe = [0u8; 1];
         match self {
