@@ -4,6 +4,8 @@
 #   scripts/fuzz.sh [SECONDS]          each target for SECONDS (default 15), FUZZ_JOBS (default:
 #                                      the cores) at a time
 #   FUZZ_TARGETS="frame md5" scripts/fuzz.sh 60      some targets only
+#   scripts/fuzz.sh build              only build the targets (scripts/test.sh does it early,
+#                                      in the background)
 #
 # Idempotent: installs cargo-fuzz when it is missing (needs the nightly toolchain, which
 # cargo fuzz uses for its sanitizer flags). Each target starts from its committed seeds,
@@ -17,6 +19,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD_ONLY=0
+[ "${1:-}" = build ] && BUILD_ONLY=1 && shift
 SECONDS_EACH=${1:-15}
 LOCK=${PGMUX_CARGO_LOCK-/tmp/pgmux-cargo.lock}
 cd "$ROOT/fuzz"
@@ -64,6 +68,7 @@ TARGETS=${FUZZ_TARGETS:-$(cargo +nightly fuzz list)}
 # at a time (default: one per core; libFuzzer runs on one), each batch holding the lock for its
 # SECONDS only.
 locked cargo +nightly fuzz build -O -a
+[ "$BUILD_ONLY" = 1 ] && exit 0
 BIN=target/$(rustc +nightly -vV | sed -n 's/^host: //p')/release
 JOBS=${FUZZ_JOBS:-$(nproc)}
 mkdir -p artifacts

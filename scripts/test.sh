@@ -22,7 +22,9 @@
 #   4b. Debian's chromium for the dashboard's browser test (tests/dashboard_browser.rs):
 #      scripts/browser-setup.sh, with apt as root, only when missing.
 #   5. `cargo test --locked` from the repository root. Plain `cargo test`, not
-#      nextest: the tests of one binary share one PostgreSQL cluster.
+#      nextest: the tests of one binary share one PostgreSQL cluster. For a whole run the
+#      builds of steps 6 and 7 start beside it at nice 19 (they use the cores the tests leave
+#      idle), and are waited for after it.
 #   6. The cost gate: `benches/instructions.sh --check` counts pgmux's instructions per
 #      transaction under callgrind (installs valgrind with apt when missing) and fails when
 #      one exceeds benches/instructions.txt by more than 10 %. Only when every test passed,
@@ -150,8 +152,32 @@ fi
 command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (https://rustup.rs), then run this again"
 
 cd "$ROOT"
+# The gate's release build (fat LTO) and the fuzz targets' build start now, at the lowest CPU
+# priority, and take what the tests leave idle (most of their time is spent waiting on
+# PostgreSQL, timeouts and sleeps): on a cold checkout they no longer follow the tests. Their
+# output goes to target/prebuild-*.log; a failed prebuild is built again, and reported, by
+# its own step below.
+prebuilds=()
+stop_prebuilds() { local p; for p in "${prebuilds[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap stop_prebuilds EXIT
+if [ $# -eq 0 ]; then
+  mkdir -p target
+  if [ "${PGMUX_SKIP_GATE:-0}" != 1 ]; then
+    nice -n 19 cargo build --release --locked --bin pgmux >target/prebuild-release.log 2>&1 &
+    prebuilds+=($!)
+  fi
+  if [ "${PGMUX_SKIP_FUZZ:-0}" != 1 ]; then
+    nice -n 19 "$ROOT/scripts/fuzz.sh" build >target/prebuild-fuzz.log 2>&1 &
+    prebuilds+=($!)
+  fi
+fi
 say "cargo test --locked $*"
 cargo test --locked "$@"
+if ((${#prebuilds[@]})); then
+  say "waiting for the release and fuzz builds started beside the tests"
+  for p in "${prebuilds[@]}"; do wait "$p" || true; done
+  prebuilds=()
+fi
 
 # --- 6. the instructions-per-transaction gate ------------------------------------
 if [ $# -eq 0 ] && [ "${PGMUX_SKIP_GATE:-0}" != 1 ]; then
