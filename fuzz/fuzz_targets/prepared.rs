@@ -4,13 +4,15 @@
 //! The rewritten region is itself well-framed (whole frames of client tags, ending exactly where
 //! `translate` says), sends as many Syncs and Queries as the client did (each still gets its
 //! one ReadyForQuery), passes every other frame (Execute, Flush, CopyData...) unchanged and in
-//! order, and leaves the bytes after the region alone.
+//! order, and leaves the bytes after the region alone. A second view and server set, fed the
+//! same reads through `translate_copying` only, give the same bytes at every read: the renaming
+//! in place (`translate`'s steady state) and the general way agree.
 #![no_main]
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use pgmux::frontend::track::{scan_client, Tracker};
-use pgmux::prepared::rewrite::Position;
+use pgmux::prepared::rewrite::{translate_copying, Position};
 use pgmux::prepared::{translate, ClientStatements, ServerStatements};
 use pgmux::protocol::frame::{is_frontend_tag, peek_header};
 
@@ -21,6 +23,8 @@ fuzz_target!(|data: &[u8]| {
     let mut view = ClientStatements::default();
     let mut server = ServerStatements::default();
     server.limit = u32::from(head % 4);
+    let (mut view2, mut server2) = (ClientStatements::default(), ServerStatements::default());
+    server2.limit = server.limit;
     let mut t = Tracker::default();
     let mut buf = BytesMut::new();
     let mut answered = 0u32;
@@ -38,7 +42,10 @@ fuzz_target!(|data: &[u8]| {
             answered,
             pending: t.pending,
         };
+        let mut copied = BytesMut::from(&original[..]);
         let new_end = translate(&mut buf, 0, scan.end, &mut view, &mut server, at);
+        let copied_end = translate_copying(&mut copied, 0, scan.end, &mut view2, &mut server2, at);
+        assert_eq!(&buf[..new_end], &copied[..copied_end], "in place and copying differ");
         check(&original[..scan.end], &buf[..new_end]);
         assert_eq!(&buf[new_end..], &original[scan.end..], "bytes after the region");
         let _ = buf.split_to(new_end);
@@ -46,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
         answered = answered.wrapping_add(t.pending);
         t.pending = 0;
         server.replies.clear();
+        server2.replies.clear();
         if scan.terminate {
             return;
         }

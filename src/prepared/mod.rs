@@ -13,6 +13,7 @@
 //! the set knowing (a skipped eviction, a failed DISCARD ALL) costs a re-parse, never an error.
 
 pub mod client;
+mod inplace;
 pub mod keyhash;
 pub mod local;
 pub mod query;

@@ -30,6 +30,22 @@ pub fn translate(
     server: &mut ServerStatements,
     at: Position,
 ) -> usize {
+    match super::inplace::try_rename(buf, from, end, view, server) {
+        Some(new_end) => new_end,
+        None => translate_copying(buf, from, end, view, server, at),
+    }
+}
+
+/// `translate` for every request: the region is copied aside and written again frame by frame.
+/// Public for the fuzz target, which checks that both ways give the same bytes.
+pub fn translate_copying(
+    buf: &mut BytesMut,
+    from: usize,
+    end: usize,
+    view: &mut ClientStatements,
+    server: &mut ServerStatements,
+    at: Position,
+) -> usize {
     // The frames are read from a copy while the buffer is rewritten; the copy's storage is
     // kept per thread, so a prepared transaction does not ask the allocator for it.
     let mut rest = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
@@ -177,7 +193,7 @@ impl Cx<'_> {
     /// The statement behind a client's name, made present on the server; None for a name the
     /// client never prepared (passed on as it is: the server answers 26000 as PostgreSQL would).
     fn ensure(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
-        let stmt = self.view.get(name)?.clone();
+        let stmt = self.view.get_hot(name)?.clone();
         if !self.server.usable(stmt.key, self.epoch) {
             self.send_parse(&stmt, None);
         }

@@ -104,6 +104,19 @@ impl ServerStatements {
         }
     }
 
+    /// Whether every later stretch may use the statement as it is on the server (its Parse was
+    /// confirmed, or was the client's own); marks it used if so, as `usable` does.
+    pub fn settled(&mut self, key: u128) -> bool {
+        self.tick += 1;
+        match self.held.get_mut(&key) {
+            Some(h) if h.confirmed || h.client => {
+                h.used = self.tick;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Records a Parse about to be sent; returns its generation and the statements to close
     /// first (least recently used) to stay within the limit.
     pub fn add(&mut self, key: u128, epoch: u32, client: bool) -> (u64, Vec<u128>) {

@@ -289,3 +289,85 @@ fn statements_are_named_by_content() {
     ));
     assert_eq!(l.view.get(b"one").unwrap().key, l.view.get(b"two").unwrap().key);
 }
+
+/// The request after `setup`, translated by `translate` (renamed in place when it can be) and
+/// by `translate_copying` on a link set up the same way: the same bytes, and the same tail.
+fn both_ways(setup: &[Vec<u8>], replies: &[Vec<u8>], request: &[Vec<u8>]) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let mut in_place = false;
+    for copying in [false, true] {
+        let mut link = Link::new(10);
+        link.send(setup);
+        link.receive(replies);
+        let bytes = request.concat();
+        let mut buf = BytesMut::from(&bytes[..]);
+        buf.extend_from_slice(b"tail");
+        let at = Position {
+            answered: link.answered,
+            pending: 1,
+        };
+        let end = if copying {
+            super::rewrite::translate_copying(&mut buf, 0, bytes.len(), &mut link.view, &mut link.server, at)
+        } else {
+            let mut probe = buf.clone();
+            in_place =
+                super::inplace::try_rename(&mut probe, 0, bytes.len(), &mut link.view, &mut link.server).is_some();
+            translate(&mut buf, 0, bytes.len(), &mut link.view, &mut link.server, at)
+        };
+        assert_eq!(&buf[end..], b"tail");
+        out.push(buf[..end].to_vec());
+    }
+    assert_eq!(out[0], out[1], "renamed in place and copied give the same bytes");
+    (out.swap_remove(0), in_place)
+}
+
+#[test]
+fn binds_and_describes_of_held_statements_are_renamed_in_place() {
+    let setup = [parse("a", "select 1"), parse("a_much_longer_name", "select 2"), sync()];
+    let replies = [tagged(b'2'), tagged(b'1'), tagged(b'2'), tagged(b'1'), z()];
+    let execute = frame(b'E', b"\0\0\0\0\0");
+    let portal = frame(b'D', b"P\0");
+    let steady = [bind("a"), portal.clone(), execute.clone(), sync()];
+    let (bytes, in_place) = both_ways(&setup, &replies, &steady);
+    assert!(in_place, "the steady state is renamed in place");
+    assert_eq!(describe_frames(&bytes), strs(&["B:x", "D", "E", "S"]));
+    let mixed = [
+        describe("a"),
+        bind("a_much_longer_name"),
+        bind("never_prepared"),
+        bind(""),
+        execute.clone(),
+        bind("a"),
+        execute.clone(),
+        sync(),
+        frame(b'H', b""),
+    ];
+    let (bytes, in_place) = both_ways(&setup, &replies, &mixed);
+    assert!(in_place);
+    assert_eq!(
+        describe_frames(&bytes),
+        strs(&["D:x", "B:x", "B:never_prepared", "B:", "E", "B:x", "E", "S", "H"])
+    );
+    // Left to the copying way: a Parse in the request, more renames than handled in place.
+    let (_, in_place) = both_ways(&setup, &replies, &[parse("b", "select 3"), bind("a"), sync()]);
+    assert!(!in_place);
+    let many: Vec<_> = (0..9)
+        .flat_map(|_| [bind("a"), execute.clone()])
+        .chain([sync()])
+        .collect();
+    let (_, in_place) = both_ways(&setup, &replies, &many);
+    assert!(!in_place);
+}
+
+#[test]
+fn a_statement_the_server_may_lack_is_left_to_the_copying_way() {
+    // No replies: the client's Parse decides for later stretches, so it is held for good...
+    let setup = [parse("a", "select 1"), sync()];
+    let (_, in_place) = both_ways(&setup, &[], &[bind("a"), sync()]);
+    assert!(in_place);
+    // ...while a name longer than the pooler-wide one would shrink its frame.
+    let long = "n".repeat(statement::NAME_LEN + 1);
+    let (bytes, in_place) = both_ways(&[parse(&long, "select 1"), sync()], &[], &[bind(&long), sync()]);
+    assert!(!in_place);
+    assert_eq!(describe_frames(&bytes), strs(&["B:x", "S"]));
+}
