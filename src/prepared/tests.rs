@@ -324,7 +324,7 @@ fn both_ways(setup: &[Vec<u8>], replies: &[Vec<u8>], request: &[Vec<u8>]) -> (Ve
 #[test]
 fn binds_and_describes_of_held_statements_are_renamed_in_place() {
     let setup = [parse("a", "select 1"), parse("a_much_longer_name", "select 2"), sync()];
-    let replies = [tagged(b'2'), tagged(b'1'), tagged(b'2'), tagged(b'1'), z()];
+    let replies = [tagged(b'3'), tagged(b'1'), tagged(b'3'), tagged(b'1'), z()];
     let execute = frame(b'E', b"\0\0\0\0\0");
     let portal = frame(b'D', b"P\0");
     let steady = [bind("a"), portal.clone(), execute.clone(), sync()];
@@ -370,4 +370,30 @@ fn a_statement_the_server_may_lack_is_left_to_the_copying_way() {
     let (bytes, in_place) = both_ways(&[parse(&long, "select 1"), sync()], &[], &[bind(&long), sync()]);
     assert!(!in_place);
     assert_eq!(describe_frames(&bytes), strs(&["B:x", "S"]));
+}
+
+#[test]
+fn a_frame_past_the_region_marks_nothing_used() {
+    let mut link = Link::new(2);
+    link.send(&[parse("a", "select 1"), parse("b", "select 2"), sync()]);
+    link.receive(&[tagged(b'3'), tagged(b'1'), tagged(b'3'), tagged(b'1'), z()]);
+    link.send(&[bind("a"), sync()]);
+    link.receive(&[tagged(b'2'), z()]);
+    // A region that ends inside a Bind of "b" (the relay never hands one over): "b" stays the
+    // least recently used, so the next Parse evicts it and not "a".
+    let bytes = bind("b");
+    let mut buf = BytesMut::from(&bytes[..]);
+    let at = Position {
+        answered: link.answered,
+        pending: 0,
+    };
+    translate(&mut buf, 0, 5, &mut link.view, &mut link.server, at);
+    assert_eq!(&buf[..], &bytes[..], "nothing changed");
+    link.send(&[parse("c", "select 3"), sync()]);
+    let key = |sql: &str| Statement::new(format!("{sql}\0\0\0").as_bytes()).key;
+    assert!(
+        link.server.holds(key("select 1")),
+        "the more recently used statement stays"
+    );
+    assert!(!link.server.holds(key("select 2")));
 }
