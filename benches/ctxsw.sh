@@ -16,8 +16,9 @@ export PGPASSWORD=${PGPASSWORD:-app}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # Sum of voluntary and involuntary switches over the process's threads.
+# (A thread may end while cat reads: its failure must not end the script under pipefail.)
 switches() {
-  cat /proc/"$1"/task/*/status 2>/dev/null |
+  { cat /proc/"$1"/task/*/status 2>/dev/null || true; } |
     awk '/^(non)?voluntary_ctxt_switches/ {s += $2} END {print s + 0}'
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
