@@ -42,22 +42,22 @@ impl ClientStatements {
     /// name skips the lookup.
     pub fn get_hot(&mut self, name: &[u8]) -> Option<&Arc<Statement>> {
         let names = self.map.as_deref_mut()?;
+        if name.len() > LAST_MAX {
+            names.last = None;
+            return names.map.get(name);
+        }
         let hit = names
             .last
             .as_ref()
             .is_some_and(|l| l.name.get(..l.len as usize) == Some(name));
         if !hit {
-            let statement = names.map.get(name)?;
-            names.last = (name.len() <= LAST_MAX).then(|| {
-                let mut last = Last {
-                    len: name.len() as u8,
-                    name: [0; LAST_MAX],
-                    statement: statement.clone(),
-                };
-                last.name[..name.len()].copy_from_slice(name);
-                last
-            });
-            return names.map.get(name);
+            let mut last = Last {
+                len: name.len() as u8,
+                name: [0; LAST_MAX],
+                statement: names.map.get(name)?.clone(),
+            };
+            last.name[..name.len()].copy_from_slice(name);
+            names.last = Some(last);
         }
         names.last.as_ref().map(|l| &l.statement)
     }

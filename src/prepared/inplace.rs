@@ -49,11 +49,13 @@ pub fn try_rename(
     let mut count = 0;
     let mut growth = 0;
     let mut pos = from;
+    // Frames are read within the region only: one running past `end` is not marked used (nor
+    // is it by `rewrite`).
+    let region = buf.get(..end)?;
     while pos < end {
         // Frames near 2 GiB could not grow without overflowing their length word.
-        let (tag, total) = peek_header(buf.get(pos..end)?, i32::MAX as usize - NAME_LEN).ok()??;
-        // Within the region: a frame running past `end` is not marked used (nor is it by `rewrite`).
-        let body = buf.get(..end)?.get(pos + HEADER_LEN..pos + total)?;
+        let (tag, total) = peek_header(region.get(pos..)?, i32::MAX as usize - NAME_LEN).ok()??;
+        let body = region.get(pos + HEADER_LEN..pos + total)?;
         let mut at = 0;
         let name = match tag {
             b'B' => read_cstr(body, &mut at).and_then(|_| read_cstr(body, &mut at)),
