@@ -5,7 +5,8 @@
 use super::registry::Pools;
 use std::sync::Arc;
 
-/// Runs until the process ends. Its interval follows the shortest timeout it enforces
+/// Runs until the process ends. Its interval follows the shortest timeout it enforces (among
+/// them query_wait_timeout, for clients waiting for a permit)
 /// (`Pools::janitor_interval`), so tests that use fractions of a second run it fast.
 pub async fn run(pools: Arc<Pools>) {
     loop {

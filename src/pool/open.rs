@@ -4,11 +4,11 @@
 //! server_login_retry the others (the server refused these credentials or this database).
 
 use super::limits::Limit;
-use super::permits::Permit;
+use super::permits::{Acquired, Permit};
 use super::pool::{Pool, PoolError, PoolSettings};
 use crate::backend::{connect, BackendError, Credentials, ServerConn};
 use crate::breaker::{Admission, BreakerState, ProbeGuard};
-use crate::stats::CloseReason;
+use crate::stats::{now_us, CloseReason};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,51 +16,48 @@ use std::time::{Duration, Instant};
 /// How long server_check_query may take when server_connect_timeout is 0.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Deadline = Option<Instant>;
+/// When the client began to wait (`stats::now_us`), if it did: query_wait_timeout counts from
+/// there (made an instant only on the rare paths that need one).
+type Deadline = Option<u64>;
 
 impl Pool {
     /// Waits in FIFO order for a permit. A client that waited longer than reserve_pool_timeout
     /// may take a reserve permit instead. Returns the permit, whether it is a reserve one, and
-    /// the query_wait_timeout deadline the rest of the checkout keeps to.
+    /// when the wait began (query_wait_timeout, which the janitor enforces on this wait through
+    /// `Permits::expire`, also bounds the rest of the checkout).
     pub(super) async fn wait_for_permit(&self) -> Result<(Permit<'_>, bool, Deadline), PoolError> {
-        // Copied out: no reference to the shared settings is held while waiting.
-        let (wait, reserve_timeout, has_reserve) = {
-            let s = self.settings.load();
-            (s.query_wait_timeout, s.reserve_timeout, s.reserve_size > 0)
-        };
-        let started = Instant::now();
-        let deadline = (!wait.is_zero()).then(|| started + wait);
+        let since = now_us();
         self.counts.waiting.fetch_add(1, Ordering::Relaxed);
         let waiting = scopeguard(|| {
             self.counts.waiting.fetch_sub(1, Ordering::Relaxed);
         });
-        let main = self.permits.acquire();
-        let reserve = async {
-            tokio::time::sleep(reserve_timeout).await;
-            self.reserve.acquire().await
-        };
-        // Without a reserve pool no reserve timer is armed: one timer less per wait.
-        let either = async {
-            tokio::select! {
-                biased;
-                permit = main => (permit, false),
-                permit = reserve, if has_reserve => (permit, true),
+        let main = self.permits.acquire(since);
+        let got = match self.has_reserve() {
+            // Without a reserve pool no reserve timer is armed: the common wait has no timer.
+            false => (main.await, false),
+            true => {
+                let reserve_timeout = self.settings.load().reserve_timeout;
+                let reserve = async {
+                    tokio::time::sleep(reserve_timeout).await;
+                    self.reserve.acquire(since).await
+                };
+                tokio::select! {
+                    biased;
+                    got = main => (got, false),
+                    got = reserve => (got, true),
+                }
             }
-        };
-        let got = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline.into(), either).await.ok(),
-            None => Some(either.await),
         };
         drop(waiting);
         match got {
-            Some((permit, reserve)) => {
+            (Acquired::Permit(permit), reserve) => {
                 if reserve {
-                    tracing::info!(pool = %self, waited_ms = started.elapsed().as_millis() as u64,
+                    tracing::info!(pool = %self, waited_ms = now_us().saturating_sub(since) / 1000,
                         "client waited longer than reserve_pool_timeout: using the reserve pool");
                 }
-                Ok((permit, reserve, deadline))
+                Ok((permit, reserve, Some(since)))
             }
-            None => Err(self.wait_timeout(&self.settings(), None)),
+            (Acquired::TimedOut, _) => Err(self.wait_timeout(&self.settings(), None)),
         }
     }
 
@@ -187,10 +184,11 @@ impl Pool {
     /// full limit, as PgBouncer does.
     async fn wait_for_slot(&self, deadline: Deadline) -> Result<Option<Box<ServerConn>>, PoolError> {
         let settings = self.settings();
-        let deadline = deadline.or_else(|| {
+        let deadline = {
             let wait = settings.query_wait_timeout;
-            (!wait.is_zero()).then(|| Instant::now() + wait)
-        });
+            let waited = Duration::from_micros(deadline.map_or(0, |since| now_us().saturating_sub(since)));
+            (!wait.is_zero()).then(|| Instant::now() + wait.saturating_sub(waited))
+        };
         let _db = self.db_limit.waiter();
         let _user = self.user_limit.waiter();
         self.counts.waiting.fetch_add(1, Ordering::Relaxed);

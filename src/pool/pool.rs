@@ -220,6 +220,11 @@ impl Pool {
 
     /// PAUSE or KILL holds this pool's new transactions.
     #[inline]
+    /// Whether reserve_pool_size is set (a waiting client may take a reserve permit).
+    pub(super) fn has_reserve(&self) -> bool {
+        self.hot.reserve.load(Ordering::Relaxed)
+    }
+
     pub fn paused(&self) -> bool {
         self.gates.iter().any(|g| g.paused())
     }
@@ -561,6 +566,9 @@ impl Pool {
         self.permits.collect_debt();
         self.reserve.collect_debt();
         let settings = self.settings.load_full();
+        // query_wait_timeout for clients waiting for a permit (`Permits::expire`).
+        self.permits
+            .expire(now_us(), crate::stats::clock::as_us(settings.query_wait_timeout));
         let idle_timeout = settings.server_idle_timeout;
         let mut closing = Vec::new();
         {
@@ -653,6 +661,8 @@ struct HotSettings {
     max_prepared_statements: AtomicU32,
     lifetime_us: AtomicU64,
     check_delay_us: AtomicU64,
+    /// reserve_pool_size > 0.
+    reserve: AtomicBool,
 }
 
 impl HotSettings {
@@ -662,6 +672,7 @@ impl HotSettings {
             max_prepared_statements: Default::default(),
             lifetime_us: Default::default(),
             check_delay_us: Default::default(),
+            reserve: Default::default(),
         };
         hot.set(settings);
         hot
@@ -674,6 +685,7 @@ impl HotSettings {
         self.max_prepared_statements
             .store(s.max_prepared_statements, Ordering::Relaxed);
         self.lifetime_us.store(us(s.server_lifetime), Ordering::Relaxed);
+        self.reserve.store(s.reserve_size > 0, Ordering::Relaxed);
         // An empty server_check_query turns the check off, as in PgBouncer.
         let check_delay = match s.server_check_query.is_empty() {
             true => u64::MAX,

@@ -252,7 +252,12 @@ impl Pools {
             .chain(self.retired().iter())
             .flat_map(|pool| {
                 let s = pool.settings();
-                [s.server_login_retry, s.server_idle_timeout, s.server_lifetime]
+                [
+                    s.server_login_retry,
+                    s.server_idle_timeout,
+                    s.server_lifetime,
+                    s.query_wait_timeout,
+                ]
             })
             .filter(|d| !d.is_zero())
             .min()
