@@ -4,7 +4,7 @@
 //! server_login_retry the others (the server refused these credentials or this database).
 
 use super::limits::Limit;
-use super::permits::{Acquired, Permit};
+use super::permits::{Acquire, Acquired, Permit};
 use super::pool::{Pool, PoolError, PoolSettings};
 use crate::backend::{connect, BackendError, Credentials, ServerConn};
 use crate::breaker::{Admission, BreakerState, ProbeGuard};
@@ -35,18 +35,8 @@ impl Pool {
         let got = match self.has_reserve() {
             // Without a reserve pool no reserve timer is armed: the common wait has no timer.
             false => (main.await, false),
-            true => {
-                let reserve_timeout = self.settings.load().reserve_timeout;
-                let reserve = async {
-                    tokio::time::sleep(reserve_timeout).await;
-                    self.reserve.acquire(since).await
-                };
-                tokio::select! {
-                    biased;
-                    got = main => (got, false),
-                    got = reserve => (got, true),
-                }
-            }
+            // Boxed: its timer would be copied into the box of every wait.
+            true => Box::pin(self.main_or_reserve(main, since)).await,
         };
         drop(waiting);
         match got {
@@ -58,6 +48,20 @@ impl Pool {
                 Ok((permit, reserve, Some(since)))
             }
             (Acquired::TimedOut, _) => Err(self.wait_timeout(&self.settings(), None)),
+        }
+    }
+
+    /// The wait with a reserve pool: after reserve_pool_timeout, a reserve permit too.
+    async fn main_or_reserve<'a>(&'a self, main: Acquire<'a>, since: u64) -> (Acquired<'a>, bool) {
+        let reserve_timeout = self.settings.load().reserve_timeout;
+        let reserve = async {
+            tokio::time::sleep(reserve_timeout).await;
+            self.reserve.acquire(since).await
+        };
+        tokio::select! {
+            biased;
+            got = main => (got, false),
+            got = reserve => (got, true),
         }
     }
 

@@ -411,7 +411,9 @@ impl Pool {
             None => self.wait_for_permit().await?,
         };
         let checked = match to_check {
-            Some(conn) => self.check(conn).await,
+            // Boxed: rare (server_check_delay), and its state would be copied into the box of
+            // every wait.
+            Some(conn) => Box::pin(self.check(conn)).await,
             None => None,
         };
         let found = match checked {
