@@ -389,6 +389,57 @@ async fn a_client_that_leaves_while_waiting_is_dropped_from_the_queue() {
     );
 }
 
+/// Clients that wait for a server get one in the order they began to wait, and a wait that
+/// outlasts query_wait_timeout ends with 57014 while the clients behind it are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_clients_are_served_first_come_first_served() {
+    let px = pgmux("default_pool_size = 1\nquery_wait_timeout = 3", "fifo");
+    let url = px.url("app", "app", "fifo");
+    let holder = connect(&url).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let mut waits = Vec::new();
+    for i in 0..4 {
+        let client = connect(&url).await;
+        waits.push(tokio::spawn(async move {
+            // The transaction id PostgreSQL gives each write: the order they ran in.
+            value(
+                &client,
+                &format!(
+                    "INSERT INTO items VALUES ({}, 'fifo') RETURNING txid_current()",
+                    500 + i
+                ),
+            )
+            .await
+        }));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    let mut order = Vec::new();
+    for wait in waits {
+        order.push(wait.await.unwrap().parse::<i64>().unwrap());
+    }
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted, "served in another order than they waited");
+    // The holder keeps the server past query_wait_timeout: the waiter gets 57014 in time.
+    holder.batch_execute("BEGIN").await.unwrap();
+    let late = connect(&url).await;
+    let started = std::time::Instant::now();
+    let err = late.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2900) && waited < Duration::from_secs(6),
+        "query_wait_timeout = 3 ended the wait after {waited:?}"
+    );
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    holder
+        .batch_execute("DELETE FROM items WHERE v = 'fifo'")
+        .await
+        .unwrap();
+}
+
 /// A database whose host is a directory is reached through PostgreSQL's socket file there
 /// (libpq's rule), for queries, prepared statements and cancels alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -157,7 +157,7 @@ section! {
         server_connect_timeout: Duration = secs(15), |v| v.duration();
         /// Pause after the server refused the pool's login (credentials, database, privileges); a server that is down is the breaker's to gate.
         server_login_retry: Duration = secs(15), |v| v.duration();
-        /// Longest wait for a server connection; then 57014.
+        /// Longest wait for a server connection; then 57014 (checked by the janitor, as in PgBouncer: up to half of it, at most 1 s, late).
         query_wait_timeout: Duration = secs(120), |v| v.duration();
         /// A query running longer is cancelled (57014); without an answer within another query_timeout the server connection is closed.
         query_timeout: Duration = Duration::ZERO, |v| v.duration();
