@@ -137,8 +137,9 @@ impl Permits {
     }
 
     /// Hands free permits to the oldest waits, with the queue locked, after `free` grew or a
-    /// wait joined: whichever of the two comes second sees the other (both SeqCst), so no
-    /// permit stays free while someone waits.
+    /// wait joined. A joining wait stores `waiting` before this looks at `free`, and
+    /// `add_free` grows `free` before it looks at `waiting` (all SeqCst): whichever comes
+    /// second sees the other, so no permit stays free while someone waits.
     fn dispatch(&self, queue: &mut Queue) {
         queue.pop_done();
         for entry in queue.entries.iter_mut() {
@@ -280,6 +281,9 @@ impl<'a> Future for Acquire<'a> {
                     state: WaitState::Waiting,
                     waker: None,
                 });
+                // Published before `dispatch` looks at `free`: a permit returned meanwhile
+                // either is seen there or its `add_free` sees this wait.
+                permits.waiting.store(queue.entries.len(), Ordering::SeqCst);
                 permits.dispatch(&mut queue);
                 queue
             }
@@ -476,5 +480,80 @@ mod tests {
         p.resize(2);
         assert!(matches!(wait.as_mut().poll(&mut cx), Poll::Ready(Acquired::Permit(_))));
         assert!(p.try_acquire().is_some(), "the second is free");
+    }
+}
+
+#[cfg(test)]
+mod race_tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    use std::time::{Duration, Instant};
+
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+
+    /// Waits for a permit on this thread; None when none came within `limit`.
+    fn acquire_within(p: &Permits, limit: Duration) -> Option<Permit<'_>> {
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let mut wait = Box::pin(p.acquire(0));
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Poll::Ready(Acquired::Permit(permit)) = wait.as_mut().poll(&mut cx) {
+                return Some(permit);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            std::thread::park_timeout(deadline - now);
+        }
+    }
+
+    fn spin(n: u32) {
+        for _ in 0..n {
+            std::hint::spin_loop();
+        }
+    }
+
+    /// A permit returned on one thread while another joins the queue on another must reach the
+    /// waiter: the joiner publishes that it waits before it looks for a free permit, and the
+    /// returner looks for waiters after it freed one, so one of the two sees the other. The two
+    /// threads start each round together and each waits a varying few spins first, so the
+    /// return lands at every point of the join over the rounds.
+    #[test]
+    fn a_permit_returned_while_a_wait_joins_is_not_lost() {
+        const ROUNDS: u32 = 200_000;
+        let p = Arc::new(Permits::new(1));
+        let round = Arc::new(AtomicU32::new(0));
+        let returner = {
+            let (p, round) = (p.clone(), round.clone());
+            std::thread::spawn(move || {
+                for r in 1..=ROUNDS {
+                    while round.load(Ordering::Acquire) < r {
+                        std::hint::spin_loop();
+                    }
+                    spin(r.wrapping_mul(2_654_435_761) >> 26);
+                    p.give_back();
+                }
+            })
+        };
+        let held = p.try_acquire().map(Permit::keep);
+        assert!(held.is_some());
+        for r in 1..=ROUNDS {
+            round.store(r, Ordering::Release);
+            spin(r.wrapping_mul(40_503) >> 10 & 63);
+            let got = acquire_within(&p, Duration::from_secs(2)).map(Permit::keep);
+            assert!(
+                got.is_some(),
+                "round {r}: the returned permit stayed free while a wait waited"
+            );
+        }
+        let _ = returner.join();
     }
 }
