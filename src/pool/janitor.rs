@@ -5,9 +5,9 @@
 use super::registry::Pools;
 use std::sync::Arc;
 
-/// Runs until the process ends. Its interval follows the shortest timeout it enforces (among
-/// them query_wait_timeout, for clients waiting for a permit)
-/// (`Pools::janitor_interval`), so tests that use fractions of a second run it fast.
+/// Runs until the process ends. Its interval follows the shortest timeout it enforces, among
+/// them query_wait_timeout for clients waiting for a permit (`Pools::janitor_interval`), so
+/// tests that use fractions of a second run it fast.
 pub async fn run(pools: Arc<Pools>) {
     loop {
         tokio::time::sleep(pools.janitor_interval()).await;

@@ -132,6 +132,16 @@ impl Permits {
         }
     }
 
+    /// Ends a wait's entry (it leaves once it reaches the front); returns its state before.
+    fn leave(&self, queue: &mut Queue, ticket: u64) -> Option<WaitState> {
+        let was = queue
+            .entry(ticket)
+            .map(|e| std::mem::replace(&mut e.state, WaitState::Done));
+        queue.pop_done();
+        self.waiting.store(queue.entries.len(), Ordering::SeqCst);
+        was
+    }
+
     fn lock_queue(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -288,7 +298,10 @@ impl<'a> Future for Acquire<'a> {
                 queue
             }
         };
-        let Some(entry) = self.ticket.and_then(|t| queue.entry(t)) else {
+        let Some(ticket) = self.ticket else {
+            return Poll::Pending;
+        };
+        let Some(entry) = queue.entry(ticket) else {
             // Not in the queue (cannot happen while the wait holds its ticket): wait for nothing.
             return Poll::Pending;
         };
@@ -303,9 +316,7 @@ impl<'a> Future for Acquire<'a> {
             WaitState::TimedOut => Acquired::TimedOut,
             WaitState::Done => return Poll::Pending,
         };
-        entry.state = WaitState::Done;
-        queue.pop_done();
-        permits.waiting.store(queue.entries.len(), Ordering::SeqCst);
+        permits.leave(&mut queue, ticket);
         drop(queue);
         self.ticket = None;
         Poll::Ready(out)
@@ -315,13 +326,7 @@ impl<'a> Future for Acquire<'a> {
 impl Drop for Acquire<'_> {
     fn drop(&mut self) {
         let Some(ticket) = self.ticket.take() else { return };
-        let mut queue = self.permits.lock_queue();
-        let was = queue
-            .entry(ticket)
-            .map(|e| std::mem::replace(&mut e.state, WaitState::Done));
-        queue.pop_done();
-        self.permits.waiting.store(queue.entries.len(), Ordering::SeqCst);
-        drop(queue);
+        let was = self.permits.leave(&mut self.permits.lock_queue(), ticket);
         if was == Some(WaitState::Granted) {
             self.permits.give_back();
         }
@@ -349,6 +354,22 @@ impl Drop for Permit<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::task::Wake;
+    use std::time::{Duration, Instant};
+
+    type Wait<'a> = Pin<Box<Acquire<'a>>>;
+
+    fn poll<'a>(wait: &mut Wait<'a>) -> Poll<Acquired<'a>> {
+        wait.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    /// A wait that has joined the queue (its first poll found no permit).
+    fn queued(p: &Permits, since_us: u64) -> Wait<'_> {
+        let mut wait = Box::pin(p.acquire(since_us));
+        assert!(poll(&mut wait).is_pending());
+        wait
+    }
 
     #[test]
     fn grow_and_shrink_with_permits_out() {
@@ -378,39 +399,27 @@ mod tests {
 
     #[test]
     fn a_waiter_gets_the_permit_returned_after_it_began_to_wait() {
-        use std::future::Future;
-        use std::task::{Context, Poll, Waker};
         let p = Permits::new(1);
         let held = p.try_acquire().unwrap();
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut first = Box::pin(p.acquire(0));
-        let mut second = Box::pin(p.acquire(0));
-        assert!(first.as_mut().poll(&mut cx).is_pending());
-        assert!(second.as_mut().poll(&mut cx).is_pending());
+        let mut first = queued(&p, 0);
+        let mut second = queued(&p, 0);
         drop(held);
         // The returned permit went to the waiters, not to `free`: no newcomer takes it.
         assert!(p.try_acquire().is_none());
-        let Poll::Ready(Acquired::Permit(got)) = first.as_mut().poll(&mut cx) else {
+        let Poll::Ready(Acquired::Permit(got)) = poll(&mut first) else {
             panic!("the first waiter should have the permit");
         };
-        assert!(second.as_mut().poll(&mut cx).is_pending());
+        assert!(poll(&mut second).is_pending());
         drop(got);
-        assert!(matches!(
-            second.as_mut().poll(&mut cx),
-            Poll::Ready(Acquired::Permit(_))
-        ));
+        assert!(matches!(poll(&mut second), Poll::Ready(Acquired::Permit(_))));
         assert_eq!(p.waiting.load(Ordering::SeqCst), 0, "both waits are over");
     }
 
     #[test]
     fn a_cancelled_wait_loses_no_permit() {
-        use std::future::Future;
-        use std::task::{Context, Waker};
         let p = Permits::new(1);
         let held = p.try_acquire().unwrap();
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut wait = Box::pin(p.acquire(0));
-        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        let wait = queued(&p, 0);
         drop(wait);
         drop(held);
         assert_eq!(p.available(), 1);
@@ -430,65 +439,40 @@ mod tests {
 
     #[test]
     fn a_permit_handed_to_a_wait_that_ends_goes_to_the_next() {
-        use std::future::Future;
-        use std::task::{Context, Poll, Waker};
         let p = Permits::new(1);
         let held = p.try_acquire().unwrap();
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut first = Box::pin(p.acquire(0));
-        let mut second = Box::pin(p.acquire(0));
-        assert!(first.as_mut().poll(&mut cx).is_pending());
-        assert!(second.as_mut().poll(&mut cx).is_pending());
+        let first = queued(&p, 0);
+        let mut second = queued(&p, 0);
         drop(held); // handed to the first wait, which is dropped before it looks
         drop(first);
-        assert!(matches!(
-            second.as_mut().poll(&mut cx),
-            Poll::Ready(Acquired::Permit(_))
-        ));
+        assert!(matches!(poll(&mut second), Poll::Ready(Acquired::Permit(_))));
         assert_eq!(p.available(), 1, "the second gave it back as its result dropped");
     }
 
     #[test]
     fn waits_past_the_deadline_time_out_oldest_first() {
-        use std::future::Future;
-        use std::task::{Context, Poll, Waker};
         let p = Permits::new(1);
         let _held = p.try_acquire().unwrap();
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut old = Box::pin(p.acquire(1_000));
-        let mut young = Box::pin(p.acquire(5_000));
-        assert!(old.as_mut().poll(&mut cx).is_pending());
-        assert!(young.as_mut().poll(&mut cx).is_pending());
+        let mut old = queued(&p, 1_000);
+        let mut young = queued(&p, 5_000);
         p.expire(3_500, 2_000);
-        assert!(matches!(old.as_mut().poll(&mut cx), Poll::Ready(Acquired::TimedOut)));
-        assert!(young.as_mut().poll(&mut cx).is_pending(), "not waited 2 ms yet");
+        assert!(matches!(poll(&mut old), Poll::Ready(Acquired::TimedOut)));
+        assert!(poll(&mut young).is_pending(), "not waited 2 ms yet");
         p.expire(3_500, 0); // no query_wait_timeout: nothing times out
-        assert!(young.as_mut().poll(&mut cx).is_pending());
+        assert!(poll(&mut young).is_pending());
         p.expire(7_000, 2_000);
-        assert!(matches!(young.as_mut().poll(&mut cx), Poll::Ready(Acquired::TimedOut)));
+        assert!(matches!(poll(&mut young), Poll::Ready(Acquired::TimedOut)));
         assert_eq!(p.waiting.load(Ordering::SeqCst), 0);
     }
 
     #[test]
     fn growing_serves_the_waiters_first() {
-        use std::future::Future;
-        use std::task::{Context, Poll, Waker};
         let p = Permits::new(0);
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut wait = Box::pin(p.acquire(0));
-        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        let mut wait = queued(&p, 0);
         p.resize(2);
-        assert!(matches!(wait.as_mut().poll(&mut cx), Poll::Ready(Acquired::Permit(_))));
+        assert!(matches!(poll(&mut wait), Poll::Ready(Acquired::Permit(_))));
         assert!(p.try_acquire().is_some(), "the second is free");
     }
-}
-
-#[cfg(test)]
-mod race_tests {
-    use super::*;
-    use std::sync::Arc;
-    use std::task::{Context, Poll, Wake, Waker};
-    use std::time::{Duration, Instant};
 
     struct Unpark(std::thread::Thread);
     impl Wake for Unpark {

@@ -218,13 +218,13 @@ impl Pool {
         self.route.iter().flat_map(|r| r.pools.iter())
     }
 
-    /// PAUSE or KILL holds this pool's new transactions.
-    #[inline]
     /// Whether reserve_pool_size is set (a waiting client may take a reserve permit).
     pub(super) fn has_reserve(&self) -> bool {
         self.hot.reserve.load(Ordering::Relaxed)
     }
 
+    /// PAUSE or KILL holds this pool's new transactions.
+    #[inline]
     pub fn paused(&self) -> bool {
         self.gates.iter().any(|g| g.paused())
     }
