@@ -39,8 +39,9 @@ pub enum RelayEnd {
     ClientGone,
     /// Statement mode: the client opened a transaction block (its ReadyForQuery was held back).
     TransactionBlock,
-    /// The client sent something malformed.
-    ClientInvalid(PgError),
+    /// The client sent something malformed. (Boxed: the end is moved through every layer of
+    /// the relay's polls, on every transaction.)
+    ClientInvalid(Box<PgError>),
     /// The server closed or failed.
     ServerGone(io::Error),
     /// The transaction stayed in this phase longer than its timeout allows.
@@ -353,7 +354,7 @@ pub fn relay<'a>(
                                     );
                                 }
                             }
-                            Err(e) => return Poll::Ready(RelayEnd::ClientInvalid(protocol_violation(&e))),
+                            Err(e) => return Poll::Ready(RelayEnd::ClientInvalid(Box::new(protocol_violation(&e)))),
                         }
                         progress = true;
                     }
