@@ -236,18 +236,20 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
     let asked = now_us();
     s.cancel.request_s.store((asked / 1_000_000) as u32, Ordering::Relaxed);
     s.cancel.wait_since.store(asked, Ordering::Relaxed);
-    let (waited, pool) = loop {
+    // The common case (a free server at once) breaks out with its lease alone: a `Waited`
+    // (112 bytes, its error inline) is built and moved only when the client waited.
+    let (mut lease, pool) = loop {
         let pool = pick.pool(&s.cancel.pool);
         if let Some(lease) = s.linked.take().map(|lease| *lease) {
             if Arc::ptr_eq(lease.pool(), pool) {
-                break (Some(Waited::Done(Ok(lease))), pool);
+                break (lease, pool);
             }
             lease.release(); // a failover since login
         }
         // A free idle server with the client's settings: taken without a future (no wait,
         // no watch of the client); anything else waits as below.
         let waited = match pool.start_checkout() {
-            Checkout::Now(lease) if lease.has_settings(&s.settings) => Some(Waited::Done(Ok(lease))),
+            Checkout::Now(lease) if lease.has_settings(&s.settings) => break (lease, pool),
             // Boxed: a wait is the slow path, and its state would weigh on every transaction's
             // future (copied into its box once per transaction).
             started => {
@@ -268,26 +270,26 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
             pick = Pick::Primary { wrote: false };
             continue;
         }
-        break (waited, pool);
-    };
-    s.cancel.wait_since.store(0, Ordering::Relaxed);
-    let stats = &pool.stats;
-    stats
-        .wait_time
-        .fetch_add(now_us().saturating_sub(asked), Ordering::Relaxed);
-    let mut lease = match waited {
-        Some(Waited::Done(Ok(lease))) => lease,
-        Some(Waited::Done(Err(e)) | Waited::Invalid(e)) => {
-            stats.error(e.code.as_bytes());
-            Box::pin(s.client.send_error(&e)).await;
-            return Flow::Stop;
+        match waited {
+            Some(Waited::Done(Ok(lease))) => break (lease, pool),
+            Some(Waited::Done(Err(e)) | Waited::Invalid(e)) => {
+                waited_until_now(&s.cancel, pool, asked);
+                pool.stats.error(e.code.as_bytes());
+                Box::pin(s.client.send_error(&e)).await;
+                return Flow::Stop;
+            }
+            Some(Waited::Gone) => {
+                waited_until_now(&s.cancel, pool, asked);
+                return Flow::Stop;
+            }
+            None => {
+                waited_until_now(&s.cancel, pool, asked);
+                drain::cut(&mut s.client, None, pool, watch).await;
+                return Flow::Stop;
+            }
         }
-        Some(Waited::Gone) => return Flow::Stop,
-        None => {
-            drain::cut(&mut s.client, None, pool, watch).await;
-            return Flow::Stop;
-        }
     };
+    waited_until_now(&s.cancel, pool, asked);
     let _outstanding = pick.begin();
     let replay = Replay::take(&pick, retried, &s.client);
     s.cancel.attach(lease.conn(), pool);
@@ -444,6 +446,16 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
         }
     }
     Flow::Stop
+}
+
+/// The client's wait for a server (since `asked`) is over: SHOW CLIENTS stops showing it, and
+/// the pool's wait time counts it.
+#[inline]
+fn waited_until_now(cancel: &CancelHandle, pool: &Pool, asked: u64) {
+    cancel.wait_since.store(0, Ordering::Relaxed);
+    pool.stats
+        .wait_time
+        .fetch_add(now_us().saturating_sub(asked), Ordering::Relaxed);
 }
 
 /// Where a transaction goes (read_write_split).
