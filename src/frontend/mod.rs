@@ -172,11 +172,10 @@ impl Knobs {
 
     /// The timeouts in force now (a reload changes them for the next transaction).
     pub fn timeouts(&self) -> timers::Timeouts {
-        let get = |a: &AtomicU64| std::time::Duration::from_micros(a.load(Ordering::Relaxed));
         timers::Timeouts {
-            query: get(&self.query_timeout),
-            idle_transaction: get(&self.idle_transaction_timeout),
-            client_idle: get(&self.client_idle_timeout),
+            query_us: self.query_timeout.load(Ordering::Relaxed),
+            idle_transaction_us: self.idle_transaction_timeout.load(Ordering::Relaxed),
+            client_idle_us: self.client_idle_timeout.load(Ordering::Relaxed),
         }
     }
 

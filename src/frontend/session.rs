@@ -312,7 +312,7 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
         };
         match end {
             RelayEnd::Timeout(Phase::Busy) if !cancelled => {
-                let secs = timeouts.query.as_secs_f64();
+                let secs = timeouts.limit(Phase::Busy).as_secs_f64();
                 tracing::warn!(pool = %pool, "query running longer than query_timeout ({secs} s): cancelling it");
                 // Sent beside the relay: a cancel that cannot reach the server (it may take
                 // server_connect_timeout to fail) does not hold up the client's answer. That
@@ -402,7 +402,7 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
         RelayEnd::Timeout(Phase::Busy) => {
             // Only after the cancel: a server that answers neither the query nor its cancel is
             // unreachable or stuck, and its connection is closed (clean_up drops it).
-            let secs = timeouts.query.as_secs_f64();
+            let secs = timeouts.limit(Phase::Busy).as_secs_f64();
             let why = format!("no answer to a query nor to its cancel within twice query_timeout ({secs} s)");
             tracing::warn!(pool = %pool, server = %lease.conn().addr, "{why}: closing the server connection");
             pool.server_failed(crate::breaker::FailureCause::Timeout, why);
@@ -577,7 +577,7 @@ async fn wait_idle(
         Ok(request) => request,
         Err(_) => {
             let timeouts = Timeouts {
-                client_idle: limit,
+                client_idle_us: limit.as_micros().try_into().unwrap_or(u64::MAX),
                 ..Timeouts::default()
             };
             client.send_error(&timeout_error(Phase::Idle, &timeouts)).await;
@@ -592,7 +592,7 @@ fn timeout_error(phase: Phase, t: &Timeouts) -> PgError {
             "25P03",
             format!(
                 "terminating connection: idle in transaction longer than idle_transaction_timeout ({} s)",
-                t.idle_transaction.as_secs_f64()
+                t.limit(phase).as_secs_f64()
             ),
         )
         .with_detail("the transaction was rolled back"),
@@ -600,14 +600,14 @@ fn timeout_error(phase: Phase, t: &Timeouts) -> PgError {
             "57P05",
             format!(
                 "terminating connection: idle longer than client_idle_timeout ({} s)",
-                t.client_idle.as_secs_f64()
+                t.limit(phase).as_secs_f64()
             ),
         ),
         Phase::Busy => PgError::fatal(
             "57014",
             format!(
                 "canceling statement: it ran longer than query_timeout ({} s)",
-                t.query.as_secs_f64()
+                t.limit(phase).as_secs_f64()
             ),
         ),
     }

@@ -31,21 +31,27 @@ impl Phase {
     }
 }
 
-/// Limits per phase; zero means none.
+/// Limits per phase in µs, as the configuration's atomics hold them; zero means none. (Made
+/// a `Duration` only when a timer is armed: the conversion divides, and most transactions arm
+/// none.)
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timeouts {
-    pub query: Duration,
-    pub idle_transaction: Duration,
-    pub client_idle: Duration,
+    pub query_us: u64,
+    pub idle_transaction_us: u64,
+    pub client_idle_us: u64,
 }
 
 impl Timeouts {
-    fn limit(&self, phase: Phase) -> Duration {
+    fn limit_us(&self, phase: Phase) -> u64 {
         match phase {
-            Phase::Busy => self.query,
-            Phase::IdleInTransaction => self.idle_transaction,
-            Phase::Idle => self.client_idle,
+            Phase::Busy => self.query_us,
+            Phase::IdleInTransaction => self.idle_transaction_us,
+            Phase::Idle => self.client_idle_us,
         }
+    }
+
+    pub fn limit(&self, phase: Phase) -> Duration {
+        Duration::from_micros(self.limit_us(phase))
     }
 }
 
@@ -78,9 +84,9 @@ impl Watch {
         let phase = Phase::of(t);
         if self.phase != Some(phase) {
             self.phase = Some(phase);
-            let limit = self.timeouts.limit(phase);
-            self.armed = !limit.is_zero();
+            self.armed = self.timeouts.limit_us(phase) > 0;
             if self.armed {
+                let limit = self.timeouts.limit(phase);
                 let deadline = Instant::now() + limit;
                 match &mut self.timer {
                     Some(timer) => timer.as_mut().reset(deadline),
@@ -136,8 +142,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn fires_once_per_phase_and_rearms_on_change() {
         let timeouts = Timeouts {
-            query: Duration::from_secs(2),
-            idle_transaction: Duration::ZERO,
+            query_us: 2_000_000,
             ..Default::default()
         };
         let mut watch = Watch::new(timeouts);
