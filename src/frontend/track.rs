@@ -256,6 +256,10 @@ impl ErrorClasses {
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     pub fn take(&mut self) -> impl Iterator<Item = ([u8; 2], u32)> {
         let taken = std::mem::take(self);
         taken.seen.into_iter().take(taken.len as usize)
