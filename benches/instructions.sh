@@ -17,6 +17,9 @@
 #   INSTR_PG_PORT [27432]  INSTR_PGMUX_PORT [27433]  PGMUX_BIN (default: cargo build --release)
 #   INSTR_POOL_SIZE [20]: 3 makes most transactions wait for a server (the queue's cost);
 #   --check compares against the committed figures only at the default.
+#   INSTR_COMMAND: count this command instead of pgmux (it must listen on INSTR_PGMUX_PORT and
+#   serve the cluster's database `bench`; see benches/floor.sh); not with --check.
+#   INSTR_MODES: pgbench modes to count, comma-separated (default "-S,-S -M prepared").
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,8 +29,10 @@ PG_PORT=${INSTR_PG_PORT:-27432}
 PORT=${INSTR_PGMUX_PORT:-27433}
 FIGURES="$ROOT/benches/instructions.txt"
 MODES=("-S" "-S -M prepared")
+[ -n "${INSTR_MODES:-}" ] && IFS=, read -r -a MODES <<<"$INSTR_MODES"
 CHECK=0; [ "${1:-}" = --check ] && CHECK=1
 [ "$CHECK" = 1 ] && [ "${INSTR_POOL_SIZE:-20}" != 20 ] && { echo "benches/instructions.sh: --check compares at the default pool size" >&2; exit 2; }
+[ "$CHECK" = 1 ] && [ -n "${INSTR_COMMAND:-}" ] && { echo "benches/instructions.sh: --check counts pgmux only" >&2; exit 2; }
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'benches/instructions.sh: %s\n' "$*" >&2; exit 2; }
@@ -73,10 +78,13 @@ fi
 
 # --- pgmux -------------------------------------------------------------------------------
 BIN=${PGMUX_BIN:-}
-if [ -z "$BIN" ]; then
+if [ -n "${INSTR_COMMAND:-}" ]; then
+  read -r -a COMMAND <<<"$INSTR_COMMAND"
+elif [ -z "$BIN" ]; then
   (cd "$ROOT" && cargo build --release --locked --bin pgmux) >&2 || die "cargo build failed"
   BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/pgmux"
 fi
+[ -n "${INSTR_COMMAND:-}" ] || COMMAND=("$BIN" --config "$DIR/pgmux.toml")
 cat > "$DIR/pgmux.toml" <<CONF
 [pooler]
 listen_port = $PORT
@@ -96,8 +104,11 @@ count() {
   local mode=$1 out vpid total_a total_b
   listening "$PORT" && die "port $PORT is taken; set INSTR_PGMUX_PORT"
   out=$(mktemp -d)
-  RUST_LOG=warn valgrind --tool=callgrind "--callgrind-out-file=$out/cg.out" "$BIN" --config "$DIR/pgmux.toml" >"$out/log" 2>&1 &
+  RUST_LOG=warn valgrind --tool=callgrind "--callgrind-out-file=$out/cg.out" "${COMMAND[@]}" >"$out/log" 2>&1 &
   vpid=$!
+  # count runs in a subshell ($(count ...)): this trap is its own, so a pgbench that fails (die)
+  # does not leave the pooler under valgrind holding the port.
+  trap "kill $vpid 2>/dev/null" EXIT
   for _ in $(seq 150); do
     PGPASSWORD=app "$PGBIN/psql" -h 127.0.0.1 -p "$PORT" -U app -d bench -qAtc 'select 1' >/dev/null 2>&1 && break
     kill -0 "$vpid" 2>/dev/null || die "pgmux did not start under valgrind: $(tail -3 "$out/log")"
@@ -137,7 +148,10 @@ failed=0
 for mode in "${MODES[@]}"; do
   n=$(count "$mode")
   figure=$(awk -F'\t' -v m="$mode" '$1 == m {print $2}' "$FIGURES" 2>/dev/null || true)
-  if [ "${INSTR_POOL_SIZE:-20}" != 20 ]; then
+  if [ -n "${INSTR_COMMAND:-}" ]; then
+    say "pgbench $mode: $n instructions per transaction (${COMMAND[0]##*/})"
+    continue
+  elif [ "${INSTR_POOL_SIZE:-20}" != 20 ]; then
     say "pgbench $mode, pool size $INSTR_POOL_SIZE: $n instructions per transaction"
     continue
   elif [ -z "$figure" ]; then
