@@ -7,6 +7,7 @@
 pub mod admin; // the `pgbouncer` console: SHOW and control commands
 pub mod auth; // server-side SCRAM and md5, and the cache of derived keys
 pub mod backend; // server connections: connect, log in, settings
+pub mod boxed; // futures boxed where they are made (no copy into the box)
 pub mod breaker; // circuit breaker of one backend address: closed, open, half-open
 pub mod config; // pooler.toml: schema, defaults, validation
 pub mod dashboard; // GET /dashboard and /api/* on the metrics listener: the live page, its JSON

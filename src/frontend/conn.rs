@@ -1,6 +1,6 @@
 //! A client's socket, its read buffer and where its transaction stands.
 
-use super::track::{scan_client, Tracker};
+use super::track::{scan_client, ClientScan, Tracker};
 use crate::protocol::frame::{frame_len, FrameError};
 use crate::protocol::messages::PgError;
 use crate::stream::Stream;
@@ -144,13 +144,7 @@ impl ClientConn {
             // Nothing past the scanned frames (an idle client, most polls): no scan.
             if self.buf.len() > self.ready {
                 match scan_client(&self.buf, self.ready, self.max_message_size as usize, &mut self.tracker) {
-                    Ok(scan) => {
-                        self.ready = scan.end;
-                        self.terminate = scan.terminate;
-                        self.rewrite |= scan.rewrite;
-                        self.listen |= scan.listen;
-                        self.set |= scan.set;
-                    }
+                    Ok(scan) => self.took(&scan),
                     Err(e) => return Poll::Ready(Request::Invalid(Box::new(protocol_violation(&e)))),
                 }
             }
@@ -195,25 +189,38 @@ impl ClientConn {
     /// Runs `work` (waiting for a server) while watching the client, so a client that gives up
     /// and disconnects stops waiting at once instead of holding its place in the queue.
     pub async fn wait_with<F: std::future::Future>(&mut self, work: F) -> Waited<F::Output> {
-        tokio::pin!(work);
-        loop {
-            let watching = !self.terminate && self.buf.len() < WAIT_READ_LIMIT;
-            tokio::select! {
-                biased;
-                out = &mut work => return Waited::Done(out),
-                read = self.stream.read_buf(&mut self.buf), if watching => match read {
-                    Ok(0) | Err(_) => return Waited::Gone,
-                    Ok(_) => match scan_client(&self.buf, self.ready, self.max_message_size as usize, &mut self.tracker) {
-                        Ok(scan) => {
-                            self.ready = scan.end;
-                            self.terminate = scan.terminate;
-                            self.rewrite |= scan.rewrite;
-                        }
-                        Err(e) => return Waited::Invalid(protocol_violation(&e)),
-                    },
-                },
+        let mut work = std::pin::pin!(work);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = work.as_mut().poll(cx) {
+                return Poll::Ready(Waited::Done(out));
             }
-        }
+            // Until the socket has nothing (each read is scanned) or the limit is reached.
+            while !self.terminate && self.buf.len() < WAIT_READ_LIMIT {
+                if self.buf.capacity() == self.buf.len() {
+                    self.buf.reserve(super::spare::READ_BUFFER);
+                }
+                match ready!(self.stream.poll_read_buf(cx, &mut self.buf)) {
+                    Ok(0) | Err(_) => return Poll::Ready(Waited::Gone),
+                    Ok(_) => {}
+                }
+                match scan_client(&self.buf, self.ready, self.max_message_size as usize, &mut self.tracker) {
+                    Ok(scan) => self.took(&scan),
+                    Err(e) => return Poll::Ready(Waited::Invalid(protocol_violation(&e))),
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// What a scan of newly read bytes found: up to where frames are complete, and what the
+    /// transaction that carries them must look at.
+    fn took(&mut self, scan: &ClientScan) {
+        self.ready = scan.end;
+        self.terminate = scan.terminate;
+        self.rewrite |= scan.rewrite;
+        self.listen |= scan.listen;
+        self.set |= scan.set;
     }
 
     /// Reads one complete regular frame during login (password and SASL messages) and on the

@@ -10,6 +10,7 @@ use super::timers::{Phase, Timeouts};
 use super::track::listen_tags::LISTENED;
 use super::{ClientSlot, Shared};
 use crate::backend::Settings;
+use crate::boxed::in_place;
 use crate::config::PoolMode;
 use crate::pool::{Checkout, Lease, Pool};
 use crate::prepared;
@@ -120,17 +121,6 @@ pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
         };
         Box::pin(finish(&mut s, end)).await
     }
-}
-
-/// `Box::pin(make())` with the future written straight into its box: `Box::pin` builds a
-/// future on the stack and copies the whole of it (a transaction's is about 1.6 KiB, most of it
-/// not yet used) into the allocation.
-#[inline(always)]
-fn in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
-    let mut slot = Box::<F>::new_uninit();
-    slot.write(make());
-    // SAFETY: written just above.
-    Box::into_pin(unsafe { slot.assume_init() })
 }
 
 /// How a session ended: handed to a new process (`pgmux upgrade`), or left with the error it
@@ -253,7 +243,7 @@ async fn transaction(s: &mut Session, retried: bool) -> Flow {
             // Boxed: a wait is the slow path, and its state would weigh on every transaction's
             // future (copied into its box once per transaction).
             started => {
-                Box::pin(async {
+                in_place(|| async {
                     let work = pin!(s.client.wait_with(checkout_from(started, pool, &s.settings)));
                     drain::until_deadline(watch, work).await
                 })

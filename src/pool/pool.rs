@@ -16,6 +16,7 @@ use super::limits::Limit;
 use super::permits::Permit;
 use super::permits::Permits;
 use crate::backend::{BackendError, Credentials, ServerConn, Settings, Target};
+use crate::boxed::in_place;
 use crate::config::PoolMode;
 use crate::protocol::messages::PgError;
 use crate::stats::{now_us, CloseReason, PoolStats};
@@ -376,15 +377,15 @@ impl Pool {
     /// check (the hot path: the caller awaits nothing); otherwise the boxed wait.
     pub fn start_checkout(self: &Arc<Self>) -> Checkout<'_> {
         if self.paused() {
-            return Checkout::Wait(Box::pin(self.checkout_paused()));
+            return Checkout::Wait(in_place(|| self.checkout_paused()));
         }
         let Some(permit) = self.permits.try_acquire() else {
-            return Checkout::Wait(Box::pin(self.checkout_slow(None, None)));
+            return Checkout::Wait(in_place(|| self.checkout_slow(None, None)));
         };
         match self.take_idle() {
             Some((conn, false)) => Checkout::Now(self.lease(conn, permit, false)),
-            Some((conn, true)) => Checkout::Wait(Box::pin(self.checkout_slow(Some(permit), Some(conn)))),
-            None => Checkout::Wait(Box::pin(self.checkout_slow(Some(permit), None))),
+            Some((conn, true)) => Checkout::Wait(in_place(|| self.checkout_slow(Some(permit), Some(conn)))),
+            None => Checkout::Wait(in_place(|| self.checkout_slow(Some(permit), None))),
         }
     }
 
