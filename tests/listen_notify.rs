@@ -195,6 +195,41 @@ async fn listen_notify_in_transaction_mode() {
     assert!(empty, "a departed client's channel stays");
 }
 
+/// An UNLISTEN that reaches pgmux while the client waits for the pool's one server (sent
+/// behind a query that waits) counts as one sent alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlisten_sent_while_waiting_for_a_server_counts() {
+    let px = pgmux("");
+    let url = px.url("app", "app", DB);
+    let a = listener(&url).await;
+    let holder = connect(&url).await;
+    let console = connect(&px.url("admin", "admin", "pgbouncer")).await;
+    exec(&a.client, "LISTEN queued").await;
+    let show_listeners = show(&console, "SHOW LISTENERS").await;
+    assert_eq!(show_listeners.len(), 1, "{show_listeners:?}");
+    // The holder keeps the only server in a transaction block: a's query waits for it, and
+    // its UNLISTEN follows on the wire while it waits.
+    exec(&holder, "BEGIN").await;
+    let (first, second, ()) = tokio::join!(
+        a.client.simple_query("SELECT 1"),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            a.client.simple_query("UNLISTEN queued").await
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            exec(&holder, "COMMIT").await;
+        },
+    );
+    first.expect("the waiting query ran");
+    second.expect("the UNLISTEN ran");
+    let show_listeners = show(&console, "SHOW LISTENERS").await;
+    assert!(
+        show_listeners.is_empty(),
+        "the UNLISTEN sent during the wait was lost: {show_listeners:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_reader_is_bounded_and_told() {
     let px = pgmux("");
