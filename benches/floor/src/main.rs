@@ -7,6 +7,10 @@
 //! what an event loop without tokio can reach, not a pooler.
 //!
 //!   floor LISTEN_PORT PG_SOCKET_PATH DATABASE POOL_SIZE
+//!
+//! With FLOOR_DEFER=1 a released server goes back to the list, and the waiting clients take
+//! servers only after the loop has handled every event of its turn (as a pooler whose waiting
+//! clients are tasks woken at release would): the hand-off's share of the floor, measured.
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
@@ -36,6 +40,7 @@ struct Floor {
     servers: Vec<Server>,
     idle: Vec<usize>,
     waiting: VecDeque<usize>,
+    defer: bool,
 }
 
 fn main() {
@@ -65,6 +70,7 @@ fn main() {
         servers,
         idle,
         waiting: VecDeque::new(),
+        defer: std::env::var_os("FLOOR_DEFER").is_some_and(|v| v == "1"),
     };
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
     loop {
@@ -82,6 +88,11 @@ fn main() {
                 f.client_readable((token >> 1) as usize);
             } else {
                 f.server_readable((token >> 1) as usize);
+            }
+        }
+        while !f.waiting.is_empty() && !f.idle.is_empty() {
+            if let Some(s) = f.idle.pop() {
+                f.hand_to_waiting(s);
             }
         }
     }
@@ -213,6 +224,14 @@ impl Floor {
                 }
             }
         }
+        if self.defer {
+            return self.idle.push(s);
+        }
+        self.hand_to_waiting(s);
+    }
+
+    /// The server to the first waiting client, its frames written at once; or back to the list.
+    fn hand_to_waiting(&mut self, s: usize) {
         while let Some(i) = self.waiting.pop_front() {
             let Some(c) = self.clients[i].as_mut() else { continue };
             c.server = Some(s);
