@@ -96,21 +96,12 @@ pub fn start(
     Ok(Started { closed, handles })
 }
 
-/// A turn shorter than this (one client's request or one server's answer, a few µs) ends
-/// without the yield below.
-const BUSY_TURN_US: u64 = 10;
-
-/// The worker has no ready task and is about to block in the reactor: after a busy turn, let a
-/// thread that is ready to run on this core (pgbench, PostgreSQL, a client: often the one about
-/// to send the next request) go first, so the worker more often finds work when it comes back
-/// than sleeps and is woken. Where nothing else waits for the core this returns at once.
-/// Measured (`benches/ctxsw.sh`, pgbench -S -c 50 on two shared cores): 0.29 to 0.35 context
-/// switches per transaction instead of 0.38 to 0.43 (PgBouncer 0.37 to 0.39), TPS a few per
-/// cent higher. After a short turn the yield is a system call for nothing: with one client
-/// every turn is one event and ends in a park, and skipping it there took `-c 1` from 0.97 to
-/// 1.00 of PgBouncer (5 alternating rounds, one binary both ways; `-c 50` 1.14 and 1.15).
+/// The worker has no ready task and is about to block in the reactor: let a thread that is
+/// ready to run on this core (pgbench, PostgreSQL, a client: often the one about to send the
+/// next request) go first, so the worker more often finds work when it comes back than sleeps
+/// and is woken. Where nothing else waits for the core this returns at once. Measured
+/// (`benches/ctxsw.sh`, pgbench -S -c 50 on two shared cores): 0.29 to 0.35 context switches per
+/// transaction instead of 0.38 to 0.43 (PgBouncer 0.37 to 0.39), TPS a few per cent higher.
 fn before_sleep() {
-    if crate::stats::clock::turn_us() >= BUSY_TURN_US {
-        std::thread::yield_now();
-    }
+    std::thread::yield_now();
 }

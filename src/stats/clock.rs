@@ -16,8 +16,6 @@ const REFRESH_EVERY: u32 = 32;
 thread_local! {
     /// (the copy in µs, reads left before a refresh); reads left 0: no copy (not a worker).
     static CACHED: Cell<(u64, u32)> = const { Cell::new((0, 0)) };
-    /// When the worker last woke from its reactor (µs; the start of its current turn).
-    static WOKE: Cell<u64> = const { Cell::new(0) };
 }
 
 pub(super) fn start() -> &'static (Instant, SystemTime) {
@@ -53,15 +51,7 @@ pub fn as_us(d: std::time::Duration) -> u64 {
 
 /// A worker woke from its reactor: refresh its copy (the runtime's `on_thread_unpark` hook).
 pub fn tick() {
-    let now = read();
-    WOKE.with(|w| w.set(now));
-    CACHED.with(|c| c.set((now, REFRESH_EVERY)));
-}
-
-/// How long the worker's current turn has run: µs since it last woke (`tick`), by a fresh
-/// clock read.
-pub fn turn_us() -> u64 {
-    read().saturating_sub(WOKE.with(Cell::get))
+    CACHED.with(|c| c.set((read(), REFRESH_EVERY)));
 }
 
 #[cfg(test)]
@@ -82,8 +72,5 @@ mod tests {
         assert!(later >= copy + 2000, "refreshed: {later} vs {copy}");
         tick();
         assert!(now_us() >= copy + 2000);
-        assert!(turn_us() < 1_000_000, "a turn that just began");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        assert!(turn_us() >= 2000, "the turn's length, read afresh");
     }
 }
