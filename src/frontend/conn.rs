@@ -196,9 +196,7 @@ impl ClientConn {
             }
             // Until the socket has nothing (each read is scanned) or the limit is reached.
             while !self.terminate && self.buf.len() < WAIT_READ_LIMIT {
-                if self.buf.capacity() == self.buf.len() {
-                    self.buf.reserve(super::spare::READ_BUFFER);
-                }
+                super::spare::reserve(&mut self.buf);
                 match ready!(self.stream.poll_read_buf(cx, &mut self.buf)) {
                     Ok(0) | Err(_) => return Poll::Ready(Waited::Gone),
                     Ok(_) => {}

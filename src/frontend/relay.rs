@@ -7,6 +7,7 @@
 
 use super::conn::{protocol_violation, ClientConn};
 use super::set;
+use super::spare;
 use super::timers::{Phase, Timeouts, Watch};
 use super::track::{error_class, scan_client, Intercept, ServerScan, ServerStop, Tracker};
 use crate::backend::{ServerConn, Settings};
@@ -24,8 +25,8 @@ use tokio::io::AsyncWrite;
 
 /// Stop reading a peer while this much of its data waits for the other side.
 const HIGH_WATER: usize = 256 * 1024;
-const READ_CHUNK: usize = 16 * 1024;
-/// Rounds of the relay's loop in one poll (each moves up to READ_CHUNK one way or the other).
+/// Rounds of the relay's loop in one poll (each moves up to `spare::READ_BUFFER` one way or the
+/// other).
 const YIELD_AFTER: u32 = 64;
 
 #[derive(Debug)]
@@ -236,7 +237,7 @@ pub fn relay<'a>(
             }
 
             if !server_unready && *stop == ServerStop::More && server.buf.len() < HIGH_WATER {
-                reserve(&mut server.buf);
+                spare::reserve(&mut server.buf);
                 match server.stream.poll_read_buf(cx, &mut server.buf) {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(RelayEnd::ServerGone(io::ErrorKind::UnexpectedEof.into()))
@@ -294,11 +295,8 @@ pub fn relay<'a>(
                             }
                         }
                         meter.server_parsed(std::mem::take(&mut scan.parses));
-                        // (Most reads have none: the copy `take` makes is skipped.)
-                        if !scan.errors.is_empty() {
-                            for (class, n) in scan.errors.take() {
-                                pool.stats.errors_of(&class, n.into());
-                            }
+                        for (class, n) in scan.errors.take() {
+                            pool.stats.errors_of(&class, n.into());
                         }
                         let answered = scan.answered.wrapping_sub(answered_before);
                         let t = &client.tracker;
@@ -317,7 +315,7 @@ pub fn relay<'a>(
                 && *stop != ServerStop::Release
                 && (client.buf.len() < HIGH_WATER || client.ready == 0)
             {
-                reserve(&mut client.buf);
+                spare::reserve(&mut client.buf);
                 match client.stream.poll_read_buf(cx, &mut client.buf) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
                     Poll::Ready(Ok(_)) => {
@@ -472,12 +470,6 @@ fn slow_query(pool: &Pool, meter: &Meter, prepared: &prepared::ClientStatements,
     };
     if let Some(query) = pool.stats.slow.record(text, us) {
         tracing::warn!(pool = %pool, ms = us / 1000, %query, "slow query (slower than slow_query_threshold)");
-    }
-}
-
-fn reserve(buf: &mut bytes::BytesMut) {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK);
     }
 }
 

@@ -1,4 +1,5 @@
-//! Read buffers of clients between transactions.
+//! Read buffers: the room every read asks for (`reserve`), and clients' buffers between
+//! transactions.
 //!
 //! An idle client holds no read buffer: when it waits for its next request with nothing
 //! buffered, its buffer goes to a small per-thread stock, and it takes one back when its socket
@@ -14,6 +15,15 @@ const KEEP: usize = 32;
 
 thread_local! {
     static STOCK: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Room for the next read into a buffer (a client's or a server's): READ_BUFFER more when less
+/// than a quarter of it is left, so a read is never tiny and the buffer grows in steps.
+#[inline]
+pub fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_BUFFER / 4 {
+        buf.reserve(READ_BUFFER);
+    }
 }
 
 /// An empty buffer with room for READ_BUFFER bytes.

@@ -256,13 +256,12 @@ impl ErrorClasses {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn take(&mut self) -> impl Iterator<Item = ([u8; 2], u32)> {
-        let taken = std::mem::take(self);
-        taken.seen.into_iter().take(taken.len as usize)
+    /// The classes seen, and the list emptied. (It reads them in place: most reads have none,
+    /// and a copy of the array would cost every one of them.)
+    #[inline]
+    pub fn take(&mut self) -> impl Iterator<Item = ([u8; 2], u32)> + '_ {
+        let len = std::mem::take(&mut self.len) as usize;
+        self.seen.iter().take(len).copied()
     }
 }
 
@@ -421,6 +420,19 @@ mod tests {
     use super::*;
 
     use crate::protocol::frame::test_frame as frame;
+
+    #[test]
+    fn error_classes_are_taken_once() {
+        let mut errors = ErrorClasses::default();
+        assert_eq!(errors.take().count(), 0);
+        errors.push(*b"23");
+        errors.push(*b"42");
+        errors.push(*b"23");
+        assert_eq!(errors.take().collect::<Vec<_>>(), [(*b"23", 2), (*b"42", 1)]);
+        assert_eq!(errors.take().count(), 0, "taken: the list is empty");
+        errors.push(*b"57");
+        assert_eq!(errors.take().collect::<Vec<_>>(), [(*b"57", 1)]);
+    }
 
     #[test]
     fn client_counts_syncs_and_queries() {
