@@ -11,6 +11,7 @@ pub mod boxed; // futures boxed where they are made (no copy into the box)
 pub mod breaker; // circuit breaker of one backend address: closed, open, half-open
 pub mod config; // pooler.toml: schema, defaults, validation
 pub mod dashboard; // GET /dashboard and /api/* on the metrics listener: the live page, its JSON
+pub mod executor; // client sessions: each worker polls its own, with its own wakers
 pub mod frontend; // per-client task: startup, auth, session loop, relay
 pub mod listen; // LISTEN/NOTIFY in transaction mode: subscriptions, the listener connection
 pub mod listener; // accept loop

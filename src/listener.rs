@@ -169,7 +169,7 @@ pub async fn run(listener: Listener, shared: Arc<Shared>) {
         };
         match accepted {
             Ok(stream) => {
-                shared.shutdown.tracker.spawn(login::serve(stream, shared.clone()));
+                crate::executor::spawn(shared.shutdown.tracker.token(), login::serve(stream, shared.clone()));
             }
             Err(e) => {
                 // Out of file descriptors, usually: back off instead of spinning.

@@ -67,6 +67,7 @@ pub fn start(
                 crate::stats::clock::tick();
                 runtime.block_on(async move {
                     use crate::listener::{run, Listener};
+                    crate::executor::start();
                     let unix = unix.and_then(|(l, path)| match tokio::net::UnixListener::from_std(l) {
                         Ok(l) => Some(Listener::Unix(l, path)),
                         Err(e) => {

@@ -169,7 +169,9 @@ fn adopt_one(
     let (done, registered) = oneshot::channel();
     let (release, released) = oneshot::channel();
     let adopt = crate::frontend::handover::adopt(shared.clone(), state, fd, done, released);
-    shared.shutdown.tracker.spawn_on(adopt, worker);
+    // Onto the worker's thread, then into its executor with the sessions it accepted.
+    let token = shared.shutdown.tracker.token();
+    worker.spawn(async move { crate::executor::spawn(token, adopt) });
     match registered.blocking_recv() {
         Ok(Ok(())) => Ok(release),
         Ok(Err(why)) => Err(why),
