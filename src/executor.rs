@@ -109,15 +109,13 @@ impl<F: Future<Output = ()> + Send + 'static> Wake for Task<F> {
         if self.queued.swap(true, Ordering::AcqRel) {
             return;
         }
-        match HOME.with(Cell::get) == self.home.id() {
-            true => {
-                let home = self.home.clone();
-                home.push_local(self);
-            }
-            false => {
-                let home = self.home.clone();
-                home.push_remote(self);
-            }
+        // The home outlives the push: the queue it goes into holds the task, which holds it.
+        let home: *const Home = &*self.home;
+        // SAFETY: see above.
+        let home = unsafe { &*home };
+        match HOME.with(Cell::get) == home as *const Home as usize {
+            true => home.push_local(self),
+            false => home.push_remote(self),
         }
     }
 
@@ -136,7 +134,11 @@ impl<F: Future<Output = ()> + Send + 'static> Runnable for Task<F> {
         let Some((future, _)) = slot.as_mut() else {
             return; // ended; a stale wake-up
         };
-        let waker = Waker::from(self.clone());
+        // The task's own reference lent as a waker, not a new one: no count taken and given
+        // back per poll (a clone the future keeps takes its own).
+        // SAFETY: `self` keeps the task alive for the whole poll, and ManuallyDrop keeps this
+        // waker from giving back a count it never took.
+        let waker = std::mem::ManuallyDrop::new(Waker::from(unsafe { Arc::from_raw(Arc::as_ptr(&self)) }));
         let mut cx = Context::from_waker(&waker);
         // SAFETY: the future lives inside the task's allocation and is never moved out of it:
         // it is dropped in place (`*slot = None`).
