@@ -53,10 +53,6 @@ struct Local {
 }
 
 impl Home {
-    fn id(self: &Arc<Self>) -> usize {
-        Arc::as_ptr(self) as usize
-    }
-
     /// SAFETY: on the home thread only, and the borrow must end before any task runs.
     #[allow(clippy::mut_from_ref)]
     unsafe fn local(&self) -> &mut Local {
@@ -87,14 +83,20 @@ impl Home {
     }
 }
 
+/// Every executor started, by index. Never shrinks: a worker's executor lives as long as the
+/// process (a test's runtime leaks one, a few hundred bytes).
+static HOMES: Mutex<Vec<&'static Home>> = Mutex::new(Vec::new());
+
 thread_local! {
-    /// The `Home::id` of this thread's executor (0: none).
-    static HOME: Cell<usize> = const { Cell::new(0) };
+    /// This thread's executor and its index in `HOMES`.
+    static HOME: Cell<Option<(u32, &'static Home)>> = const { Cell::new(None) };
 }
 
 struct Task<F> {
     queued: AtomicBool,
-    home: Arc<Home>,
+    /// Its executor's index in `HOMES`: four bytes beside `queued` where a pointer would be
+    /// eight more, and an idle client's task is allocated in size classes (256, then 320).
+    home: u32,
     /// The future and its place in the shutdown's count, dropped together when it ends.
     /// Touched only on the home thread (`run`), or by the last owner once no one can run it.
     future: UnsafeCell<Option<(F, TaskTrackerToken)>>,
@@ -109,13 +111,17 @@ impl<F: Future<Output = ()> + Send + 'static> Wake for Task<F> {
         if self.queued.swap(true, Ordering::AcqRel) {
             return;
         }
-        // The home outlives the push: the queue it goes into holds the task, which holds it.
-        let home: *const Home = &*self.home;
-        // SAFETY: see above.
-        let home = unsafe { &*home };
-        match HOME.with(Cell::get) == home as *const Home as usize {
-            true => home.push_local(self),
-            false => home.push_remote(self),
+        match HOME.with(Cell::get) {
+            Some((index, home)) if index == self.home => home.push_local(self),
+            _ => {
+                let home = HOMES
+                    .lock()
+                    .ok()
+                    .and_then(|homes| homes.get(self.home as usize).copied());
+                if let Some(home) = home {
+                    home.push_remote(self);
+                }
+            }
         }
     }
 
@@ -163,21 +169,30 @@ impl<F: Future<Output = ()> + Send + 'static> Runnable for Task<F> {
 /// runner is a task of that runtime, and `spawn` on this thread uses it. The handle returned
 /// spawns on it from other threads.
 pub fn start() -> Spawner {
-    let spawner = Spawner {
-        home: Arc::new(Home {
-            inbox: Mutex::new(Vec::new()),
-            inbox_full: AtomicBool::new(false),
-            runner: Mutex::new(None),
-            local: UnsafeCell::new(Local {
-                queue: VecDeque::new(),
-                runner: None,
-                idle: false,
-            }),
+    let home: &'static Home = Box::leak(Box::new(Home {
+        inbox: Mutex::new(Vec::new()),
+        inbox_full: AtomicBool::new(false),
+        runner: Mutex::new(None),
+        local: UnsafeCell::new(Local {
+            queue: VecDeque::new(),
+            runner: None,
+            idle: false,
         }),
+    }));
+    let index = match HOMES.lock() {
+        Ok(mut homes) => {
+            homes.push(home);
+            homes.len() - 1
+        }
+        Err(_) => 0,
     };
-    HOME.with(|h| h.set(spawner.home.id()));
+    let spawner = Spawner {
+        index: index as u32,
+        home,
+    };
+    HOME.with(|h| h.set(Some((spawner.index, home))));
     SPAWNER.with(|s| *s.borrow_mut() = Some(spawner.clone()));
-    tokio::spawn(runner(spawner.home.clone()));
+    tokio::spawn(runner(home));
     spawner
 }
 
@@ -202,31 +217,32 @@ thread_local! {
 /// A worker's executor, for spawning from any thread.
 #[derive(Clone)]
 pub struct Spawner {
-    home: Arc<Home>,
+    index: u32,
+    home: &'static Home,
 }
 
 impl Spawner {
-    /// Makes this the executor `spawn` uses on the current thread (its worker's).
-    pub fn install(&self) {
-        HOME.with(|h| h.set(self.home.id()));
-        SPAWNER.with(|s| *s.borrow_mut() = Some(self.clone()));
-    }
-
     pub fn spawn<F: Future<Output = ()> + Send + 'static>(&self, token: TaskTrackerToken, future: F) {
         // Outside tokio's cooperative budget, which the runner's many sessions would otherwise
         // share: the relay yields by itself (`relay::YIELD_AFTER`).
         let future = tokio::task::unconstrained(future);
         let task: Arc<Task<_>> = Arc::new(Task {
             queued: AtomicBool::new(false),
-            home: self.home.clone(),
+            home: self.index,
             future: UnsafeCell::new(Some((future, token))),
         });
-        Waker::from(task).wake();
+        match HOME.with(Cell::get) {
+            Some((index, _)) if index == self.index => Waker::from(task).wake(),
+            _ => {
+                task.queued.store(true, Ordering::Release);
+                self.home.push_remote(task);
+            }
+        }
     }
 }
 
 /// The worker's task that polls its sessions.
-async fn runner(home: Arc<Home>) {
+async fn runner(home: &'static Home) {
     std::future::poll_fn(|cx| {
         {
             // SAFETY: the runner is a task of the home thread's runtime; no task runs here.
@@ -332,7 +348,7 @@ mod tests {
             let token = tracker.token();
             std::thread::spawn(move || {
                 spawner.spawn(token, async move {
-                    let _ = out_tx.send(HOME.with(Cell::get) != 0);
+                    let _ = out_tx.send(HOME.with(Cell::get).is_some());
                 });
             });
             let got = tokio::time::timeout(std::time::Duration::from_secs(5), out_rx).await;

@@ -81,31 +81,35 @@ pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
         let end = loop {
             let watch = Watch::new(&s.shared.shutdown, &s.cancel);
             let news = s.listen.as_deref();
-            let mut request = if s.shared.knobs.client_idle().is_zero() {
+            let request = if s.shared.knobs.client_idle().is_zero() {
                 drain::next_request(&mut s.client, watch, news).await
             } else {
                 // Boxed: the timer would weigh on every idle client's task where it is off.
                 Box::pin(wait_idle(&mut s.client, watch, news, s.shared.knobs.client_idle())).await
             };
-            if let Request::HandOver = request {
+            // A one-byte step, not the request, lives across the awaits below (a request is 16
+            // bytes, and the task's allocation grows in size classes).
+            let mut step = match Step::of(request) {
+                Ok(step) => step,
+                Err(end) => break end,
+            };
+            if let Step::HandOver = step {
                 // Boxed: only an upgrade in place gets here.
-                request = match Box::pin(hand_over(&mut s)).await {
-                    Ok(request) => request,
+                step = match Box::pin(hand_over(&mut s)).await.and_then(Step::of) {
+                    Ok(step) => step,
                     Err(end) => break end,
                 };
             }
-            match request {
-                Request::HandOver => continue,
-                Request::News => {
+            match step {
+                Step::HandOver => continue,
+                Step::News => {
                     // Boxed: held inline, its state would weigh on every idle client's task.
                     if Box::pin(super::listen::deliver(&mut s)).await.is_err() {
                         break End::Left(None);
                     }
                     continue;
                 }
-                Request::Ready => {}
-                Request::Gone => break End::Left(None),
-                Request::Invalid(e) => break End::Left(Some(e)),
+                Step::Serve => {}
             }
             // Boxed, once per transaction, for the same reason.
             match in_place(|| transaction(&mut s, false)).await {
@@ -120,6 +124,25 @@ pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
             }
         };
         Box::pin(finish(&mut s, end)).await
+    }
+}
+
+/// What the session loop does with a request.
+enum Step {
+    Serve,
+    News,
+    HandOver,
+}
+
+impl Step {
+    fn of(request: Request) -> Result<Step, End> {
+        match request {
+            Request::Ready => Ok(Step::Serve),
+            Request::News => Ok(Step::News),
+            Request::HandOver => Ok(Step::HandOver),
+            Request::Gone => Err(End::Left(None)),
+            Request::Invalid(e) => Err(End::Left(Some(e))),
+        }
     }
 }
 
