@@ -176,6 +176,41 @@ async fn session_mode_keeps_state_and_resets_between_clients() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_client_that_waited_at_login_is_served() {
+    // Session mode links a server at login: with a pool of one the second client waits there,
+    // its socket watched for a hang-up meanwhile. Its session then runs as a task of its own,
+    // and must still hear the queries it sends (a read registration left by the login's
+    // watch once swallowed them: the query sat unread).
+    let px = pgmux("default_pool_size = 1\npool_mode = \"session\"", "sessions");
+    let url = px.url("app", "app", "sessions");
+    let first = connect(&url).await;
+    assert_eq!(value(&first, "SELECT 1").await, "1");
+    let second = tokio::spawn({
+        let url = url.clone();
+        async move { connect(&url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the second client should wait for the only server"
+    );
+    drop(first);
+    let second = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the second client got the server")
+        .unwrap();
+    for i in 0..3 {
+        let answer = tokio::time::timeout(Duration::from_secs(5), value(&second, &format!("SELECT {i}"))).await;
+        assert_eq!(
+            answer.ok().as_deref(),
+            Some(i.to_string().as_str()),
+            "query {i} answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_mode_keeps_a_transaction_on_one_server() {
     let px = pgmux("default_pool_size = 3", "bench");
     let url = px.url("app", "app", "bench");

@@ -27,9 +27,10 @@ pub fn serve(stream: Stream, shared: Arc<Shared>) -> impl Future<Output = ()> + 
     // stay in the task's state for its whole life.)
     let admitting = Box::pin(admit(stream, shared));
     async move {
-        let Some(session) = admitting.await else {
+        let Some(mut session) = admitting.await else {
             return;
         };
+        session.client.stream.new_reader();
         // A task of its own from here on: every poll of the session would otherwise pass
         // through this future's state too (about 60 instructions per transaction).
         let token = session.shared.shutdown.tracker.token();

@@ -49,6 +49,14 @@ impl Stream {
         }
     }
 
+    /// Another task reads the stream from now on (a client's session after its login): a
+    /// read registration the last one left is not the new task's (see `Tcp::armed`).
+    pub fn new_reader(&mut self) {
+        if let Stream::Plain(tcp) = self {
+            tcp.new_reader();
+        }
+    }
+
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_) | Stream::ServerTls(_))
     }

@@ -22,8 +22,9 @@ use tokio::net::TcpStream;
 /// A plain TCP socket, and what the data path knows of its read registration with the reactor.
 pub struct Tcp {
     pub s: TcpStream,
-    /// Only one task ever reads the socket (a client's session; a server connection moves
-    /// from session to session, so not a server's).
+    /// Only one task at a time reads the socket (a client's: its login, then its session,
+    /// which says so with `Stream::new_reader`; a server connection moves from session to
+    /// session, so not a server's).
     one_task: bool,
     /// That task's waker is registered for readability and no readiness was seen since. The
     /// reactor keeps a registered waker until it wakes it, and sets the readiness first: so a
@@ -47,6 +48,11 @@ impl Tcp {
             one_task: false,
             armed: false,
         }
+    }
+
+    /// Another task reads the socket from now on: the waker registered (if any) is not its own.
+    pub fn new_reader(&mut self) {
+        self.armed = false;
     }
 
     /// The same socket registered with the current runtime's reactor.
