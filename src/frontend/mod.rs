@@ -1,4 +1,5 @@
-//! One tokio task per client: startup, authentication, then the session loop.
+//! One task per client (the login's, then the session's: `executor`): startup,
+//! authentication, then the session loop.
 
 pub mod auth;
 pub mod auth_query;
