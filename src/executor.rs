@@ -73,11 +73,10 @@ impl Home {
     }
 
     fn push_remote(&self, task: Run) {
-        if let Ok(mut inbox) = self.inbox.lock() {
-            inbox.push(task);
-        }
+        lock(&self.inbox).push(task);
         self.inbox_full.store(true, Ordering::Release);
-        if let Some(runner) = self.runner.lock().ok().and_then(|r| r.clone()) {
+        let runner = lock(&self.runner).clone();
+        if let Some(runner) = runner {
             runner.wake();
         }
     }
@@ -86,6 +85,12 @@ impl Home {
 /// Every executor started, by index. Never shrinks: a worker's executor lives as long as the
 /// process (a test's runtime leaks one, a few hundred bytes).
 static HOMES: Mutex<Vec<&'static Home>> = Mutex::new(Vec::new());
+
+/// This module's locks are never held across anything that panics: were one poisoned, what it
+/// guards is still whole (a push, a read, a swap), so it is used as it is.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 thread_local! {
     /// This thread's executor and its index in `HOMES`.
@@ -114,10 +119,10 @@ impl<F: Future<Output = ()> + Send + 'static> Wake for Task<F> {
         match HOME.with(Cell::get) {
             Some((index, home)) if index == self.home => home.push_local(self),
             _ => {
-                let home = HOMES
-                    .lock()
-                    .ok()
-                    .and_then(|homes| homes.get(self.home as usize).copied());
+                let home = {
+                    let homes = lock(&HOMES);
+                    homes.get(self.home as usize).copied()
+                };
                 if let Some(home) = home {
                     home.push_remote(self);
                 }
@@ -179,12 +184,10 @@ pub fn start() -> Spawner {
             idle: false,
         }),
     }));
-    let index = match HOMES.lock() {
-        Ok(mut homes) => {
-            homes.push(home);
-            homes.len() - 1
-        }
-        Err(_) => 0,
+    let index = {
+        let mut homes = lock(&HOMES);
+        homes.push(home);
+        homes.len() - 1
     };
     let spawner = Spawner {
         index: index as u32,
@@ -249,15 +252,11 @@ async fn runner(home: &'static Home) {
             let local = unsafe { home.local() };
             if !local.runner.as_ref().is_some_and(|r| r.will_wake(cx.waker())) {
                 local.runner = Some(cx.waker().clone());
-                if let Ok(mut remote) = home.runner.lock() {
-                    *remote = Some(cx.waker().clone());
-                }
+                *lock(&home.runner) = Some(cx.waker().clone());
             }
             local.idle = false;
             if home.inbox_full.swap(false, Ordering::AcqRel) {
-                if let Ok(mut inbox) = home.inbox.lock() {
-                    local.queue.extend(inbox.drain(..));
-                }
+                local.queue.extend(lock(&home.inbox).drain(..));
             }
         }
         for _ in 0..RUNS_PER_TURN {
