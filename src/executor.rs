@@ -10,7 +10,7 @@
 //! A task's future is polled only on its worker's thread; a wake from another thread (a cancel,
 //! a permit given back elsewhere, a blocking login check) goes through the worker's inbox.
 
-use std::cell::{Cell, RefCell, UnsafeCell};
+use std::cell::{Cell, UnsafeCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -171,9 +171,8 @@ impl<F: Future<Output = ()> + Send + 'static> Runnable for Task<F> {
 }
 
 /// Starts this worker's executor on the current thread (a worker's, inside its runtime): its
-/// runner is a task of that runtime, and `spawn` on this thread uses it. The handle returned
-/// spawns on it from other threads.
-pub fn start() -> Spawner {
+/// runner is a task of that runtime, and `spawn` on this thread uses it.
+pub fn start() {
     let home: &'static Home = Box::leak(Box::new(Home {
         inbox: Mutex::new(Vec::new()),
         inbox_full: AtomicBool::new(false),
@@ -189,59 +188,29 @@ pub fn start() -> Spawner {
         homes.push(home);
         homes.len() - 1
     };
-    let spawner = Spawner {
-        index: index as u32,
-        home,
-    };
-    HOME.with(|h| h.set(Some((spawner.index, home))));
-    SPAWNER.with(|s| *s.borrow_mut() = Some(spawner.clone()));
+    HOME.with(|h| h.set(Some((index as u32, home))));
     tokio::spawn(runner(home));
-    spawner
 }
 
 /// Runs `future` on this thread's executor, counted by `token`. Outside a worker it becomes a
 /// tokio task.
 pub fn spawn<F: Future<Output = ()> + Send + 'static>(token: TaskTrackerToken, future: F) {
-    SPAWNER.with(|s| match s.borrow().as_ref() {
-        Some(spawner) => spawner.spawn(token, future),
-        None => {
-            tokio::spawn(async move {
-                future.await;
-                drop(token);
-            });
-        }
-    });
-}
-
-thread_local! {
-    static SPAWNER: RefCell<Option<Spawner>> = const { RefCell::new(None) };
-}
-
-/// A worker's executor, for spawning from any thread.
-#[derive(Clone)]
-pub struct Spawner {
-    index: u32,
-    home: &'static Home,
-}
-
-impl Spawner {
-    pub fn spawn<F: Future<Output = ()> + Send + 'static>(&self, token: TaskTrackerToken, future: F) {
-        // Outside tokio's cooperative budget, which the runner's many sessions would otherwise
-        // share: the relay yields by itself (`relay::YIELD_AFTER`).
-        let future = tokio::task::unconstrained(future);
-        let task: Arc<Task<_>> = Arc::new(Task {
-            queued: AtomicBool::new(false),
-            home: self.index,
-            future: UnsafeCell::new(Some((future, token))),
+    let Some((index, _)) = HOME.with(Cell::get) else {
+        tokio::spawn(async move {
+            future.await;
+            drop(token);
         });
-        match HOME.with(Cell::get) {
-            Some((index, _)) if index == self.index => Waker::from(task).wake(),
-            _ => {
-                task.queued.store(true, Ordering::Release);
-                self.home.push_remote(task);
-            }
-        }
-    }
+        return;
+    };
+    // Outside tokio's cooperative budget, which the runner's many sessions would otherwise
+    // share: the relay yields by itself (`relay::YIELD_AFTER`).
+    let future = tokio::task::unconstrained(future);
+    let task = Arc::new(Task {
+        queued: AtomicBool::new(false),
+        home: index,
+        future: UnsafeCell::new(Some((future, token))),
+    });
+    Waker::from(task).wake();
 }
 
 /// The worker's task that polls its sessions.
@@ -289,14 +258,14 @@ mod tests {
     use tokio_util::task::TaskTracker;
 
     /// A worker-like runtime with the executor started on it.
-    fn worker<F: Future>(body: impl FnOnce(Spawner) -> F) -> F::Output {
+    fn worker<F: Future>(body: F) -> F::Output {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         rt.block_on(async move {
-            let spawner = start();
-            body(spawner).await
+            start();
+            body.await
         })
     }
 
@@ -304,7 +273,7 @@ mod tests {
     fn tasks_run_to_the_end_and_leave_the_count() {
         let tracker = TaskTracker::new();
         let done = Arc::new(AtomicUsize::new(0));
-        worker(|_| async {
+        worker(async {
             for _ in 0..100 {
                 let done = done.clone();
                 spawn(tracker.token(), async move {
@@ -324,7 +293,7 @@ mod tests {
     #[test]
     fn a_wake_from_another_thread_runs_the_task() {
         let tracker = TaskTracker::new();
-        worker(|_| async {
+        worker(async {
             let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
             let (out_tx, out_rx) = tokio::sync::oneshot::channel::<u32>();
             spawn(tracker.token(), async move {
@@ -336,26 +305,6 @@ mod tests {
             });
             let got = tokio::time::timeout(std::time::Duration::from_secs(5), out_rx).await;
             assert_eq!(got.ok().and_then(Result::ok), Some(42));
-        });
-    }
-
-    #[test]
-    fn a_spawner_runs_tasks_sent_from_another_thread() {
-        let tracker = TaskTracker::new();
-        worker(|spawner| async move {
-            let (out_tx, out_rx) = tokio::sync::oneshot::channel::<bool>();
-            let token = tracker.token();
-            std::thread::spawn(move || {
-                spawner.spawn(token, async move {
-                    let _ = out_tx.send(HOME.with(Cell::get).is_some());
-                });
-            });
-            let got = tokio::time::timeout(std::time::Duration::from_secs(5), out_rx).await;
-            assert_eq!(
-                got.ok().and_then(Result::ok),
-                Some(true),
-                "polled on the worker's thread"
-            );
         });
     }
 
@@ -371,7 +320,7 @@ mod tests {
         let tracker = TaskTracker::new();
         let dropped = Arc::new(AtomicBool::new(false));
         let after = Arc::new(AtomicBool::new(false));
-        worker(|_| async {
+        worker(async {
             let guard = Dropped(dropped.clone());
             spawn(tracker.token(), async move {
                 let _guard = guard;
@@ -396,7 +345,7 @@ mod tests {
     fn a_task_that_keeps_waking_itself_does_not_starve_tokio() {
         let tracker = TaskTracker::new();
         let polls = Arc::new(AtomicUsize::new(0));
-        let seen = worker(|_| async {
+        let seen = worker(async {
             let stop = Arc::new(AtomicBool::new(false));
             let (spin_stop, spin_polls) = (stop.clone(), polls.clone());
             spawn(
@@ -424,7 +373,7 @@ mod tests {
     #[test]
     fn a_wake_after_the_end_is_harmless() {
         let tracker = TaskTracker::new();
-        worker(|_| async {
+        worker(async {
             let (tx, rx) = tokio::sync::oneshot::channel::<Waker>();
             let mut tx = Some(tx);
             spawn(
