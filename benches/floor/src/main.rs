@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 
+mod cli;
 mod wire;
 use wire::{be32, frames, welcome};
 
@@ -47,17 +48,17 @@ struct Floor {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let [_, port, socket, database, size] = &args[..] else {
-        eprintln!("usage: floor LISTEN_PORT PG_SOCKET_PATH DATABASE POOL_SIZE");
-        std::process::exit(2);
-    };
-    let size: usize = size.parse().expect("pool size");
+    let cli::Args {
+        port,
+        socket,
+        database,
+        size,
+    } = cli::args("floor");
     let mut servers = Vec::new();
     for _ in 0..size {
-        servers.push(open_server(socket, database));
+        servers.push(open_server(&socket, &database));
     }
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port.parse::<u16>().expect("port"))).expect("bind");
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
     // SAFETY: plain syscalls on descriptors this process owns.
     let ep = unsafe { libc::epoll_create1(0) };

@@ -17,6 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::oneshot;
 
+#[path = "../cli.rs"]
+mod cli;
 #[path = "../wire.rs"]
 mod wire;
 use wire::{be32, frames, welcome};
@@ -38,18 +40,17 @@ type Shared = Arc<Mutex<Pool>>;
 static WELCOME: LazyLock<Vec<u8>> = LazyLock::new(welcome);
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let [_, port, socket, database, size] = &args[..] else {
-        eprintln!("usage: floor-tokio LISTEN_PORT PG_SOCKET_PATH DATABASE POOL_SIZE");
-        std::process::exit(2);
-    };
-    let port: u16 = port.parse().expect("port");
-    let size: usize = size.parse().expect("pool size");
+    let cli::Args {
+        port,
+        socket,
+        database,
+        size,
+    } = cli::args("floor-tokio");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(run(port, socket, database, size));
+    runtime.block_on(run(port, &socket, &database, size));
 }
 
 async fn run(port: u16, socket: &str, database: &str, size: usize) {
