@@ -10,6 +10,7 @@
 //! A task's future is polled only on its worker's thread; a wake from another thread (a cancel,
 //! a permit given back elsewhere, a blocking login check) goes through the worker's inbox.
 
+use crate::stream::reactor::{Driving, Reactor};
 use std::cell::{Cell, UnsafeCell};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -189,7 +190,16 @@ pub fn start() {
         homes.len() - 1
     };
     HOME.with(|h| h.set(Some((index as u32, home))));
-    tokio::spawn(runner(home));
+    // The thread's socket reactor, read by the runner before it polls: an event wakes a session
+    // straight onto the queue the runner is about to empty, and tokio sees one descriptor.
+    match crate::stream::reactor::Reactor::start_driven() {
+        Ok((reactor, driving)) => tokio::spawn(runner(home, Some((reactor, driving)))),
+        Err(e) => {
+            // Sockets then get a reactor driven by a task of its own (`Reactor::current`).
+            tracing::warn!(error = %e, "the worker's socket reactor could not start here");
+            tokio::spawn(runner(home, None))
+        }
+    };
 }
 
 /// Runs `future` on this thread's executor, counted by `token`. Outside a worker it becomes a
@@ -213,9 +223,12 @@ pub fn spawn<F: Future<Output = ()> + Send + 'static>(token: TaskTrackerToken, f
     Waker::from(task).wake();
 }
 
-/// The worker's task that polls its sessions.
-async fn runner(home: &'static Home) {
+/// The worker's task that reads its sockets' events and polls its sessions.
+async fn runner(home: &'static Home, reactor: Option<(&'static Reactor, Driving)>) {
     std::future::poll_fn(|cx| {
+        if let Some((reactor, _)) = &reactor {
+            reactor.drive(cx);
+        }
         {
             // SAFETY: the runner is a task of the home thread's runtime; no task runs here.
             let local = unsafe { home.local() };

@@ -152,7 +152,8 @@ impl Listener {
             Listener::Tcp(l) => l
                 .accept()
                 .await
-                .map(|(s, _)| Stream::Plain(crate::stream::Tcp::client(s))),
+                .and_then(|(s, _)| crate::stream::Tcp::from_tokio(s))
+                .map(Stream::Plain),
             Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
         }
     }

@@ -69,10 +69,20 @@ impl Socket {
     pub async fn into_stream(self, tls: Option<&ServerTls>, host: &str, addr: &str) -> Result<Stream, BackendError> {
         Ok(match (self, tls) {
             (Socket::Tcp(tcp), Some(tls)) => start_tls(tcp, tls, host, addr).await?,
-            (Socket::Tcp(tcp), None) => Stream::Plain(crate::stream::Tcp::server(tcp)),
+            (Socket::Tcp(tcp), None) => plain(tcp, addr)?,
             (Socket::Unix(unix), _) => Stream::Unix(unix),
         })
     }
+}
+
+/// A plain TCP connection to a server, on pgmux's reactor.
+fn plain(tcp: TcpStream, addr: &str) -> Result<Stream, BackendError> {
+    crate::stream::Tcp::from_tokio(tcp)
+        .map(Stream::Plain)
+        .map_err(|source| BackendError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })
 }
 
 /// Who to log in as.
@@ -266,7 +276,7 @@ async fn start_tls(mut tcp: TcpStream, tls: &ServerTls, host: &str, addr: &str) 
                 Err(e) => Err(tls_error(e.to_string())),
             }
         }
-        b'N' if tls.mode == ServerTlsMode::Prefer => Ok(Stream::Plain(crate::stream::Tcp::server(tcp))),
+        b'N' if tls.mode == ServerTlsMode::Prefer => plain(tcp, addr),
         b'N' => Err(BackendError::NoTls {
             addr: addr.to_owned(),
             mode: tls.mode,

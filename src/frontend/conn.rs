@@ -121,7 +121,7 @@ impl ClientConn {
     /// buffered: bytes read before the handshake came in plain text (see `read_startup`).
     pub async fn into_tls(mut self, config: Arc<rustls::ServerConfig>) -> std::io::Result<ClientConn> {
         let tcp = match self.stream {
-            Stream::Plain(tcp) if self.buf.is_empty() => tcp.s,
+            Stream::Plain(tcp) if self.buf.is_empty() => tokio::net::TcpStream::from_std(tcp.into_std())?,
             _ => {
                 return Err(std::io::Error::other(
                     "TLS requested on a connection that cannot start it",

@@ -211,11 +211,7 @@ fn socket(fd: OwnedFd, tcp: bool) -> std::io::Result<Stream> {
         return Err(std::io::Error::other("no descriptor"));
     }
     Ok(match tcp {
-        true => {
-            let s = std::net::TcpStream::from(fd);
-            s.set_nonblocking(true)?;
-            Stream::Plain(crate::stream::Tcp::client(tokio::net::TcpStream::from_std(s)?))
-        }
+        true => Stream::Plain(crate::stream::Tcp::new(std::net::TcpStream::from(fd))?),
         false => {
             let s = std::os::unix::net::UnixStream::from(fd);
             s.set_nonblocking(true)?;

@@ -27,10 +27,9 @@ pub fn serve(stream: Stream, shared: Arc<Shared>) -> impl Future<Output = ()> + 
     // stay in the task's state for its whole life.)
     let admitting = Box::pin(admit(stream, shared));
     async move {
-        let Some(mut session) = admitting.await else {
+        let Some(session) = admitting.await else {
             return;
         };
-        session.client.stream.new_reader();
         // A task of its own from here on: every poll of the session would otherwise pass
         // through this future's state too (about 60 instructions per transaction).
         let token = session.shared.shutdown.tracker.token();
@@ -45,7 +44,7 @@ async fn admit(stream: Stream, shared: Arc<Shared>) -> Option<Session> {
     let (slot, connected) = ClientSlot::take(&shared);
     let config = shared.config.load_full();
     if let Stream::Plain(tcp) = &stream {
-        crate::tcp::current().apply(socket2::SockRef::from(&tcp.s));
+        crate::tcp::current().apply(socket2::SockRef::from(&**tcp));
     }
     let mut client = ClientConn::new(stream, config.pooler.max_message_size);
     let peer = client.peer();

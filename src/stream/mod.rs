@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 mod raw;
+pub mod reactor;
 
 pub use raw::Tcp;
 
@@ -27,11 +28,12 @@ pub enum Stream {
     Unix(UnixStream),
 }
 
-/// Runs `$body` with `$s` bound to the inner stream, whatever the variant.
+/// Runs `$body` with `$s` bound to the inner stream of a variant on tokio's reactor, and
+/// `$plain` with it bound to a plain TCP socket.
 macro_rules! each {
-    ($stream:expr, $s:ident => $body:expr) => {
+    ($stream:expr, $s:ident => $body:expr, plain => $plain:expr) => {
         match $stream {
-            Stream::Plain(Tcp { s: $s, .. }) => $body,
+            Stream::Plain($s) => $plain,
             Stream::Tls($s) => $body,
             Stream::ServerTls($s) => $body,
             Stream::Unix($s) => $body,
@@ -46,14 +48,6 @@ impl Stream {
             Stream::Tls(s) => s.get_ref().0.peer_addr(),
             Stream::ServerTls(s) => s.get_ref().0.peer_addr(),
             Stream::Unix(_) => Err(io::ErrorKind::Unsupported.into()),
-        }
-    }
-
-    /// Another task reads the stream from now on (a client's session after its login): a
-    /// read registration the last one left is not the new task's (see `Tcp::armed`).
-    pub fn new_reader(&mut self) {
-        if let Stream::Plain(tcp) = self {
-            tcp.new_reader();
         }
     }
 
@@ -108,9 +102,9 @@ impl Stream {
         }
     }
 
-    /// Registers a plain socket with the current runtime's reactor instead of the one that
-    /// watched it (a worker taking another worker's idle server connection). TLS streams are
-    /// returned as they are.
+    /// Registers a socket with this thread's reactor instead of the one that watched it (a
+    /// worker taking another worker's idle server connection). TLS streams are returned as
+    /// they are.
     pub fn rehome(self) -> io::Result<Stream> {
         Ok(match self {
             Stream::Plain(t) => Stream::Plain(t.rehome()?),
@@ -150,12 +144,12 @@ impl Stream {
 impl Stream {
     #[inline(never)]
     fn poll_read_other(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        each!(self, s => Pin::new(s).poll_read(cx, buf))
+        each!(self, s => Pin::new(s).poll_read(cx, buf), plain => raw::poll_read(s, cx, buf))
     }
 
     #[inline(never)]
     fn poll_write_other(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        each!(self, s => Pin::new(s).poll_write(cx, buf))
+        each!(self, s => Pin::new(s).poll_write(cx, buf), plain => raw::poll_write(s, cx, buf))
     }
 
     #[inline(never)]
@@ -197,7 +191,7 @@ impl AsyncWrite for Stream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        each!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
+        each!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx), plain => Poll::Ready(s.shutdown(std::net::Shutdown::Write)))
     }
 
     fn poll_write_vectored(
@@ -205,10 +199,14 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        each!(self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
+        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+        each!(self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs), plain => raw::poll_write(s, cx, first))
     }
 
     fn is_write_vectored(&self) -> bool {
-        each!(self, s => s.is_write_vectored())
+        each!(self, s => s.is_write_vectored(), plain => {
+            let _ = s;
+            false
+        })
     }
 }
