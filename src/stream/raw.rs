@@ -155,13 +155,19 @@ pub fn write_now(t: &Tcp, buf: &[u8]) -> io::Result<usize> {
 /// finds (see `Stream::is_quiet`), made only when the reactor saw it readable.
 pub fn is_quiet(t: &mut Tcp) -> bool {
     let fd = t.s.as_raw_fd();
+    let mut probe = 0u8;
+    if !t.io.is_home() {
+        // Another thread's socket (the janitor's look at the idle list): probed where it is,
+        // not moved here and back.
+        // SAFETY: probe is one writable byte.
+        return matches!(unsafe { recv(fd, &raw mut probe, 1) }, Outcome::WouldBlock);
+    }
     let Ok(slot) = t.io.slot() else {
         return false;
     };
     if slot.ready.get() == 0 {
         return true; // no event since the last read found nothing: nothing came
     }
-    let mut probe = 0u8;
     // SAFETY: probe is one writable byte.
     match unsafe { recv(fd, &raw mut probe, 1) } {
         Outcome::WouldBlock => {

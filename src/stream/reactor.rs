@@ -303,6 +303,11 @@ impl Io {
         Ok(unsafe { self.slot.as_ref() })
     }
 
+    /// Registered with this thread's reactor.
+    pub fn is_home(&self) -> bool {
+        self.reactor.is_current()
+    }
+
     #[cold]
     #[inline(never)]
     fn move_here(&mut self) -> io::Result<()> {
