@@ -5,7 +5,6 @@ use crate::stream::Stream;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 /// The addresses `listen_addr` names: an IP, a comma-separated list of them, or `*` (every
 /// IPv4 and IPv6 address), as PgBouncer reads it.
@@ -142,18 +141,14 @@ pub fn unix_path(dir: &str, port: u16) -> std::path::PathBuf {
 
 /// Something clients connect to: a TCP listener or the Unix socket.
 pub enum Listener {
-    Tcp(TcpListener),
+    Tcp(crate::stream::Acceptor),
     Unix(tokio::net::UnixListener, std::path::PathBuf),
 }
 
 impl Listener {
-    async fn accept(&self) -> std::io::Result<Stream> {
+    async fn accept(&mut self) -> std::io::Result<Stream> {
         match self {
-            Listener::Tcp(l) => l
-                .accept()
-                .await
-                .and_then(|(s, _)| crate::stream::Tcp::from_tokio(s))
-                .map(Stream::Plain),
+            Listener::Tcp(l) => l.accept().await.map(Stream::Plain),
             Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
         }
     }
@@ -161,7 +156,7 @@ impl Listener {
 
 /// Accepts clients, one tracked task each, until a shutdown starts; then the listening socket
 /// closes, so new connections are refused (the Unix socket's file is removed).
-pub async fn run(listener: Listener, shared: Arc<Shared>) {
+pub async fn run(mut listener: Listener, shared: Arc<Shared>) {
     loop {
         let accepted = tokio::select! {
             biased;

@@ -77,7 +77,7 @@ pub fn start(
                     });
                     let mut all: Vec<Listener> = unix.into_iter().collect();
                     for l in listener {
-                        match tokio::net::TcpListener::from_std(l) {
+                        match crate::stream::Acceptor::new(l) {
                             Ok(l) => all.push(Listener::Tcp(l)),
                             Err(e) => tracing::error!(error = %e, worker = id, "cannot watch a listening socket"),
                         }

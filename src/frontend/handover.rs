@@ -211,7 +211,11 @@ fn socket(fd: OwnedFd, tcp: bool) -> std::io::Result<Stream> {
         return Err(std::io::Error::other("no descriptor"));
     }
     Ok(match tcp {
-        true => Stream::Plain(crate::stream::Tcp::new(std::net::TcpStream::from(fd))?),
+        true => {
+            let s = std::net::TcpStream::from(fd);
+            s.set_nonblocking(true)?;
+            Stream::Plain(crate::stream::Tcp::new(s)?)
+        }
         false => {
             let s = std::os::unix::net::UnixStream::from(fd);
             s.set_nonblocking(true)?;

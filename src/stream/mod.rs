@@ -12,9 +12,11 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
+mod accept;
 mod raw;
 pub mod reactor;
 
+pub use accept::Acceptor;
 pub use raw::Tcp;
 
 pub enum Stream {

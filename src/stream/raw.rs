@@ -22,9 +22,8 @@ pub struct Tcp {
 }
 
 impl Tcp {
-    /// Registers a connected socket (made non-blocking here) with this thread's reactor.
+    /// Registers a connected, non-blocking socket with this thread's reactor.
     pub fn new(s: std::net::TcpStream) -> io::Result<Tcp> {
-        s.set_nonblocking(true)?;
         Ok(Tcp {
             io: Io::register(s.as_raw_fd())?,
             s,
@@ -247,6 +246,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (accepted, _) = listener.accept().unwrap();
+        accepted.set_nonblocking(true).unwrap();
         (Tcp::new(accepted).unwrap(), peer)
     }
 
