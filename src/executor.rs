@@ -226,9 +226,6 @@ pub fn spawn<F: Future<Output = ()> + Send + 'static>(token: TaskTrackerToken, f
 /// The worker's task that reads its sockets' events and polls its sessions.
 async fn runner(home: &'static Home, reactor: Option<(&'static Reactor, Driving)>) {
     std::future::poll_fn(|cx| {
-        if let Some((reactor, _)) = &reactor {
-            reactor.drive(cx);
-        }
         {
             // SAFETY: the runner is a task of the home thread's runtime; no task runs here.
             let local = unsafe { home.local() };
@@ -240,6 +237,11 @@ async fn runner(home: &'static Home, reactor: Option<(&'static Reactor, Driving)
             if home.inbox_full.swap(false, Ordering::AcqRel) {
                 local.queue.extend(lock(&home.inbox).drain(..));
             }
+        }
+        // After `idle` is reset: the sessions the events wake join the queue without waking
+        // the runner, which is running (that wake would cost it one more poll for nothing).
+        if let Some((reactor, _)) = &reactor {
+            reactor.drive(cx);
         }
         for _ in 0..RUNS_PER_TURN {
             // SAFETY: as above; the borrow ends before the task runs.

@@ -14,7 +14,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 mod accept;
 mod raw;
-pub mod reactor;
+pub(crate) mod reactor;
 
 pub use accept::Acceptor;
 pub use raw::Tcp;

@@ -168,10 +168,11 @@ impl Reactor {
         Ok(reactor)
     }
 
-    /// Is this thread's reactor.
+    /// Is this thread's reactor, and alive (a thread whose runtime ended, its reactor's
+    /// driver with it, moves its sockets to the next runtime's reactor).
     #[inline(always)]
     pub fn is_current(&'static self) -> bool {
-        CURRENT.with(Cell::get).is_some_and(|r| std::ptr::eq(r, self))
+        CURRENT.with(Cell::get).is_some_and(|r| std::ptr::eq(r, self)) && self.alive.load(Ordering::Relaxed)
     }
 
     /// SAFETY: on the reactor's thread, one borrow at a time (none held across a wake).
@@ -182,7 +183,8 @@ impl Reactor {
 
     /// Reads the events that came and wakes whoever waits for them; leaves `cx`'s waker with
     /// tokio for the next. On the reactor's thread only. Returns whether any event came.
-    pub fn drive(&self, cx: &mut Context<'_>) -> bool {
+    pub fn drive(&'static self, cx: &mut Context<'_>) -> bool {
+        debug_assert!(self.is_current(), "a reactor is driven on its own thread only");
         if self.remote_dead_any.swap(false, Ordering::AcqRel) {
             let dead = std::mem::take(&mut *lock(&self.remote_dead));
             dead.into_iter().for_each(free);
@@ -207,10 +209,15 @@ impl Reactor {
     fn wait_once(&self) -> usize {
         // Not zeroed first (768 bytes a drive): only what the kernel wrote is read.
         let mut events = [std::mem::MaybeUninit::<libc::epoll_event>::uninit(); BATCH];
-        // SAFETY: events is writable for BATCH entries.
-        let n = unsafe { libc::epoll_wait(self.epfd.as_raw_fd(), events.as_mut_ptr().cast(), BATCH as i32, 0) };
-        let Ok(n) = usize::try_from(n) else {
-            return 0; // EINTR: the next drive reads them
+        let n = loop {
+            // SAFETY: events is writable for BATCH entries.
+            let n = unsafe { libc::epoll_wait(self.epfd.as_raw_fd(), events.as_mut_ptr().cast(), BATCH as i32, 0) };
+            match usize::try_from(n) {
+                Ok(n) => break n,
+                Err(_) if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+                // EBADF, EFAULT or EINVAL: none can happen on this reactor's own descriptor.
+                Err(_) => return 0,
+            }
         };
         // SAFETY: on this thread; released slots wait in `dead` until the loop is over.
         unsafe { self.local() }.dispatching = true;
@@ -325,14 +332,21 @@ impl Io {
     /// Takes the socket out of the epoll set and frees the slot when that is safe.
     fn release(&self) {
         // SAFETY: both descriptors are open (the socket's owner closes it after this).
-        unsafe {
+        let deleted = unsafe {
             libc::epoll_ctl(
                 self.reactor.epfd.as_raw_fd(),
                 libc::EPOLL_CTL_DEL,
                 self.fd,
                 std::ptr::null_mut(),
-            );
-        }
+            )
+        };
+        // The slot may be freed only once no later batch can name it.
+        debug_assert_eq!(
+            deleted,
+            0,
+            "a registered socket left its epoll set: {}",
+            io::Error::last_os_error()
+        );
         let slot = SlotPtr(self.slot);
         if self.reactor.is_current() {
             // SAFETY: this thread is the reactor's, and no other borrow of `local` is alive
@@ -446,7 +460,9 @@ mod tests {
                     .expect("woken");
                 assert_eq!(drained(&mut io, &mut ours), b"x");
             });
-            io.reactor as *const Reactor as usize
+            let moved_to = io.reactor as *const Reactor as usize;
+            drop(io); // before the socket closes, as Tcp's fields are dropped
+            moved_to
         });
         assert_ne!(moved.join().unwrap(), first);
     }
