@@ -151,7 +151,8 @@ impl Reactor {
     }
 
     /// This thread's reactor, made (with a tokio task to drive it) on first use. Needs a
-    /// current-thread tokio runtime.
+    /// current-thread tokio runtime, and not from its blocking pool: the driving task would run
+    /// on the runtime's thread, not this one (pgmux's blocking work uses no such socket).
     pub fn current() -> io::Result<&'static Reactor> {
         if let Some(r) = CURRENT.with(Cell::get).filter(|r| r.alive.load(Ordering::Acquire)) {
             return Ok(r);
