@@ -4,8 +4,9 @@
 //! with wakers of this module. A session's wake-up is then a flag and a queue push, not a tokio
 //! task's schedule, run and state changes (measured: 4,959 -> 4,692 instructions per `-S`
 //! transaction, two wake-ups each), and an idle session costs one allocation sized to its future
-//! instead of tokio's 128-byte-aligned task cell. Everything else stays tokio's: the reactor and
-//! timers wake these wakers like any other, and a session may still spawn tokio tasks.
+//! instead of tokio's 128-byte-aligned task cell. The runner also reads the worker's socket
+//! events (`stream::reactor`) before it polls; tokio's timers wake these wakers like any other,
+//! and a session may still spawn tokio tasks.
 //!
 //! A task's future is polled only on its worker's thread; a wake from another thread (a cancel,
 //! a permit given back elsewhere, a blocking login check) goes through the worker's inbox.
