@@ -2,7 +2,7 @@
 //! instead of with tokio's reactor first and moved out of it (three `epoll_ctl` calls and
 //! tokio's 256-byte `ScheduledIo` per login, where one call does).
 
-use super::reactor::{Io, READ};
+use super::reactor::Io;
 use super::Tcp;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -45,7 +45,7 @@ impl Acceptor {
                 let e = io::Error::last_os_error();
                 match e.raw_os_error() {
                     Some(libc::EAGAIN) => {
-                        slot.ready.set(slot.ready.get() & !READ);
+                        slot.not_readable();
                         break;
                     }
                     // Interrupted, or a client that left before it was accepted: the next.

@@ -6,7 +6,7 @@
 //! `syscall(2)` rather than `recv`/`send`: glibc's wrappers switch thread cancellation on and
 //! off around the call, which pgmux never uses.
 
-use super::reactor::{Io, Slot, READ};
+use super::reactor::Io;
 use bytes::BytesMut;
 use std::io;
 use std::ops::Deref;
@@ -94,12 +94,12 @@ fn poll_read_into(t: &mut Tcp, cx: &mut Context<'_>, ptr: *mut u8, len: usize) -
                     // instead of making a system call that answers EAGAIN (the kernel reports
                     // what comes later as a new event).
                     if got < len && got > 0 {
-                        not_readable(slot);
+                        slot.not_readable();
                     }
                     return Poll::Ready(Ok(got)); // 0: end of stream (or an empty buffer)
                 }
                 Outcome::WouldBlock => {
-                    not_readable(slot);
+                    slot.not_readable();
                     break;
                 }
                 Outcome::Failed(libc::EINTR) => {}
@@ -109,12 +109,6 @@ fn poll_read_into(t: &mut Tcp, cx: &mut Context<'_>, ptr: *mut u8, len: usize) -
     }
     slot.wait_read(cx);
     Poll::Pending
-}
-
-/// Forgets that the socket is readable, unless it is closed (then reads go on to the end).
-#[inline(always)]
-fn not_readable(slot: &Slot) {
-    slot.ready.set(slot.ready.get() & !READ);
 }
 
 pub fn poll_write(t: &mut Tcp, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
@@ -170,7 +164,7 @@ pub fn is_quiet(t: &mut Tcp) -> bool {
     // SAFETY: probe is one writable byte.
     match unsafe { recv(fd, &raw mut probe, 1) } {
         Outcome::WouldBlock => {
-            not_readable(slot);
+            slot.not_readable();
             true
         }
         _ => false,

@@ -40,6 +40,13 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// Forgets that the socket is readable (a read or accept found nothing), unless it is
+    /// closed: then reads go on to the system call, which tells the end.
+    #[inline(always)]
+    pub fn not_readable(&self) {
+        self.ready.set(self.ready.get() & !READ);
+    }
+
     /// Keeps `cx`'s waker to wake at the next read event (replaces another task's).
     pub fn wait_read(&self, cx: &Context<'_>) {
         // SAFETY: on the reactor's thread (the caller's `Io` is home), and no other borrow of
@@ -183,23 +190,20 @@ impl Reactor {
     }
 
     /// Reads the events that came and wakes whoever waits for them; leaves `cx`'s waker with
-    /// tokio for the next. On the reactor's thread only. Returns whether any event came.
-    pub fn drive(&'static self, cx: &mut Context<'_>) -> bool {
+    /// tokio for the next. On the reactor's thread only.
+    pub fn drive(&'static self, cx: &mut Context<'_>) {
         debug_assert!(self.is_current(), "a reactor is driven on its own thread only");
         if self.remote_dead_any.swap(false, Ordering::AcqRel) {
             let dead = std::mem::take(&mut *lock(&self.remote_dead));
             dead.into_iter().for_each(free);
         }
-        let mut any = false;
         loop {
             let mut guard = match self.epfd.poll_read_ready(cx) {
                 Poll::Ready(Ok(guard)) => guard,
                 // The runtime is going away: nothing more will come.
-                Poll::Ready(Err(_)) | Poll::Pending => return any,
+                Poll::Ready(Err(_)) | Poll::Pending => return,
             };
-            let got = self.wait_once();
-            any |= got > 0;
-            if got < BATCH {
+            if self.wait_once() < BATCH {
                 // Emptied: the next event makes the descriptor readable again for tokio.
                 guard.clear_ready();
             }
@@ -405,8 +409,7 @@ mod tests {
                 Ok(0) => break,
                 Ok(n) => got.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let slot = io.slot().unwrap();
-                    slot.ready.set(slot.ready.get() & !READ);
+                    io.slot().unwrap().not_readable();
                     break;
                 }
                 Err(e) => panic!("{e}"),
