@@ -10,7 +10,7 @@ use super::timers::{Phase, Timeouts};
 use super::track::listen_tags::LISTENED;
 use super::{ClientSlot, Shared};
 use crate::backend::Settings;
-use crate::boxed::{in_place, Reused};
+use crate::boxed::in_place;
 use crate::config::PoolMode;
 use crate::pool::{Checkout, Lease, Pool};
 use crate::prepared;
@@ -76,8 +76,6 @@ impl Drop for Session {
 pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
     async move {
         logged_in(&mut s);
-        // Each transaction's future goes into this one allocation (boxed, below).
-        let mut slot = Reused::new();
         // The session loop, inline: an idle client's task waits in `next_request`, holding its
         // session and the two polls of that wait, nothing else.
         let end = loop {
@@ -113,13 +111,13 @@ pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
                 }
                 Step::Serve => {}
             }
-            // Boxed for the same reason, in an allocation kept from one transaction to the next.
-            match slot.place(|| transaction(&mut s, false)).await {
+            // Boxed, once per transaction, for the same reason.
+            match in_place(|| transaction(&mut s, false)).await {
                 Flow::Next => {}
                 Flow::Stop => break End::Left(None),
                 // A read whose replica died before answering: once more, elsewhere.
                 Flow::Retry => {
-                    if let Flow::Stop = slot.place(|| transaction(&mut s, true)).await {
+                    if let Flow::Stop = in_place(|| transaction(&mut s, true)).await {
                         break End::Left(None);
                     }
                 }
