@@ -193,7 +193,7 @@ pub fn start() {
     HOME.with(|h| h.set(Some((index as u32, home))));
     // The thread's socket reactor, read by the runner before it polls: an event wakes a session
     // straight onto the queue the runner is about to empty, and tokio sees one descriptor.
-    match crate::stream::reactor::Reactor::start_driven() {
+    match Reactor::start_driven() {
         Ok((reactor, driving)) => tokio::spawn(runner(home, Some((reactor, driving)))),
         Err(e) => {
             // Sockets then get a reactor driven by a task of its own (`Reactor::current`).
