@@ -11,10 +11,12 @@
 //! A task's future is polled only on its worker's thread; a wake from another thread (a cancel,
 //! a permit given back elsewhere, a blocking login check) goes through the worker's inbox.
 
-use crate::stream::reactor::{Driving, Reactor};
+use crate::stats::now_us;
+use crate::stream::reactor::{Driving, Io, Reactor};
 use std::cell::{Cell, UnsafeCell};
 use std::collections::VecDeque;
 use std::future::Future;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,6 +26,15 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 /// Sessions polled in one run of the runner before it lets tokio's other tasks and its reactor
 /// have the thread (tokio's own budget is 128 operations per task poll).
 const RUNS_PER_TURN: usize = 128;
+
+/// The longest the runner sleeps in its own reactor (see `Home::sleep`): tokio's timer
+/// resolution, since tokio's timers, whose deadlines it does not tell, fire only once it has
+/// the thread back.
+const SLEEP_MS: i32 = 1;
+
+/// While the runner keeps finding work after its sleeps, tokio still gets the thread (for its
+/// timers) once this much time has passed since the runner took it (µs).
+const TOKIO_EVERY_US: u64 = 1_000;
 
 type Run = Arc<dyn Runnable>;
 
@@ -39,7 +50,45 @@ struct Home {
     inbox_full: AtomicBool,
     /// The runner's waker, for wakes from other threads.
     runner: Mutex<Option<Waker>>,
+    /// The runner sleeps in its reactor (`sleep`), where tokio's waker does not reach it: a
+    /// wake from another thread rings `bell`, an eventfd in that reactor.
+    sleeping: AtomicBool,
+    bell: Option<Bell>,
     local: UnsafeCell<Local>,
+}
+
+/// An eventfd registered in the worker's reactor (no waker: its event only ends a sleep).
+struct Bell {
+    fd: OwnedFd,
+    _io: Io,
+}
+
+impl Bell {
+    fn new() -> std::io::Result<Bell> {
+        // SAFETY: plain system call; its result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let io = Io::register(fd.as_raw_fd())?;
+        Ok(Bell { fd, _io: io })
+    }
+
+    fn ring(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to our own descriptor. It fails only when
+        // the counter is full, which a pending ring makes needless anyway.
+        let _ = unsafe { libc::write(self.fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+
+    /// Resets the counter, so the count never fills (each ring is an event of its own).
+    fn quiet(&self) {
+        let mut count = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live buffer from our own descriptor.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+    }
 }
 
 // SAFETY: `local` is only touched on the home thread (`HOME` says which), and never while
@@ -76,12 +125,54 @@ impl Home {
 
     fn push_remote(&self, task: Run) {
         lock(&self.inbox).push(task);
-        self.inbox_full.store(true, Ordering::Release);
+        // SeqCst with `sleeping`: either the runner sees the inbox before it sleeps, or this
+        // sees it sleeping and rings.
+        self.inbox_full.store(true, Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) {
+            if let Some(bell) = &self.bell {
+                bell.ring();
+            }
+        }
         let runner = lock(&self.runner).clone();
         if let Some(runner) = runner {
             runner.wake();
         }
     }
+}
+
+impl Home {
+    /// The runner has nothing to run: it blocks in its reactor (at most `SLEEP_MS`) instead of
+    /// returning to tokio, which would block in its own epoll with the reactor's inside it and
+    /// wake the runner through its scheduler: one `epoll_wait` and tokio's park and wake-up
+    /// saved each time the worker sleeps. Only while tokio has nothing to do but its timers
+    /// (`may_sleep`). True when events or wakes came (the queue may have tasks).
+    fn sleep(&self, reactor: &'static Reactor) -> bool {
+        // As tokio's park does (`worker::before_sleep`): a thread ready on this core goes first.
+        std::thread::yield_now();
+        self.sleeping.store(true, Ordering::SeqCst);
+        let events = match self.inbox_full.load(Ordering::SeqCst) {
+            true => 1,
+            false => reactor.sleep(SLEEP_MS),
+        };
+        self.sleeping.store(false, Ordering::Relaxed);
+        crate::stats::clock::tick();
+        if self.inbox_full.swap(false, Ordering::AcqRel) {
+            if let Some(bell) = &self.bell {
+                bell.quiet();
+            }
+            let woken: Vec<Run> = lock(&self.inbox).drain(..).collect();
+            // SAFETY: on the home thread (the runner), no task is running.
+            unsafe { self.local() }.queue.extend(woken);
+        }
+        events > 0
+    }
+}
+
+/// Whether tokio has nothing to do on this thread but its timers: no task but the runner (the
+/// listeners and sessions are the executor's), and no socket on tokio's reactor anywhere (TLS
+/// and Unix sockets: `stream::tokio_io`).
+fn may_sleep(metrics: &tokio::runtime::RuntimeMetrics) -> bool {
+    metrics.num_alive_tasks() == 1 && !crate::stream::tokio_io::in_use()
 }
 
 /// Every executor started, by index. Never shrinks: a worker's executor lives as long as the
@@ -175,10 +266,27 @@ impl<F: Future<Output = ()> + Send + 'static> Runnable for Task<F> {
 /// Starts this worker's executor on the current thread (a worker's, inside its runtime): its
 /// runner is a task of that runtime, and `spawn` on this thread uses it.
 pub fn start() {
+    // The thread's socket reactor, read by the runner before it polls: an event wakes a session
+    // straight onto the queue the runner is about to empty, and tokio sees one descriptor.
+    let reactor = Reactor::start_driven()
+        .inspect_err(|e| {
+            // Sockets then get a reactor driven by a task of its own (`Reactor::current`).
+            tracing::warn!(error = %e, "the worker's socket reactor could not start here");
+        })
+        .ok();
+    // Without a bell the runner does not sleep in its reactor (a wake from elsewhere could not
+    // end the sleep).
+    let bell = reactor.as_ref().and_then(|_| {
+        Bell::new()
+            .inspect_err(|e| tracing::warn!(error = %e, "the worker's executor runs without its bell"))
+            .ok()
+    });
     let home: &'static Home = Box::leak(Box::new(Home {
         inbox: Mutex::new(Vec::new()),
         inbox_full: AtomicBool::new(false),
         runner: Mutex::new(None),
+        sleeping: AtomicBool::new(false),
+        bell,
         local: UnsafeCell::new(Local {
             queue: VecDeque::new(),
             runner: None,
@@ -191,16 +299,7 @@ pub fn start() {
         homes.len() - 1
     };
     HOME.with(|h| h.set(Some((index as u32, home))));
-    // The thread's socket reactor, read by the runner before it polls: an event wakes a session
-    // straight onto the queue the runner is about to empty, and tokio sees one descriptor.
-    match Reactor::start_driven() {
-        Ok((reactor, driving)) => tokio::spawn(runner(home, Some((reactor, driving)))),
-        Err(e) => {
-            // Sockets then get a reactor driven by a task of its own (`Reactor::current`).
-            tracing::warn!(error = %e, "the worker's socket reactor could not start here");
-            tokio::spawn(runner(home, None))
-        }
-    };
+    tokio::spawn(runner(home, reactor));
 }
 
 /// Runs `future` on this thread's executor, counted by `token`. Outside a worker it becomes a
@@ -226,6 +325,8 @@ pub fn spawn<F: Future<Output = ()> + Send + 'static>(token: TaskTrackerToken, f
 
 /// The worker's task that reads its sockets' events and polls its sessions.
 async fn runner(home: &'static Home, reactor: Option<(&'static Reactor, Driving)>) {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let sleeper = reactor.as_ref().map(|(r, _)| *r).filter(|_| home.bell.is_some());
     std::future::poll_fn(|cx| {
         {
             // SAFETY: the runner is a task of the home thread's runtime; no task runs here.
@@ -244,25 +345,35 @@ async fn runner(home: &'static Home, reactor: Option<(&'static Reactor, Driving)
         if let Some((reactor, _)) = &reactor {
             reactor.drive(cx);
         }
-        for _ in 0..RUNS_PER_TURN {
+        let took = now_us();
+        let mut runs = 0;
+        loop {
             // SAFETY: as above; the borrow ends before the task runs.
             let next = unsafe { home.local() }.queue.pop_front();
-            match next {
-                Some(task) => task.run(),
-                None => {
-                    // SAFETY: as above.
-                    unsafe { home.local() }.idle = true;
-                    // Woken from elsewhere after the inbox was looked at: once more.
-                    if home.inbox_full.load(Ordering::Acquire) {
-                        cx.waker().wake_by_ref();
-                    }
-                    return Poll::<()>::Pending;
+            if let Some(task) = next {
+                task.run();
+                runs += 1;
+                if runs < RUNS_PER_TURN {
+                    continue;
+                }
+                // More to do: after tokio's other tasks and a look at its reactor.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if let Some(reactor) = sleeper {
+                if now_us().saturating_sub(took) < TOKIO_EVERY_US && may_sleep(&metrics) && home.sleep(reactor) {
+                    runs = 0;
+                    continue;
                 }
             }
+            // SAFETY: as above.
+            unsafe { home.local() }.idle = true;
+            // Woken from elsewhere after the inbox was looked at: once more.
+            if home.inbox_full.load(Ordering::Acquire) {
+                cx.waker().wake_by_ref();
+            }
+            return Poll::<()>::Pending;
         }
-        // More to do: after tokio's other tasks and a look at its reactor.
-        cx.waker().wake_by_ref();
-        Poll::Pending
     })
     .await
 }
@@ -322,6 +433,70 @@ mod tests {
             let got = tokio::time::timeout(std::time::Duration::from_secs(5), out_rx).await;
             assert_eq!(got.ok().and_then(Result::ok), Some(42));
         });
+    }
+
+    /// The runner sleeps in its reactor while it is tokio's only task; a busy worker (here a
+    /// ping-pong between two of its tasks over loopback, so an event is always waiting when it
+    /// sleeps) must not keep tokio's timers from firing, nor a wake from another thread from
+    /// landing.
+    #[test]
+    fn timers_and_remote_wakes_while_the_runner_sleeps_in_its_reactor() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tracker = TaskTracker::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        let rounds = Arc::new(AtomicUsize::new(0));
+        worker(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let a = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+            let (b, _) = listener.accept().expect("accept");
+            for s in [&a, &b] {
+                s.set_nonblocking(true).expect("nonblocking");
+            }
+            let plain = |s| crate::stream::Stream::Plain(crate::stream::Tcp::new(s).expect("register"));
+            let (mut a, mut b) = (plain(a), plain(b));
+            let (stop2, rounds2) = (stop.clone(), rounds.clone());
+            spawn(tracker.token(), async move {
+                let mut byte = [7u8; 1];
+                while !stop2.load(Ordering::Relaxed) {
+                    if a.write_all(&byte).await.is_err() || a.read_exact(&mut byte).await.is_err() {
+                        break;
+                    }
+                    rounds2.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            spawn(tracker.token(), async move {
+                let mut byte = [0u8; 1];
+                while b.read_exact(&mut byte).await.is_ok() && b.write_all(&byte).await.is_ok() {}
+            });
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<std::time::Duration>();
+            let start = std::time::Instant::now();
+            spawn(tracker.token(), async move {
+                tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                let _ = rx.await;
+                let _ = fired_tx.send(start.elapsed());
+            });
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                let _ = tx.send(());
+            });
+            // Were tokio never given the thread, its timers (this test's own included) would
+            // not fire while the ping-pong runs: a thread ends the ping-pong after 8 s.
+            let watchdog = stop.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_secs(8));
+                watchdog.store(true, Ordering::Relaxed);
+            });
+            let fired = fired_rx.await.unwrap_or(std::time::Duration::MAX);
+            stop.store(true, Ordering::Relaxed);
+            assert!(
+                fired < std::time::Duration::from_secs(4),
+                "the timer fired and the remote wake landed during the ping-pong: {fired:?}"
+            );
+            tracker.close();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), tracker.wait()).await;
+        });
+        assert!(rounds.load(Ordering::Relaxed) > 0, "the ping-pong ran beside them");
     }
 
     struct Dropped(Arc<AtomicBool>);

@@ -1,6 +1,7 @@
 //! The accept loop.
 
 use crate::frontend::{login, Shared};
+use crate::stream::tokio_io::Counted;
 use crate::stream::Stream;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -142,14 +143,14 @@ pub fn unix_path(dir: &str, port: u16) -> std::path::PathBuf {
 /// Something clients connect to: a TCP listener or the Unix socket.
 pub enum Listener {
     Tcp(crate::stream::Acceptor),
-    Unix(tokio::net::UnixListener, std::path::PathBuf),
+    Unix(Counted<tokio::net::UnixListener>, std::path::PathBuf),
 }
 
 impl Listener {
     async fn accept(&mut self) -> std::io::Result<Stream> {
         match self {
             Listener::Tcp(l) => l.accept().await.map(Stream::Plain),
-            Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
+            Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Stream::Unix(Counted::new(s))),
         }
     }
 }

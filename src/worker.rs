@@ -69,7 +69,7 @@ pub fn start(
                     use crate::listener::{run, Listener};
                     crate::executor::start();
                     let unix = unix.and_then(|(l, path)| match tokio::net::UnixListener::from_std(l) {
-                        Ok(l) => Some(Listener::Unix(l, path)),
+                        Ok(l) => Some(Listener::Unix(crate::stream::tokio_io::Counted::new(l), path)),
                         Err(e) => {
                             tracing::error!(error = %e, "cannot watch the Unix socket");
                             None
@@ -82,11 +82,15 @@ pub fn start(
                             Err(e) => tracing::error!(error = %e, worker = id, "cannot watch a listening socket"),
                         }
                     }
-                    // Each listener its own task on this worker's runtime; done when all closed.
-                    let tasks: Vec<_> = all.into_iter().map(|l| tokio::spawn(run(l, shared.clone()))).collect();
-                    for task in tasks {
-                        let _ = task.await;
+                    // Each listener a task of this worker's executor (not of tokio: its runner
+                    // sleeps in its own reactor only while it is tokio's one task); done when all
+                    // have closed.
+                    let listening = tokio_util::task::TaskTracker::new();
+                    for l in all {
+                        crate::executor::spawn(listening.token(), run(l, shared.clone()));
                     }
+                    listening.close();
+                    listening.wait().await;
                     let _ = done.send(());
                     // Clients of this worker finish their transactions here while pgmux drains.
                     std::future::pending::<()>().await

@@ -10,6 +10,8 @@ const CANCEL_REQUEST_CODE: i32 = 80_877_102;
 /// answers nothing either way. Over TLS when server_tls_mode is require or verify-full (as libpq
 /// does for sslmode=require), in plain text otherwise. Bounded by server_connect_timeout.
 pub async fn cancel(target: &Target, process_id: i32, secret_key: i32) -> std::io::Result<()> {
+    // Its connection is on tokio's reactor.
+    let _tokio = crate::stream::tokio_io::Guard::hold();
     let send = send_cancel(target, process_id, secret_key);
     if target.connect_timeout.is_zero() {
         return send.await;

@@ -5,6 +5,7 @@ use super::server::{parse_error, ServerConn};
 use super::settings::Settings;
 use crate::config::{Secret, ServerTlsMode};
 use crate::protocol::frame::peek_header;
+use crate::stream::tokio_io::Counted;
 use crate::stream::Stream;
 use crate::tls::{server_name, ServerTls};
 use bytes::BytesMut;
@@ -70,7 +71,7 @@ impl Socket {
         Ok(match (self, tls) {
             (Socket::Tcp(tcp), Some(tls)) => start_tls(tcp, tls, host, addr).await?,
             (Socket::Tcp(tcp), None) => plain(tcp, addr)?,
-            (Socket::Unix(unix), _) => Stream::Unix(unix),
+            (Socket::Unix(unix), _) => Stream::Unix(Counted::new(unix)),
         })
     }
 }
@@ -106,6 +107,8 @@ pub async fn connect(
     target: &Target,
     creds: &Credentials,
 ) -> Result<(Box<ServerConn>, Vec<(String, String)>), BackendError> {
+    // Counted while it runs: the connect and a TLS handshake run on tokio's reactor.
+    let _tokio = crate::stream::tokio_io::Guard::hold();
     let addr = target.addr();
     let login = login(target, creds, &addr);
     if target.connect_timeout.is_zero() {
@@ -272,7 +275,7 @@ async fn start_tls(mut tcp: TcpStream, tls: &ServerTls, host: &str, addr: &str) 
             let name = server_name(host).map_err(tls_error)?;
             let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
             match connector.connect(name, tcp).await {
-                Ok(stream) => Ok(Stream::ServerTls(Box::new(stream))),
+                Ok(stream) => Ok(Stream::ServerTls(Counted::new(Box::new(stream)))),
                 Err(e) => Err(tls_error(e.to_string())),
             }
         }

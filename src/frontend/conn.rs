@@ -3,6 +3,7 @@
 use super::track::{scan_client, ClientScan, Tracker};
 use crate::protocol::frame::{frame_len, FrameError};
 use crate::protocol::messages::PgError;
+use crate::stream::tokio_io::Counted;
 use crate::stream::Stream;
 use bytes::{Buf, BytesMut};
 use std::net::SocketAddr;
@@ -120,6 +121,8 @@ impl ClientConn {
     /// The TLS handshake, after the client's SSLRequest was answered `S`. Nothing may be
     /// buffered: bytes read before the handshake came in plain text (see `read_startup`).
     pub async fn into_tls(mut self, config: Arc<rustls::ServerConfig>) -> std::io::Result<ClientConn> {
+        // Counted from here: the handshake runs on tokio's reactor.
+        let _tokio = crate::stream::tokio_io::Guard::hold();
         let tcp = match self.stream {
             Stream::Plain(tcp) if self.buf.is_empty() => tokio::net::TcpStream::from_std(tcp.into_std())?,
             _ => {
@@ -129,7 +132,7 @@ impl ClientConn {
             }
         };
         let tls = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await?;
-        self.stream = Stream::Tls(Box::new(tls));
+        self.stream = Stream::Tls(Counted::new(Box::new(tls)));
         Ok(self)
     }
 

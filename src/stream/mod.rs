@@ -15,19 +15,21 @@ use tokio::net::{TcpStream, UnixStream};
 mod accept;
 mod raw;
 pub(crate) mod reactor;
+pub mod tokio_io;
 
 pub use accept::Acceptor;
 pub use raw::Tcp;
+use tokio_io::Counted;
 
 pub enum Stream {
     Plain(Tcp),
     /// A client that asked for TLS: pgmux is the TLS server.
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Tls(Counted<Box<tokio_rustls::server::TlsStream<TcpStream>>>),
     /// A server pgmux reached over TLS: pgmux is the TLS client.
-    ServerTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    ServerTls(Counted<Box<tokio_rustls::client::TlsStream<TcpStream>>>),
     /// A server on this machine reached through its socket file: no TCP stack on either side,
     /// so each message costs both processes less CPU than over loopback TCP.
-    Unix(UnixStream),
+    Unix(Counted<UnixStream>),
 }
 
 /// Runs `$body` with `$s` bound to the inner stream of a variant on tokio's reactor, and
@@ -110,7 +112,7 @@ impl Stream {
     pub fn rehome(self) -> io::Result<Stream> {
         Ok(match self {
             Stream::Plain(t) => Stream::Plain(t.rehome()?),
-            Stream::Unix(s) => Stream::Unix(UnixStream::from_std(s.into_std()?)?),
+            Stream::Unix(s) => Stream::Unix(Counted::new(UnixStream::from_std(s.into_inner().into_std()?)?)),
             tls => tls,
         })
     }

@@ -210,13 +210,37 @@ impl Reactor {
         }
     }
 
+    /// Blocks in the reactor's `epoll_wait` for at most `timeout_ms` (the worker's runner,
+    /// when it has nothing to run and tokio has nothing to do but its timers: `executor`), and
+    /// wakes what the events name. Returns the number of events.
+    pub fn sleep(&'static self, timeout_ms: i32) -> usize {
+        debug_assert!(self.is_current(), "a reactor is driven on its own thread only");
+        if self.remote_dead_any.swap(false, Ordering::AcqRel) {
+            let dead = std::mem::take(&mut *lock(&self.remote_dead));
+            dead.into_iter().for_each(free);
+        }
+        self.wait(timeout_ms)
+    }
+
     /// One `epoll_wait` that does not block, and the wakes of what it read.
     fn wait_once(&self) -> usize {
+        self.wait(0)
+    }
+
+    /// One `epoll_wait` of at most `timeout_ms`, and the wakes of what it read.
+    fn wait(&self, timeout_ms: i32) -> usize {
         // Not zeroed first (768 bytes a drive): only what the kernel wrote is read.
         let mut events = [std::mem::MaybeUninit::<libc::epoll_event>::uninit(); BATCH];
         let n = loop {
             // SAFETY: events is writable for BATCH entries.
-            let n = unsafe { libc::epoll_wait(self.epfd.as_raw_fd(), events.as_mut_ptr().cast(), BATCH as i32, 0) };
+            let n = unsafe {
+                libc::epoll_wait(
+                    self.epfd.as_raw_fd(),
+                    events.as_mut_ptr().cast(),
+                    BATCH as i32,
+                    timeout_ms,
+                )
+            };
             match usize::try_from(n) {
                 Ok(n) => break n,
                 Err(_) if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
