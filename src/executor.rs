@@ -35,10 +35,11 @@ const RUNS_PER_TURN: usize = 128;
 /// 100 ms nothing).
 const SLEEP_MS: i32 = 10;
 
-/// While the runner keeps finding work after its sleeps, tokio still gets the thread (for its
-/// timers) once this much time has passed since the runner took it (µs): its timers are then
-/// late by at most about as much as an idle worker's (`SLEEP_MS`). Each return costs tokio's
-/// park and a wake-up of the runner (at 1 ms, about 80 instructions per `-S` transaction).
+/// While the runner keeps finding work after its sleeps, it sleeps no more once this much time
+/// has passed since it took the thread (µs), and tokio gets the thread back (for its timers)
+/// when it next runs out of work: tokio's timers on a worker are late by at most about this and
+/// one sleep. Each return costs tokio's park and a wake-up of the runner (at 1 ms, about 80
+/// instructions per `-S` transaction).
 const TOKIO_EVERY_US: u64 = SLEEP_MS as u64 * 1_000;
 
 type Run = Arc<dyn Runnable>;
@@ -151,6 +152,9 @@ impl Home {
     /// wake the runner through its scheduler: one `epoll_wait` and tokio's park and wake-up
     /// saved each time the worker sleeps. Only while tokio has nothing to do but its timers
     /// (`may_sleep`). True when events or wakes came (the queue may have tasks).
+    ///
+    /// A tokio task spawned onto this runtime from another thread while the runner sleeps is
+    /// not seen until the sleep ends (at most `SLEEP_MS`): its spawner calls `nudge_all`.
     fn sleep(&self, reactor: &'static Reactor) -> bool {
         // As tokio's park does (`worker::before_sleep`): a thread ready on this core goes first.
         std::thread::yield_now();
@@ -161,7 +165,8 @@ impl Home {
         };
         self.sleeping.store(false, Ordering::Relaxed);
         crate::stats::clock::tick();
-        if self.inbox_full.swap(false, Ordering::AcqRel) {
+        let drained = self.inbox_full.swap(false, Ordering::AcqRel);
+        if drained {
             if let Some(bell) = &self.bell {
                 bell.quiet();
             }
@@ -169,7 +174,7 @@ impl Home {
             // SAFETY: on the home thread (the runner), no task is running.
             unsafe { self.local() }.queue.extend(woken);
         }
-        events > 0
+        events > 0 || drained
     }
 }
 
@@ -178,6 +183,20 @@ impl Home {
 /// and Unix sockets: `stream::tokio_io`).
 fn may_sleep(metrics: &tokio::runtime::RuntimeMetrics) -> bool {
     metrics.num_alive_tasks() == 1 && !crate::stream::tokio_io::in_use()
+}
+
+/// Ends the sleep of every runner asleep in its own epoll: a tokio task was spawned onto a
+/// worker's runtime from another thread (an upgrade's adopted client), and tokio's wake-up of
+/// that runtime does not reach a runner sleeping there. Rare: it walks every executor.
+pub fn nudge_all() {
+    let homes: Vec<&'static Home> = lock(&HOMES).clone();
+    for home in homes {
+        if home.sleeping.load(Ordering::SeqCst) {
+            if let Some(bell) = &home.bell {
+                bell.ring();
+            }
+        }
+    }
 }
 
 /// Every executor started, by index. Never shrinks: a worker's executor lives as long as the
@@ -332,55 +351,68 @@ pub fn spawn<F: Future<Output = ()> + Send + 'static>(token: TaskTrackerToken, f
 async fn runner(home: &'static Home, reactor: Option<(&'static Reactor, Driving)>) {
     let metrics = tokio::runtime::Handle::current().metrics();
     let sleeper = reactor.as_ref().map(|(r, _)| *r).filter(|_| home.bell.is_some());
-    std::future::poll_fn(|cx| {
-        {
-            // SAFETY: the runner is a task of the home thread's runtime; no task runs here.
-            let local = unsafe { home.local() };
-            if !local.runner.as_ref().is_some_and(|r| r.will_wake(cx.waker())) {
-                local.runner = Some(cx.waker().clone());
-                *lock(&home.runner) = Some(cx.waker().clone());
+    loop {
+        std::future::poll_fn(|cx| turn(home, &reactor, sleeper, &metrics, cx)).await;
+        // More to do after RUNS_PER_TURN polls: after tokio's timers (a yield lets tokio turn
+        // its driver before it polls the runner again; a plain self-wake would not for up to
+        // 61 polls, each of which may have slept), its other tasks and a look at its reactor.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// One poll of the runner: Pending when it has nothing to run (woken by the next wake or
+/// event), Ready after RUNS_PER_TURN polls without a sleep.
+fn turn(
+    home: &'static Home,
+    reactor: &Option<(&'static Reactor, Driving)>,
+    sleeper: Option<&'static Reactor>,
+    metrics: &tokio::runtime::RuntimeMetrics,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    {
+        // SAFETY: the runner is a task of the home thread's runtime; no task runs here.
+        let local = unsafe { home.local() };
+        if !local.runner.as_ref().is_some_and(|r| r.will_wake(cx.waker())) {
+            local.runner = Some(cx.waker().clone());
+            *lock(&home.runner) = Some(cx.waker().clone());
+        }
+        local.idle = false;
+        if home.inbox_full.swap(false, Ordering::AcqRel) {
+            local.queue.extend(lock(&home.inbox).drain(..));
+        }
+    }
+    // After `idle` is reset: the sessions the events wake join the queue without waking the
+    // runner, which is running (that wake would cost it one more poll for nothing).
+    if let Some((reactor, _)) = reactor {
+        reactor.drive(cx);
+    }
+    let took = now_us();
+    let mut runs = 0;
+    loop {
+        // SAFETY: as above; the borrow ends before the task runs.
+        let next = unsafe { home.local() }.queue.pop_front();
+        if let Some(task) = next {
+            task.run();
+            runs += 1;
+            if runs < RUNS_PER_TURN {
+                continue;
             }
-            local.idle = false;
-            if home.inbox_full.swap(false, Ordering::AcqRel) {
-                local.queue.extend(lock(&home.inbox).drain(..));
+            return Poll::Ready(());
+        }
+        if let Some(reactor) = sleeper {
+            if now_us().saturating_sub(took) < TOKIO_EVERY_US && may_sleep(metrics) && home.sleep(reactor) {
+                runs = 0;
+                continue;
             }
         }
-        // After `idle` is reset: the sessions the events wake join the queue without waking
-        // the runner, which is running (that wake would cost it one more poll for nothing).
-        if let Some((reactor, _)) = &reactor {
-            reactor.drive(cx);
+        // SAFETY: as above.
+        unsafe { home.local() }.idle = true;
+        // Woken from elsewhere after the inbox was looked at: once more.
+        if home.inbox_full.load(Ordering::Acquire) {
+            cx.waker().wake_by_ref();
         }
-        let took = now_us();
-        let mut runs = 0;
-        loop {
-            // SAFETY: as above; the borrow ends before the task runs.
-            let next = unsafe { home.local() }.queue.pop_front();
-            if let Some(task) = next {
-                task.run();
-                runs += 1;
-                if runs < RUNS_PER_TURN {
-                    continue;
-                }
-                // More to do: after tokio's other tasks and a look at its reactor.
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            if let Some(reactor) = sleeper {
-                if now_us().saturating_sub(took) < TOKIO_EVERY_US && may_sleep(&metrics) && home.sleep(reactor) {
-                    runs = 0;
-                    continue;
-                }
-            }
-            // SAFETY: as above.
-            unsafe { home.local() }.idle = true;
-            // Woken from elsewhere after the inbox was looked at: once more.
-            if home.inbox_full.load(Ordering::Acquire) {
-                cx.waker().wake_by_ref();
-            }
-            return Poll::<()>::Pending;
-        }
-    })
-    .await
+        return Poll::Pending;
+    }
 }
 
 #[cfg(test)]

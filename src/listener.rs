@@ -143,14 +143,17 @@ pub fn unix_path(dir: &str, port: u16) -> std::path::PathBuf {
 /// Something clients connect to: a TCP listener or the Unix socket.
 pub enum Listener {
     Tcp(crate::stream::Acceptor),
-    Unix(Counted<tokio::net::UnixListener>, std::path::PathBuf),
+    Unix(
+        crate::stream::Acceptor<std::os::unix::net::UnixListener>,
+        std::path::PathBuf,
+    ),
 }
 
 impl Listener {
     async fn accept(&mut self) -> std::io::Result<Stream> {
         match self {
             Listener::Tcp(l) => l.accept().await.map(Stream::Plain),
-            Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Stream::Unix(Counted::new(s))),
+            Listener::Unix(l, _) => l.accept_unix().await.map(|s| Stream::Unix(Counted::new(s))),
         }
     }
 }

@@ -322,6 +322,7 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>, upgrading: bool)
     tokio::spawn(stats::period::run(shared.clone()));
     tokio::spawn(stats::metrics::serve(shared.clone(), metrics));
     tokio::spawn(pgmux::dashboard::history::run(shared.clone()));
+    pgmux::worker::set_main(tokio::runtime::Handle::current());
     let started = match pgmux::worker::start(tcp, unix, &shared) {
         Ok(started) => started,
         Err(e) => {

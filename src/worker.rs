@@ -9,7 +9,7 @@
 
 use crate::frontend::Shared;
 use std::cell::Cell;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 thread_local! {
     static WORKER: Cell<u16> = const { Cell::new(NONE) };
@@ -23,6 +23,27 @@ const NONE: u16 = u16::MAX;
 pub fn current() -> Option<u16> {
     let id = WORKER.with(Cell::get);
     (id != NONE).then_some(id)
+}
+
+/// The main thread's runtime (`set_main`).
+static MAIN: OnceLock<tokio::runtime::Handle> = OnceLock::new();
+
+/// Names the main thread's runtime, where `spawn_off_workers` puts its tasks.
+pub fn set_main(handle: tokio::runtime::Handle) {
+    let _ = MAIN.set(handle);
+}
+
+/// Spawns a long-lived task that serves no one client (a pool's LISTEN connection, the replica
+/// monitor) on the main thread's runtime: a tokio task on a worker would keep its runner from
+/// sleeping in its own epoll while it lives (`executor`). Without a main runtime (tests), here.
+pub fn spawn_off_workers<F>(future: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    match MAIN.get() {
+        Some(main) => drop(main.spawn(future)),
+        None => drop(tokio::spawn(future)),
+    }
 }
 
 /// The number of workers `workers = 0` means: one per two cores, at least one. A pooler
@@ -68,8 +89,8 @@ pub fn start(
                 runtime.block_on(async move {
                     use crate::listener::{run, Listener};
                     crate::executor::start();
-                    let unix = unix.and_then(|(l, path)| match tokio::net::UnixListener::from_std(l) {
-                        Ok(l) => Some(Listener::Unix(crate::stream::tokio_io::Counted::new(l), path)),
+                    let unix = unix.and_then(|(l, path)| match crate::stream::Acceptor::new_unix(l) {
+                        Ok(l) => Some(Listener::Unix(l, path)),
                         Err(e) => {
                             tracing::error!(error = %e, "cannot watch the Unix socket");
                             None

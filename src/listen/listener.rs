@@ -20,7 +20,7 @@ const RETRY_MAX: Duration = Duration::from_secs(15);
 
 /// Starts `pool`'s listener task (the hub said one is needed).
 pub fn spawn(pool: Arc<Pool>) {
-    tokio::spawn(async move { run(pool).await });
+    crate::worker::spawn_off_workers(async move { run(pool).await });
 }
 
 async fn run(pool: Arc<Pool>) {

@@ -180,7 +180,7 @@ impl Replicas {
             return;
         }
         self.set_source(how());
-        tokio::spawn(run(Arc::downgrade(self)));
+        crate::worker::spawn_off_workers(run(Arc::downgrade(self)));
     }
 
     /// Where the monitor reads the primary, and as whom: a reload that moves the primary or

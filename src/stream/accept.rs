@@ -1,35 +1,57 @@
-//! A listening TCP socket on pgmux's reactor: a new client's socket is registered there once,
-//! instead of with tokio's reactor first and moved out of it (three `epoll_ctl` calls and
-//! tokio's 256-byte `ScheduledIo` per login, where one call does).
+//! A listening socket on pgmux's reactor (TCP, and the Unix socket's): a new TCP client's
+//! socket is registered there once, instead of with tokio's reactor first and moved out of it
+//! (three `epoll_ctl` calls and tokio's 256-byte `ScheduledIo` per login, where one call does).
 
 use super::reactor::Io;
 use super::Tcp;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::task::{Context, Poll};
 
-pub struct Acceptor {
+pub struct Acceptor<L = std::net::TcpListener> {
     /// Dropped before `listener`: the socket leaves the epoll set before it is closed.
     io: Io,
-    listener: std::net::TcpListener,
+    listener: L,
 }
 
 impl Acceptor {
     /// Watches `listener` (made non-blocking here) from this thread's reactor.
     pub fn new(listener: std::net::TcpListener) -> io::Result<Acceptor> {
         listener.set_nonblocking(true)?;
+        Acceptor::watch(listener)
+    }
+
+    /// The next client's socket, registered with this thread's reactor.
+    pub async fn accept(&mut self) -> io::Result<Tcp> {
+        let fd = std::future::poll_fn(|cx| self.poll_accept(cx)).await?;
+        Tcp::new(std::net::TcpStream::from(fd))
+    }
+}
+
+/// The Unix socket's listener is watched here too (not by tokio, whose reactor a worker's runner
+/// would then have to give the thread to: `executor`); the clients it accepts go to tokio's.
+impl Acceptor<std::os::unix::net::UnixListener> {
+    pub fn new_unix(listener: std::os::unix::net::UnixListener) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Acceptor::watch(listener)
+    }
+
+    pub async fn accept_unix(&mut self) -> io::Result<tokio::net::UnixStream> {
+        let fd = std::future::poll_fn(|cx| self.poll_accept(cx)).await?;
+        tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))
+    }
+}
+
+impl<L: AsRawFd> Acceptor<L> {
+    fn watch(listener: L) -> io::Result<Self> {
         Ok(Acceptor {
             io: Io::register(listener.as_raw_fd())?,
             listener,
         })
     }
 
-    /// The next client's socket, registered with this thread's reactor.
-    pub async fn accept(&mut self) -> io::Result<Tcp> {
-        std::future::poll_fn(|cx| self.poll_accept(cx)).await
-    }
-
-    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Tcp>> {
+    /// The next accepted socket (non-blocking, close-on-exec).
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<OwnedFd>> {
         let fd = self.listener.as_raw_fd();
         let slot = self.io.slot()?;
         if slot.ready.get() != 0 {
@@ -39,8 +61,7 @@ impl Acceptor {
                 let s = unsafe { libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), flags) };
                 if s >= 0 {
                     // SAFETY: accept4 returned a new descriptor that nobody else owns.
-                    let stream = unsafe { std::net::TcpStream::from_raw_fd(s) };
-                    return Poll::Ready(Tcp::new(stream));
+                    return Poll::Ready(Ok(unsafe { OwnedFd::from_raw_fd(s) }));
                 }
                 let e = io::Error::last_os_error();
                 match e.raw_os_error() {

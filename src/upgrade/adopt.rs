@@ -172,6 +172,8 @@ fn adopt_one(
     // Onto the worker's thread, then into its executor with the sessions it accepted.
     let token = shared.shutdown.tracker.token();
     worker.spawn(async move { crate::executor::spawn(token, adopt) });
+    // Its runner may be asleep in its own epoll, where tokio's wake-up does not reach.
+    crate::executor::nudge_all();
     match registered.blocking_recv() {
         Ok(Ok(())) => Ok(release),
         Ok(Err(why)) => Err(why),
