@@ -134,19 +134,34 @@ impl Home {
         // SeqCst with `sleeping`: either the runner sees the inbox before it sleeps, or this
         // sees it sleeping and rings.
         self.inbox_full.store(true, Ordering::SeqCst);
-        if self.sleeping.load(Ordering::SeqCst) {
-            if let Some(bell) = &self.bell {
-                bell.ring();
-            }
-        }
+        self.ring_if_sleeping();
         let runner = lock(&self.runner).clone();
         if let Some(runner) = runner {
             runner.wake();
         }
     }
-}
 
-impl Home {
+    /// Ends the runner's sleep in its reactor, if it is asleep there.
+    fn ring_if_sleeping(&self) {
+        if self.sleeping.load(Ordering::SeqCst) {
+            if let Some(bell) = &self.bell {
+                bell.ring();
+            }
+        }
+    }
+
+    /// Moves the tasks woken from other threads to the local queue. True when there were
+    /// any. On the home thread, with no borrow of `local` alive.
+    fn take_inbox(&self) -> bool {
+        if !self.inbox_full.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        let mut inbox = lock(&self.inbox);
+        // SAFETY: the caller is the runner, on the home thread, and holds no borrow of `local`.
+        unsafe { self.local() }.queue.extend(inbox.drain(..));
+        true
+    }
+
     /// The runner has nothing to run: it blocks in its reactor (at most `SLEEP_MS`) instead of
     /// returning to tokio, which would block in its own epoll with the reactor's inside it and
     /// wake the runner through its scheduler: one `epoll_wait` and tokio's park and wake-up
@@ -165,14 +180,11 @@ impl Home {
         };
         self.sleeping.store(false, Ordering::Relaxed);
         crate::stats::clock::tick();
-        let drained = self.inbox_full.swap(false, Ordering::AcqRel);
+        let drained = self.take_inbox();
         if drained {
             if let Some(bell) = &self.bell {
                 bell.quiet();
             }
-            let woken: Vec<Run> = lock(&self.inbox).drain(..).collect();
-            // SAFETY: on the home thread (the runner), no task is running.
-            unsafe { self.local() }.queue.extend(woken);
         }
         events > 0 || drained
     }
@@ -190,13 +202,7 @@ fn may_sleep(metrics: &tokio::runtime::RuntimeMetrics) -> bool {
 /// that runtime does not reach a runner sleeping there. Rare: it walks every executor.
 pub fn nudge_all() {
     let homes: Vec<&'static Home> = lock(&HOMES).clone();
-    for home in homes {
-        if home.sleeping.load(Ordering::SeqCst) {
-            if let Some(bell) = &home.bell {
-                bell.ring();
-            }
-        }
-    }
+    homes.into_iter().for_each(Home::ring_if_sleeping);
 }
 
 /// Every executor started, by index. Never shrinks: a worker's executor lives as long as the
@@ -350,9 +356,10 @@ pub fn spawn<F: Future<Output = ()> + Send + 'static>(token: TaskTrackerToken, f
 /// The worker's task that reads its sockets' events and polls its sessions.
 async fn runner(home: &'static Home, reactor: Option<(&'static Reactor, Driving)>) {
     let metrics = tokio::runtime::Handle::current().metrics();
-    let sleeper = reactor.as_ref().map(|(r, _)| *r).filter(|_| home.bell.is_some());
+    // `reactor`'s guard lives as long as the runner: the reactor is marked dead when it drops.
+    let driven = reactor.as_ref().map(|(r, _)| *r);
     loop {
-        std::future::poll_fn(|cx| turn(home, &reactor, sleeper, &metrics, cx)).await;
+        std::future::poll_fn(|cx| turn(home, driven, &metrics, cx)).await;
         // More to do after RUNS_PER_TURN polls: after tokio's timers (a yield lets tokio turn
         // its driver before it polls the runner again; a plain self-wake would not for up to
         // 61 polls, each of which may have slept), its other tasks and a look at its reactor.
@@ -364,8 +371,7 @@ async fn runner(home: &'static Home, reactor: Option<(&'static Reactor, Driving)
 /// event), Ready after RUNS_PER_TURN polls without a sleep.
 fn turn(
     home: &'static Home,
-    reactor: &Option<(&'static Reactor, Driving)>,
-    sleeper: Option<&'static Reactor>,
+    reactor: Option<&'static Reactor>,
     metrics: &tokio::runtime::RuntimeMetrics,
     cx: &mut Context<'_>,
 ) -> Poll<()> {
@@ -377,15 +383,15 @@ fn turn(
             *lock(&home.runner) = Some(cx.waker().clone());
         }
         local.idle = false;
-        if home.inbox_full.swap(false, Ordering::AcqRel) {
-            local.queue.extend(lock(&home.inbox).drain(..));
-        }
     }
+    home.take_inbox();
     // After `idle` is reset: the sessions the events wake join the queue without waking the
     // runner, which is running (that wake would cost it one more poll for nothing).
-    if let Some((reactor, _)) = reactor {
+    if let Some(reactor) = reactor {
         reactor.drive(cx);
     }
+    // Without a bell a wake from another thread could not end a sleep: no sleeping then.
+    let sleeper = reactor.filter(|_| home.bell.is_some());
     let took = now_us();
     let mut runs = 0;
     loop {

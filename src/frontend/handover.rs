@@ -219,9 +219,8 @@ fn socket(fd: OwnedFd, tcp: bool) -> std::io::Result<Stream> {
         false => {
             let s = std::os::unix::net::UnixStream::from(fd);
             s.set_nonblocking(true)?;
-            Stream::Unix(crate::stream::tokio_io::Counted::new(tokio::net::UnixStream::from_std(
-                s,
-            )?))
+            let s = tokio::net::UnixStream::from_std(s)?;
+            Stream::Unix(crate::stream::tokio_io::Counted::new(s))
         }
     })
 }

@@ -193,17 +193,14 @@ impl Reactor {
     /// tokio for the next. On the reactor's thread only.
     pub fn drive(&'static self, cx: &mut Context<'_>) {
         debug_assert!(self.is_current(), "a reactor is driven on its own thread only");
-        if self.remote_dead_any.swap(false, Ordering::AcqRel) {
-            let dead = std::mem::take(&mut *lock(&self.remote_dead));
-            dead.into_iter().for_each(free);
-        }
+        self.free_remote_dead();
         loop {
             let mut guard = match self.epfd.poll_read_ready(cx) {
                 Poll::Ready(Ok(guard)) => guard,
                 // The runtime is going away: nothing more will come.
                 Poll::Ready(Err(_)) | Poll::Pending => return,
             };
-            if self.wait_once() < BATCH {
+            if self.wait(0) < BATCH {
                 // Emptied: the next event makes the descriptor readable again for tokio.
                 guard.clear_ready();
             }
@@ -215,19 +212,20 @@ impl Reactor {
     /// wakes what the events name. Returns the number of events.
     pub fn sleep(&'static self, timeout_ms: i32) -> usize {
         debug_assert!(self.is_current(), "a reactor is driven on its own thread only");
+        self.free_remote_dead();
+        self.wait(timeout_ms)
+    }
+
+    /// Frees the slots of sockets another thread closed or moved since the last drive.
+    fn free_remote_dead(&self) {
         if self.remote_dead_any.swap(false, Ordering::AcqRel) {
             let dead = std::mem::take(&mut *lock(&self.remote_dead));
             dead.into_iter().for_each(free);
         }
-        self.wait(timeout_ms)
     }
 
-    /// One `epoll_wait` that does not block, and the wakes of what it read.
-    fn wait_once(&self) -> usize {
-        self.wait(0)
-    }
-
-    /// One `epoll_wait` of at most `timeout_ms`, and the wakes of what it read.
+    /// One `epoll_wait` of at most `timeout_ms` (0: it does not block), and the wakes of what
+    /// it read.
     fn wait(&self, timeout_ms: i32) -> usize {
         // Not zeroed first (768 bytes a drive): only what the kernel wrote is read.
         let mut events = [std::mem::MaybeUninit::<libc::epoll_event>::uninit(); BATCH];
