@@ -15,3 +15,12 @@ pub fn in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
     // SAFETY: written just above.
     Box::into_pin(unsafe { slot.assume_init() })
 }
+
+/// `Box::new(make())`, the value written straight into its box (see `in_place`).
+#[inline(always)]
+pub fn new_in_place<T>(make: impl FnOnce() -> T) -> Box<T> {
+    let mut slot = Box::<T>::new_uninit();
+    slot.write(make());
+    // SAFETY: written just above.
+    unsafe { slot.assume_init() }
+}

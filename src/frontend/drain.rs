@@ -31,7 +31,7 @@ impl<'a> Watch<'a> {
     }
 
     /// Whether draining has started; if not, the task is woken when it does.
-    fn draining(&self, cx: &mut Context<'_>) -> bool {
+    pub fn draining(&self, cx: &mut Context<'_>) -> bool {
         self.handle.wake_on_shutdown(cx.waker());
         self.shutdown.is_draining()
     }

@@ -269,7 +269,7 @@ async fn login(
         })
     };
     if unknown(&welcome) {
-        let mut lease = session::checkout(&pool, &settings).await?;
+        let mut lease = super::transaction::checkout(&pool, &settings).await?;
         // A value the server already had is not reported again: asked for instead.
         for (name, _) in welcome.iter() {
             let lower = name.to_ascii_lowercase();
@@ -355,8 +355,11 @@ impl Welcome {
     /// Session mode: the client's server for its whole session, taken now so that the pid it
     /// is told is that server's (pg_backend_pid(), pg_terminate_backend of it).
     async fn link(&self, client: &mut ClientConn) -> Option<Lease> {
-        let pool = session::write_pool(&self.pool);
-        match client.wait_with(session::checkout(pool, &self.settings)).await {
+        let pool = super::pick::write_pool(&self.pool);
+        match client
+            .wait_with(super::transaction::checkout(pool, &self.settings))
+            .await
+        {
             Waited::Done(Ok(lease)) => Some(lease),
             Waited::Done(Err(error)) | Waited::Invalid(error) => {
                 tracing::info!(client = %client.peer(), %error, "login refused");

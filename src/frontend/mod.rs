@@ -10,14 +10,18 @@ pub mod handover;
 pub mod listen;
 pub mod login;
 pub mod peer;
+pub mod pick;
 pub mod relay;
+pub mod release;
 pub mod session;
 pub mod set;
 pub mod spare;
 pub mod startup;
+pub mod steady;
 pub mod throttle;
 pub mod timers;
 pub mod track;
+pub mod transaction;
 
 use crate::auth::KeyCache;
 use crate::config::Config;

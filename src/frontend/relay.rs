@@ -93,7 +93,8 @@ impl RelayState {
         self.watch.rearm();
     }
 
-    pub fn new(release_at_idle: bool, statement_mode: bool, timeouts: Timeouts) -> RelayState {
+    #[inline(always)]
+    pub fn new(release_at_idle: bool, statement_mode: bool, timeouts: Timeouts, meter: Meter) -> RelayState {
         RelayState {
             to_client: 0,
             scan: ServerScan::default(),
@@ -104,7 +105,7 @@ impl RelayState {
             started: false,
             out: BytesMut::new(),
             set: None,
-            meter: Meter::default(),
+            meter,
             listen_ops: None,
             harmless_sets: 0,
             tracked_sets: 0,
@@ -112,9 +113,8 @@ impl RelayState {
     }
 }
 
-/// Relays until the transaction ends (or a timeout, or an error).
-/// What runs before the first poll runs at the call; the future is the poll loop alone (not an
-/// async fn: the client task's transaction future holds it, and it stays small).
+/// Relays until the transaction ends (or a timeout, or an error): `start`, then `poll` until it
+/// is ready. Called again with the same state after a timeout, it goes on where it stopped.
 pub fn relay<'a>(
     client: &'a mut ClientConn,
     server: &'a mut ServerConn,
@@ -122,9 +122,14 @@ pub fn relay<'a>(
     state: &'a mut RelayState,
     pool: &'a Pool,
 ) -> impl std::future::Future<Output = RelayEnd> + Send + 'a {
-    let (release_at_idle, statement_mode) = (state.release_at_idle, state.statement_mode);
-    // Prepared statements are tracked where a client may change servers between transactions.
-    let tracking = release_at_idle && server.prepared.limit > 0;
+    start(client, server, state);
+    poll_fn(move |cx| poll(cx, client, server, settings, state, pool))
+}
+
+/// What runs once per checkout before the first poll (nothing when it ran already), and the
+/// translation of frames scanned while the client waited for this server.
+pub fn start(client: &mut ClientConn, server: &mut ServerConn, state: &mut RelayState) {
+    let release_at_idle = state.release_at_idle;
     if !state.started {
         state.started = true;
         server.prepared.replies.clear();
@@ -144,7 +149,7 @@ pub fn relay<'a>(
             super::listen::collect(waiting, state.listen_ops.get_or_insert_with(Default::default));
         }
     }
-    if std::mem::take(&mut client.rewrite) && tracking {
+    if std::mem::take(&mut client.rewrite) && tracking(state, server) {
         // Frames scanned while the client waited for this server.
         let at = Position {
             answered: state.scan.answered,
@@ -153,224 +158,275 @@ pub fn relay<'a>(
         let end = client.ready;
         client.ready = prepared::translate(&mut client.buf, 0, end, &mut client.prepared, &mut server.prepared, at);
     }
-    poll_fn(move |cx| {
-        // Taken apart here rather than before the closure: it captures one pointer, not one per
-        // field (each a load and a spill at every poll).
-        let RelayState {
-            to_client,
-            scan,
-            stop,
-            watch,
-            out,
-            set: pending_set,
-            meter,
-            listen_ops,
-            harmless_sets,
-            tracked_sets,
-            ..
-        } = &mut *state;
-        // A socket whose read said Pending stays unready until the reactor runs again, which
-        // is not before this poll returns (the worker's runtime is single-threaded): it is not
-        // asked twice. Its waker is registered by that first Pending.
-        let (mut client_unready, mut server_unready) = (false, false);
-        let mut turns = 0u32;
-        loop {
-            // A read that succeeds spends no tokio budget (`stream::raw`): a transaction
-            // whose bytes keep coming lets the worker's other clients run now and then.
-            turns += 1;
-            if turns > YIELD_AFTER {
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            let mut progress = false;
-            // Nothing to write and nothing a TLS stream holds back: no call (most rounds).
-            let to_server = client.ready > 0 || server.stream.is_tls();
-            match flush_if(to_server, cx, &mut server.stream, &mut client.buf, &mut client.ready) {
-                Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::ServerGone(e)),
-                Poll::Ready(Ok(moved)) => progress |= moved,
-                Poll::Pending => {}
-            }
-            if *stop == ServerStop::Release && client.ready == 0 {
-                // The answer's tail goes out now if the client's socket takes it (nearly always);
-                // what it does not take leaves with the client, sharing the server buffer's
-                // memory (no copy), and the buffer gets it back once that is written and dropped.
-                // (A failed write leaves it all there: the session's write then fails the same.)
-                // Not after a LISTEN or UNLISTEN: the client may hear of it only once pgmux
-                // listens for it (`listen::settle`, after the relay), or a notification sent
-                // at once could be missed.
-                let now = match scan.listen == 0 && listen_ops.is_none() {
-                    true => client
-                        .stream
-                        .write_now(server.buf.get(..*to_client).unwrap_or_default()),
-                    false => Ok(0),
-                };
-                let written = now.unwrap_or(0).min(*to_client);
-                server.buf.advance(written);
-                *to_client -= written;
-                if *to_client == 0 && out.is_empty() {
-                    *stop = ServerStop::More;
-                    return Poll::Ready(RelayEnd::Release);
-                }
-                let tail = server.buf.split_to(*to_client);
-                if out.is_empty() {
-                    *out = tail;
-                } else {
-                    out.extend_from_slice(&tail);
-                }
-                *to_client = 0;
-                *stop = ServerStop::More;
-                return Poll::Ready(RelayEnd::Release);
-            }
-            let to_client_now = *to_client > 0 || client.stream.is_tls();
-            match flush_if(to_client_now, cx, &mut client.stream, &mut server.buf, to_client) {
-                Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
-                Poll::Ready(Ok(moved)) => progress |= moved,
-                Poll::Pending => {}
-            }
-            if *to_client == 0 && client.ready == 0 {
-                if *stop == ServerStop::TransactionBlock {
-                    return Poll::Ready(RelayEnd::TransactionBlock);
-                }
-                if client.terminate {
-                    return Poll::Ready(RelayEnd::ClientGone);
-                }
-            }
+}
 
-            if !server_unready && *stop == ServerStop::More && server.buf.len() < HIGH_WATER {
-                spare::reserve(&mut server.buf);
-                match server.stream.poll_read_buf(cx, &mut server.buf) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(RelayEnd::ServerGone(io::ErrorKind::UnexpectedEof.into()))
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::ServerGone(e)),
-                    Poll::Ready(Ok(n)) => {
-                        meter.to_client(n);
-                        let answered_before = scan.answered;
-                        let mut from = *to_client;
-                        loop {
-                            scan.intercept = match (tracking, server.prepared.replies.is_empty()) {
-                                (false, _) => Intercept::Off,
-                                (true, true) => Intercept::Commands,
-                                (true, false) => Intercept::Replies,
-                            };
-                            let server_settings = &mut server.settings;
-                            let found = scan.scan(
-                                &server.buf,
-                                from,
-                                &mut client.tracker,
-                                release_at_idle,
-                                statement_mode,
-                                |name, value| follow_parameter(settings, server_settings, name, value),
-                            );
-                            match found {
-                                Ok((at, ServerStop::Intercept)) => {
-                                    count_intercepted(&server.buf, at, scan);
-                                    let answered = scan.answered;
-                                    from = prepared::on_reply(
-                                        &mut server.buf,
-                                        at,
-                                        &mut client.prepared,
-                                        &mut server.prepared,
-                                        answered,
-                                    );
-                                }
-                                Ok((at, ServerStop::Notification)) => {
-                                    from = super::listen::on_notification(&mut server.buf, at, &pool.listen);
-                                }
-                                Ok((end, why)) => {
-                                    if let Some(ok) = scan.watched.take() {
-                                        match pending_set.take() {
-                                            Some(command) if ok => {
-                                                set::apply(command, settings, &mut server.settings);
-                                                *tracked_sets += 1;
-                                            }
-                                            _ => {}
-                                        }
-                                    }
-                                    *to_client = end;
-                                    *stop = why;
-                                    break;
-                                }
-                                Err(e) => return Poll::Ready(RelayEnd::ServerGone(io::Error::other(e.to_string()))),
-                            }
-                        }
-                        meter.server_parsed(std::mem::take(&mut scan.parses));
-                        for (class, n) in scan.errors.take() {
-                            pool.stats.errors_of(&class, n.into());
-                        }
-                        let answered = scan.answered.wrapping_sub(answered_before);
-                        let t = &client.tracker;
-                        if let Some(us) = meter.answered(answered, t.pending, t.status, &pool.stats) {
-                            slow_query(pool, meter, &client.prepared, us);
-                        }
-                        progress = true;
-                    }
-                    Poll::Pending => server_unready = true,
-                }
-            }
-            // After the server's read that ends the transaction the client is not polled: the
-            // server goes back first (the next request is read by the session's wait).
-            if !client_unready
-                && !client.terminate
-                && *stop != ServerStop::Release
-                && (client.buf.len() < HIGH_WATER || client.ready == 0)
-            {
-                spare::reserve(&mut client.buf);
-                match client.stream.poll_read_buf(cx, &mut client.buf) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
-                    Poll::Ready(Ok(_)) => {
-                        let quiet_before = client.tracker.quiet();
-                        match scan_client(
-                            &client.buf,
-                            client.ready,
-                            client.max_message_size as usize,
-                            &mut client.tracker,
-                        ) {
-                            Ok(found) => {
-                                let from = client.ready;
-                                client.ready = found.end;
-                                client.terminate = found.terminate;
-                                let frames = client.buf.get(from..found.end).unwrap_or_default();
-                                meter.from_client(frames.len());
-                                meter.requests(frames, quiet_before);
-                                if release_at_idle && found.set {
-                                    watch_set(client.buf.get(from..found.end), &client.tracker, scan, pending_set);
-                                    *harmless_sets = harmless_sets.saturating_add(set::harmless(frames));
-                                }
-                                if release_at_idle && found.listen {
-                                    super::listen::collect(frames, listen_ops.get_or_insert_with(Default::default));
-                                }
-                                if found.rewrite && tracking {
-                                    let at = Position {
-                                        answered: scan.answered,
-                                        pending: client.tracker.pending,
-                                    };
-                                    client.ready = prepared::translate(
-                                        &mut client.buf,
-                                        from,
-                                        found.end,
-                                        &mut client.prepared,
-                                        &mut server.prepared,
-                                        at,
-                                    );
-                                }
-                            }
-                            Err(e) => return Poll::Ready(RelayEnd::ClientInvalid(Box::new(protocol_violation(&e)))),
-                        }
-                        progress = true;
-                    }
-                    Poll::Pending => client_unready = true,
-                }
-            }
+/// Prepared statements are tracked where a client may change servers between transactions.
+#[inline(always)]
+fn tracking(state: &RelayState, server: &ServerConn) -> bool {
+    state.release_at_idle && server.prepared.limit > 0
+}
 
-            if !progress {
-                if let Poll::Ready(phase) = watch.poll(cx, &client.tracker) {
-                    return Poll::Ready(RelayEnd::Timeout(phase));
-                }
-                return Poll::Pending;
+/// One poll of the relay (see `relay`).
+pub fn poll(
+    cx: &mut Context<'_>,
+    client: &mut ClientConn,
+    server: &mut ServerConn,
+    settings: &mut Settings,
+    state: &mut RelayState,
+    pool: &Pool,
+) -> Poll<RelayEnd> {
+    // A socket whose read said Pending stays unready until the reactor runs again, which
+    // is not before this poll returns (the worker's runtime is single-threaded): it is not
+    // asked twice. Its waker is registered by that first Pending.
+    let (mut client_unready, mut server_unready) = (false, false);
+    let mut turns = 0u32;
+    loop {
+        // A read that succeeds spends no tokio budget (`stream::raw`): a transaction
+        // whose bytes keep coming lets the worker's other clients run now and then.
+        turns += 1;
+        if turns > YIELD_AFTER {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let mut progress = false;
+        // Nothing to write and nothing a TLS stream holds back: no call (most rounds).
+        let to_server = client.ready > 0 || server.stream.is_tls();
+        match flush_if(to_server, cx, &mut server.stream, &mut client.buf, &mut client.ready) {
+            Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::ServerGone(e)),
+            Poll::Ready(Ok(moved)) => progress |= moved,
+            Poll::Pending => {}
+        }
+        if state.stop == ServerStop::Release && client.ready == 0 {
+            return Poll::Ready(release(client, server, state));
+        }
+        let to_client_now = state.to_client > 0 || client.stream.is_tls();
+        match flush_if(
+            to_client_now,
+            cx,
+            &mut client.stream,
+            &mut server.buf,
+            &mut state.to_client,
+        ) {
+            Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
+            Poll::Ready(Ok(moved)) => progress |= moved,
+            Poll::Pending => {}
+        }
+        if state.to_client == 0 && client.ready == 0 {
+            if state.stop == ServerStop::TransactionBlock {
+                return Poll::Ready(RelayEnd::TransactionBlock);
+            }
+            if client.terminate {
+                return Poll::Ready(RelayEnd::ClientGone);
             }
         }
-    })
+
+        if !server_unready && state.stop == ServerStop::More && server.buf.len() < HIGH_WATER {
+            spare::reserve(&mut server.buf);
+            match server.stream.poll_read_buf(cx, &mut server.buf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(RelayEnd::ServerGone(io::ErrorKind::UnexpectedEof.into())),
+                Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::ServerGone(e)),
+                Poll::Ready(Ok(n)) => {
+                    if let Err(end) = from_server(client, server, settings, state, pool, n) {
+                        return Poll::Ready(end);
+                    }
+                    progress = true;
+                }
+                Poll::Pending => server_unready = true,
+            }
+        }
+        // After the server's read that ends the transaction the client is not polled: the
+        // server goes back first (the next request is read by the session's wait).
+        if !client_unready
+            && !client.terminate
+            && state.stop != ServerStop::Release
+            && (client.buf.len() < HIGH_WATER || client.ready == 0)
+        {
+            spare::reserve(&mut client.buf);
+            match client.stream.poll_read_buf(cx, &mut client.buf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
+                Poll::Ready(Ok(_)) => {
+                    if let Err(e) = from_client(client, server, state) {
+                        return Poll::Ready(RelayEnd::ClientInvalid(Box::new(protocol_violation(&e))));
+                    }
+                    progress = true;
+                }
+                Poll::Pending => client_unready = true,
+            }
+        }
+
+        if !progress {
+            if let Poll::Ready(phase) = state.watch.poll(cx, &client.tracker) {
+                return Poll::Ready(RelayEnd::Timeout(phase));
+            }
+            return Poll::Pending;
+        }
+    }
+}
+
+/// The server's answer ended the transaction and every client byte went out: the answer's tail
+/// goes out now if the client's socket takes it (nearly always); what it does not take leaves
+/// with the client, sharing the server buffer's memory (no copy), and the buffer gets it back
+/// once that is written and dropped. (A failed write leaves it all there: the session's write
+/// then fails the same.) Not after a LISTEN or UNLISTEN: the client may hear of it only once
+/// pgmux listens for it (`listen::settle`, after the relay), or a notification sent at once
+/// could be missed.
+fn release(client: &mut ClientConn, server: &mut ServerConn, state: &mut RelayState) -> RelayEnd {
+    let to_client = &mut state.to_client;
+    let now = match state.scan.listen == 0 && state.listen_ops.is_none() {
+        true => client
+            .stream
+            .write_now(server.buf.get(..*to_client).unwrap_or_default()),
+        false => Ok(0),
+    };
+    let written = now.unwrap_or(0).min(*to_client);
+    server.buf.advance(written);
+    *to_client -= written;
+    state.stop = ServerStop::More;
+    if *to_client == 0 && state.out.is_empty() {
+        return RelayEnd::Release;
+    }
+    let tail = server.buf.split_to(*to_client);
+    if state.out.is_empty() {
+        state.out = tail;
+    } else {
+        state.out.extend_from_slice(&tail);
+    }
+    *to_client = 0;
+    RelayEnd::Release
+}
+
+/// `n` bytes the server sent: scanned for the frames the client may have, the end of the
+/// transaction, and what pgmux follows (prepared statements, SET, LISTEN, errors, stats).
+#[inline(never)]
+fn from_server(
+    client: &mut ClientConn,
+    server: &mut ServerConn,
+    settings: &mut Settings,
+    state: &mut RelayState,
+    pool: &Pool,
+    n: usize,
+) -> Result<(), RelayEnd> {
+    let (release_at_idle, statement_mode) = (state.release_at_idle, state.statement_mode);
+    let tracking = tracking(state, server);
+    let RelayState {
+        to_client,
+        scan,
+        stop,
+        set: pending_set,
+        meter,
+        tracked_sets,
+        ..
+    } = state;
+    meter.to_client(n);
+    let answered_before = scan.answered;
+    let mut from = *to_client;
+    loop {
+        scan.intercept = match (tracking, server.prepared.replies.is_empty()) {
+            (false, _) => Intercept::Off,
+            (true, true) => Intercept::Commands,
+            (true, false) => Intercept::Replies,
+        };
+        let server_settings = &mut server.settings;
+        let found = scan.scan(
+            &server.buf,
+            from,
+            &mut client.tracker,
+            release_at_idle,
+            statement_mode,
+            |name, value| follow_parameter(settings, server_settings, name, value),
+        );
+        match found {
+            Ok((at, ServerStop::Intercept)) => {
+                count_intercepted(&server.buf, at, scan);
+                let answered = scan.answered;
+                from = prepared::on_reply(
+                    &mut server.buf,
+                    at,
+                    &mut client.prepared,
+                    &mut server.prepared,
+                    answered,
+                );
+            }
+            Ok((at, ServerStop::Notification)) => {
+                from = super::listen::on_notification(&mut server.buf, at, &pool.listen);
+            }
+            Ok((end, why)) => {
+                if let Some(ok) = scan.watched.take() {
+                    match pending_set.take() {
+                        Some(command) if ok => {
+                            set::apply(command, settings, &mut server.settings);
+                            *tracked_sets += 1;
+                        }
+                        _ => {}
+                    }
+                }
+                *to_client = end;
+                *stop = why;
+                break;
+            }
+            Err(e) => return Err(RelayEnd::ServerGone(io::Error::other(e.to_string()))),
+        }
+    }
+    meter.server_parsed(std::mem::take(&mut scan.parses));
+    for (class, n) in scan.errors.take() {
+        pool.stats.errors_of(&class, n.into());
+    }
+    let answered = scan.answered.wrapping_sub(answered_before);
+    let t = &client.tracker;
+    if let Some(us) = meter.answered(answered, t.pending, t.status, &pool.stats) {
+        slow_query(pool, meter, &client.prepared, us);
+    }
+    Ok(())
+}
+
+/// Bytes the client sent while its transaction runs: scanned for frame boundaries, counted, and
+/// SET, LISTEN and prepared statements followed.
+#[inline(never)]
+fn from_client(
+    client: &mut ClientConn,
+    server: &mut ServerConn,
+    state: &mut RelayState,
+) -> Result<(), crate::protocol::frame::FrameError> {
+    let quiet_before = client.tracker.quiet();
+    let found = scan_client(
+        &client.buf,
+        client.ready,
+        client.max_message_size as usize,
+        &mut client.tracker,
+    )?;
+    let from = client.ready;
+    client.ready = found.end;
+    client.terminate = found.terminate;
+    let frames = client.buf.get(from..found.end).unwrap_or_default();
+    state.meter.from_client(frames.len());
+    state.meter.requests(frames, quiet_before);
+    if state.release_at_idle && found.set {
+        watch_set(
+            client.buf.get(from..found.end),
+            &client.tracker,
+            &mut state.scan,
+            &mut state.set,
+        );
+        state.harmless_sets = state.harmless_sets.saturating_add(set::harmless(frames));
+    }
+    if state.release_at_idle && found.listen {
+        super::listen::collect(frames, state.listen_ops.get_or_insert_with(Default::default));
+    }
+    if found.rewrite && tracking(state, server) {
+        let at = Position {
+            answered: state.scan.answered,
+            pending: client.tracker.pending,
+        };
+        client.ready = prepared::translate(
+            &mut client.buf,
+            from,
+            found.end,
+            &mut client.prepared,
+            &mut server.prepared,
+            at,
+        );
+    }
+    Ok(())
 }
 
 #[inline(always)]

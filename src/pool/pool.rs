@@ -756,6 +756,15 @@ impl Lease {
         self.conn.as_ref().is_some_and(|c| c.settings == *settings)
     }
 
+    /// The connection and its pool at once (the relay takes both).
+    pub fn parts(&mut self) -> (&mut ServerConn, &Arc<Pool>) {
+        let conn = self
+            .conn
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("lease without a connection"));
+        (conn, &self.pool)
+    }
+
     /// The pool the connection belongs to (a replica's, with read_write_split).
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
