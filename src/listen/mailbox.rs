@@ -94,8 +94,12 @@ impl Mailbox {
         false
     }
 
-    /// Appends what waits for the client to `out`: a notice for what was missed or dropped,
-    /// then the notifications. Returns how many notifications.
+    /// Appends what waits for the client to `out`: a notice for what was missed, the
+    /// notifications, then a notice for what was dropped. Returns how many notifications.
+    ///
+    /// Dropped ones came after those queued (a notification is dropped only when the queue is
+    /// full), so their notice follows the queue, and the client reads the notifications it got
+    /// before it learns that later ones were lost.
     pub fn take(&self, out: &mut BytesMut) -> usize {
         let mut inbox = self.inbox();
         if std::mem::take(&mut inbox.missed) {
@@ -104,6 +108,11 @@ impl Mailbox {
                 "pgmux lost its connection listening for notifications: some may have been missed",
                 "pgmux reconnected and listens again on the same channels",
             );
+        }
+        let n = inbox.queue.len();
+        inbox.bytes = 0;
+        for frame in inbox.queue.drain(..) {
+            out.extend_from_slice(&frame);
         }
         let dropped = std::mem::take(&mut inbox.dropped);
         if dropped > 0 {
@@ -115,11 +124,6 @@ impl Mailbox {
                     QUEUE_BYTES >> 10
                 ),
             );
-        }
-        let n = inbox.queue.len();
-        inbox.bytes = 0;
-        for frame in inbox.queue.drain(..) {
-            out.extend_from_slice(&frame);
         }
         n
     }
@@ -178,7 +182,12 @@ mod tests {
         let mut out = BytesMut::new();
         assert_eq!(mb.take(&mut out), fit);
         let seen = tags(&out);
-        assert_eq!(&seen[..2], b"NN", "missed, then dropped");
+        assert_eq!(seen.first(), Some(&b'N'), "missed, first");
+        assert_eq!(seen.last(), Some(&b'N'), "dropped, after the queue");
+        assert!(
+            seen[1..fit + 1].iter().all(|&t| t == b'A'),
+            "the queued notifications between"
+        );
         assert_eq!(seen.len(), fit + 2);
         assert!(String::from_utf8_lossy(&out).contains("dropped 2 notifications"));
         out.clear();
