@@ -63,7 +63,8 @@ pub struct RelayState {
     /// Bytes for the client that outlived the server they came from (see RelayEnd::Release).
     pub out: BytesMut,
     /// A SET or RESET waiting for its ReadyForQuery (`ServerScan::watch`).
-    set: Option<set::Command>,
+    /// (Boxed: most transactions have none, and the state is written at every checkout.)
+    set: Option<Box<set::Command>>,
     /// Counts and latencies for the pool's stats.
     pub meter: Meter,
     /// LISTEN and UNLISTEN statements the client sent (transaction and statement modes).
@@ -86,6 +87,11 @@ impl RelayState {
     /// What the server's CommandComplete tags said of LISTEN (`track::listen_tags`).
     pub fn listen_flags(&self) -> u8 {
         self.scan.listen
+    }
+
+    /// The timeouts this transaction runs under.
+    pub fn timeouts(&self) -> Timeouts {
+        self.watch.timeouts()
     }
 
     /// See `Watch::rearm`.
@@ -354,7 +360,7 @@ fn from_server(
                 if let Some(ok) = scan.watched.take() {
                     match pending_set.take() {
                         Some(command) if ok => {
-                            set::apply(command, settings, &mut server.settings);
+                            set::apply(*command, settings, &mut server.settings);
                             *tracked_sets += 1;
                         }
                         _ => {}
@@ -480,7 +486,7 @@ fn flush<W: AsyncWrite + Unpin>(
 /// else in flight and no transaction block open, is answered by the next ReadyForQuery; if that
 /// says idle and no error came, the setting follows the client (see `set`). `frames` passed
 /// `set::candidate` (`ClientScan::set`).
-fn watch_set(frames: Option<&[u8]>, t: &Tracker, scan: &mut ServerScan, pending: &mut Option<set::Command>) {
+fn watch_set(frames: Option<&[u8]>, t: &Tracker, scan: &mut ServerScan, pending: &mut Option<Box<set::Command>>) {
     if t.pending != 1 || t.unsynced || t.status != b'I' {
         return;
     }
@@ -492,7 +498,7 @@ fn watch_set(frames: Option<&[u8]>, t: &Tracker, scan: &mut ServerScan, pending:
         return;
     };
     if let Some(command) = set::parse(body) {
-        *pending = Some(command);
+        *pending = Some(Box::new(command));
         scan.watch = Some(scan.answered.wrapping_add(1));
         scan.watch_failed = false;
         scan.watched = None;

@@ -64,6 +64,11 @@ pub struct Watch {
 }
 
 impl Watch {
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    #[inline(always)]
     pub fn new(timeouts: Timeouts) -> Watch {
         Watch {
             timeouts,

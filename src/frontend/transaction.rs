@@ -37,9 +37,9 @@ pub struct Hot {
     pub lease: Lease,
     pub state: RelayState,
     pub pick: Pick,
-    replay: Option<Replay>,
+    /// (Boxed: only reads sent to a replica have one.)
+    replay: Option<Box<Replay>>,
     _outstanding: Option<Outstanding>,
-    timeouts: Timeouts,
     /// query_timeout passed once and the query's cancel was sent.
     cancelled: bool,
 }
@@ -51,7 +51,7 @@ impl Hot {
         if !matches!(end, RelayEnd::Timeout(Phase::Busy)) || self.cancelled {
             return Some(end);
         }
-        let secs = self.timeouts.limit(Phase::Busy).as_secs_f64();
+        let secs = self.state.timeouts().limit(Phase::Busy).as_secs_f64();
         tracing::warn!(pool = %self.lease.pool(), "query running longer than query_timeout ({secs} s): cancelling it");
         // Sent beside the relay: a cancel that cannot reach the server (it may take
         // server_connect_timeout to fail) does not hold up the client's answer.
@@ -75,14 +75,14 @@ struct Replay {
 const REPLAY_MAX: usize = 64 * 1024;
 
 impl Replay {
-    fn take(pick: Pick, retried: bool, client: &ClientConn) -> Option<Replay> {
+    fn take(pick: Pick, retried: bool, client: &ClientConn) -> Option<Box<Replay>> {
         if retried || !matches!(pick, Pick::Replica(..)) || client.rewrite || client.ready > REPLAY_MAX {
             return None;
         }
-        Some(Replay {
+        Some(Box::new(Replay {
             frames: BytesMut::from(client.buf.get(..client.ready)?),
             tracker: client.tracker,
-        })
+        }))
     }
 
     /// Puts the request back in front of whatever the client sent after it.
@@ -103,16 +103,21 @@ pub fn begin(s: &mut Session, mut lease: Lease, pick: Pick, asked: u64, retried:
     let (server, pool) = lease.parts();
     waited_until_now(&s.cancel, pool, asked);
     s.cancel.attach(server, pool);
-    let meter = Meter::new(s.shared.knobs.slow_threshold_us(), std::mem::take(&mut server.capture));
+    let capture = std::mem::take(&mut server.capture);
+    let slow_threshold = s.shared.knobs.slow_threshold_us();
     let release_at_idle = mode != PoolMode::Session;
     // Written straight into its box: the relay's state is a few hundred bytes.
     let mut hot = new_in_place(|| Hot {
         _outstanding: pick.begin(&s.cancel.pool),
         replay: Replay::take(pick, retried, &s.client),
         lease,
-        state: RelayState::new(release_at_idle, mode == PoolMode::Statement, timeouts, meter),
+        state: RelayState::new(
+            release_at_idle,
+            mode == PoolMode::Statement,
+            timeouts,
+            Meter::new(slow_threshold, capture),
+        ),
         pick,
-        timeouts,
         cancelled: false,
     });
     relay::start(&mut s.client, hot.lease.conn(), &mut hot.state);
@@ -249,9 +254,9 @@ pub async fn finish(s: &mut Session, mut hot: Box<Hot>, end: RelayEnd) -> Flow {
         mut state,
         pick,
         replay,
-        timeouts,
         ..
     } = *hot;
+    let timeouts = state.timeouts();
     let pool = lease.pool().clone();
     let pool = &pool;
     let client = &mut s.client;

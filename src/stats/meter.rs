@@ -41,6 +41,7 @@ pub enum Captured<'a> {
 impl Meter {
     /// `capture`: the server connection's buffer for the slow-query text (`ServerConn::capture`),
     /// given back with `take_capture`.
+    #[inline(always)]
     pub fn new(slow_threshold_us: u64, capture: Vec<u8>) -> Meter {
         Meter {
             slow_threshold: slow_threshold_us,
