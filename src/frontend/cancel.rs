@@ -19,7 +19,7 @@ use crate::stats::now_us;
 use dashmap::DashMap;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +50,9 @@ pub struct CancelHandle {
     /// The client's pool, whose server address a cancel goes to.
     pub pool: Arc<Pool>,
     attached: Mutex<Attached>,
+    /// The server it holds now: written by the session at each checkout and read by cancels
+    /// and the console without the lock (see `attach`).
+    held: HeldSlot,
     pub tls: bool,
     /// Its startup settings (shared with the pool's copy), for application_name.
     pub settings: Settings,
@@ -70,10 +73,23 @@ pub struct CancelHandle {
     pub route: Preference,
 }
 
-/// What the client's session holds, behind one lock: the server it uses now, and its socket
-/// while the session owns it (see `kill`; -1 once the session let go of it).
+/// The server a client holds, as atomics: the session writes it twice per transaction, so it
+/// takes no lock. `server_id` is 0 when none is held, and is written last (and cleared first).
+#[derive(Default)]
+struct HeldSlot {
+    server_id: AtomicU64,
+    process_id: AtomicI32,
+    secret_key: AtomicI32,
+    created_s: AtomicU32,
+    tls: AtomicBool,
+    /// `Attached::other_pool` holds a replica's pool (rare: only then is the lock taken).
+    other: AtomicBool,
+}
+
+/// What the client's session holds, behind one lock: its socket while the session owns it (see
+/// `kill`; -1 once the session let go of it), and a replica's pool while it holds its server.
 struct Attached {
-    held: Option<Held>,
+    other_pool: Option<Arc<Pool>>,
     socket: RawFd,
     /// The session's task while it waits, woken when a shutdown starts (`wake_all`).
     waker: Option<std::task::Waker>,
@@ -92,33 +108,58 @@ impl CancelHandle {
         self.secret_key
     }
 
-    /// The client took this server.
+    /// The client took this server. Its facts are written before its id, which publishes them
+    /// (see `cancel_held` for why that is enough).
     pub fn attach(&self, server: &ServerConn, pool: &Arc<Pool>) {
-        let held = Held {
-            process_id: server.process_id,
-            secret_key: server.secret_key,
-            server_id: server.id,
-            created_s: (server.created_us / 1_000_000) as u32,
-            tls: server.stream.is_tls(),
-            other_pool: (!Arc::ptr_eq(pool, &self.pool)).then(|| pool.clone()),
-        };
-        self.attached().held = Some(held);
+        let held = &self.held;
+        held.process_id.store(server.process_id, Ordering::Relaxed);
+        held.secret_key.store(server.secret_key, Ordering::Relaxed);
+        held.created_s
+            .store((server.created_us / 1_000_000) as u32, Ordering::Relaxed);
+        held.tls.store(server.stream.is_tls(), Ordering::Relaxed);
+        if !Arc::ptr_eq(pool, &self.pool) {
+            self.attached().other_pool = Some(pool.clone());
+            held.other.store(true, Ordering::Relaxed);
+        }
+        held.server_id.store(server.id, Ordering::Release);
     }
 
-    /// The client gave its server back: cancels from now on are dropped.
+    /// The client gave its server back: cancels from now on are dropped, and those already
+    /// counted show in `cancels_in_flight`, read after this.
     pub fn detach(&self) {
-        self.attached().held.take();
+        self.held.server_id.swap(0, Ordering::SeqCst);
+        if self.held.other.swap(false, Ordering::Relaxed) {
+            self.attached().other_pool = None;
+        }
     }
 
     /// Cancels sent to the server it held (or holds) that have not landed yet: that server
-    /// must not serve another client before they do.
+    /// must not serve another client before they do. (SeqCst: see `cancel_held`.)
     pub fn cancels_in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Acquire)
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// The server it holds now, if any.
     pub fn held(&self) -> Option<Held> {
-        self.attached().held.clone()
+        let held = &self.held;
+        let server_id = held.server_id.load(Ordering::Acquire);
+        if server_id == 0 {
+            return None;
+        }
+        let other_pool = match held.other.load(Ordering::Relaxed) {
+            true => self.attached().other_pool.clone(),
+            false => None,
+        };
+        let facts = Held {
+            process_id: held.process_id.load(Ordering::Relaxed),
+            secret_key: held.secret_key.load(Ordering::Relaxed),
+            server_id,
+            created_s: held.created_s.load(Ordering::Relaxed),
+            tls: held.tls.load(Ordering::Relaxed),
+            other_pool,
+        };
+        // A checkout of another server meanwhile: this one is gone.
+        (held.server_id.load(Ordering::Acquire) == server_id).then_some(facts)
     }
 
     fn attached(&self) -> std::sync::MutexGuard<'_, Attached> {
@@ -184,15 +225,15 @@ impl CancelHandle {
     /// Cancels whatever the held server runs (a cancel request, or query_timeout). Returns
     /// false when the client holds no server.
     pub async fn cancel_held(&self) -> bool {
-        // Counted under the lock that `detach` takes: the session, once it let go of the server,
-        // sees every cancel aimed at it (`cancels_in_flight`) and keeps it until they land.
-        let held = {
-            let attached = self.attached();
-            let Some(held) = attached.held.clone() else {
-                return false;
-            };
-            self.in_flight.fetch_add(1, Ordering::AcqRel);
-            held
+        // Counted before the server is read, and `detach` clears the server before it reads the
+        // count (both SeqCst): either this sees no server, or the session, once it let go of the
+        // server, sees this cancel (`cancels_in_flight`) and keeps the server until it lands.
+        // Then the session cannot take another server before this cancel ends, so the facts read
+        // here stay those of the server seen.
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let Some(held) = self.held() else {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return false;
         };
         let pool = held.other_pool.as_ref().unwrap_or(&self.pool);
         pool.counts.cancels.fetch_add(1, Ordering::Relaxed);
@@ -277,7 +318,7 @@ fn new_handle(
         secret_key,
         pool,
         attached: Mutex::new(Attached {
-            held: None,
+            other_pool: None,
             socket: facts.socket,
             waker: None,
         }),
@@ -287,6 +328,7 @@ fn new_handle(
         request_s: AtomicU32::new((now / 1_000_000) as u32),
         wait_since: AtomicU64::new(0),
         killed: AtomicBool::new(false),
+        held: HeldSlot::default(),
         in_flight: AtomicU32::new(0),
         waker_left: AtomicBool::new(false),
         wrote_at: AtomicU64::new(0),

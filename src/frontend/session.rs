@@ -65,80 +65,86 @@ pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
     async move {
         logged_in(&mut s);
         // Apart from the session, so that a steady exit may borrow the pool's checkout.
-        let cancel = s.cancel.clone();
-        let cancel = &*cancel;
+        let cancel = &s.cancel.clone();
         let mut hot: Option<Box<Hot>> = None;
         // The request about to be served is a read sent again (`Flow::Retry`).
         let mut retried = false;
-        let end = 'session: loop {
-            let mut exit = poll_fn(|cx| steady::poll(cx, &mut s, cancel, &mut hot)).await;
-            loop {
-                let flow = match exit {
-                    Exit::Idle => {
-                        exit = Exit::Request(wait(&mut s).await);
-                        continue;
-                    }
-                    Exit::Request(request) => match Step::of(request) {
-                        Err(end) => break 'session end,
-                        // Boxed: only an upgrade in place gets here.
-                        Ok(Step::HandOver) => match Box::pin(hand_over(&mut s)).await {
-                            Ok(request) => {
-                                exit = Exit::Request(request);
-                                continue;
-                            }
-                            Err(end) => break 'session end,
-                        },
-                        Ok(Step::News) => {
-                            // Boxed: held inline, its state would weigh on every idle client's task.
-                            if Box::pin(super::listen::deliver(&mut s)).await.is_err() {
-                                break 'session End::Left(None);
-                            }
-                            continue 'session;
-                        }
-                        Ok(Step::Serve) => match steady::serve(&mut s, cancel, std::mem::take(&mut retried)) {
-                            Ok(h) => {
-                                hot = Some(h);
-                                continue 'session;
-                            }
-                            Err(next) => {
-                                exit = next;
-                                continue;
-                            }
-                        },
-                    },
-                    // The boxes below: slow paths, whose state would weigh on every idle
-                    // client's task.
-                    Exit::Write(out) => Box::pin(send_answer(&mut s.client, out)).await,
-                    Exit::Acquire(pick, asked, started, again) => {
-                        match in_place(|| acquire(&mut s, pick, asked, started, again)).await {
-                            Ok(h) => {
-                                hot = Some(h);
-                                continue 'session;
-                            }
-                            Err(flow) => flow,
-                        }
-                    }
-                    Exit::Relayed(end) => match hot.take() {
-                        Some(h) => in_place(|| transaction::finish(&mut s, h, end)).await,
-                        None => Flow::Stop,
-                    },
-                    Exit::Draining => match hot.take() {
-                        Some(h) => in_place(|| transaction::to_deadline(&mut s, h)).await,
-                        None => Flow::Next,
-                    },
-                };
-                match flow {
-                    Flow::Next => continue 'session,
-                    Flow::Stop => break 'session End::Left(None),
-                    // A read whose replica died before answering: once more, elsewhere.
-                    Flow::Retry => {
-                        retried = true;
-                        exit = Exit::Request(Request::Ready);
-                    }
-                }
+        let end = loop {
+            let exit = poll_fn(|cx| steady::poll(cx, &mut s, cancel, &mut hot)).await;
+            // Boxed: every path but the steady one, whose state would weigh on every idle
+            // client's task.
+            if let Some(end) = in_place(|| slow(&mut s, cancel, &mut hot, &mut retried, exit)).await {
+                break end;
             }
         };
         Box::pin(last_words(&mut s, end)).await
+    }
+}
+
+/// What the steady poll left to the session loop: the session goes on (None), or its end.
+async fn slow<'c>(
+    s: &mut Session,
+    cancel: &'c CancelHandle,
+    hot: &mut Option<Box<Hot>>,
+    retried: &mut bool,
+    mut exit: Exit<'c>,
+) -> Option<End> {
+    loop {
+        let flow = match exit {
+            Exit::Idle => {
+                exit = Exit::Request(wait(s).await);
+                continue;
+            }
+            Exit::Request(request) => match Step::of(request) {
+                Err(end) => return Some(end),
+                Ok(Step::HandOver) => match hand_over(s).await {
+                    Ok(request) => {
+                        exit = Exit::Request(request);
+                        continue;
+                    }
+                    Err(end) => return Some(end),
+                },
+                Ok(Step::News) => match super::listen::deliver(s).await {
+                    Ok(()) => return None,
+                    Err(_) => return Some(End::Left(None)),
+                },
+                Ok(Step::Serve) => match steady::serve(s, cancel, std::mem::take(retried)) {
+                    Ok(h) => {
+                        *hot = Some(h);
+                        return None;
+                    }
+                    Err(next) => {
+                        exit = next;
+                        continue;
+                    }
+                },
+            },
+            Exit::Write(out) => send_answer(&mut s.client, out).await,
+            Exit::Acquire(pick, asked, started, again) => match acquire(s, pick, asked, started, again).await {
+                Ok(h) => {
+                    *hot = Some(h);
+                    return None;
+                }
+                Err(flow) => flow,
+            },
+            Exit::Relayed(end) => match hot.take() {
+                Some(h) => transaction::finish(s, h, end).await,
+                None => Flow::Stop,
+            },
+            Exit::Draining => match hot.take() {
+                Some(h) => transaction::to_deadline(s, h).await,
+                None => Flow::Next,
+            },
+        };
+        match flow {
+            Flow::Next => return None,
+            Flow::Stop => return Some(End::Left(None)),
+            // A read whose replica died before answering: once more, elsewhere.
+            Flow::Retry => {
+                *retried = true;
+                exit = Exit::Request(Request::Ready);
+            }
+        }
     }
 }
 
@@ -147,11 +153,9 @@ pub fn run(mut s: Session) -> impl Future<Output = ()> + Send {
 async fn wait(s: &mut Session) -> Request {
     let watch = Watch::new(&s.shared.shutdown, &s.cancel);
     let news = s.listen.as_deref();
-    if s.shared.knobs.client_idle().is_zero() {
-        drain::next_request(&mut s.client, watch, news).await
-    } else {
-        // Boxed: the timer would weigh on every idle client's task where it is off.
-        Box::pin(wait_idle(&mut s.client, watch, news, s.shared.knobs.client_idle())).await
+    match s.shared.knobs.client_idle() {
+        limit if limit.is_zero() => drain::next_request(&mut s.client, watch, news).await,
+        limit => wait_idle(&mut s.client, watch, news, limit).await,
     }
 }
 
