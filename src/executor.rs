@@ -329,7 +329,9 @@ pub fn start() {
         homes.len() - 1
     };
     HOME.with(|h| h.set(Some((index as u32, home))));
-    tokio::spawn(runner(home, reactor));
+    // Outside tokio's cooperative budget, which the runner's many sessions would otherwise
+    // share (the relay yields by itself: `relay::YIELD_AFTER`): set once per turn, not per poll.
+    tokio::spawn(tokio::task::unconstrained(runner(home, reactor)));
 }
 
 /// Runs `future` on this thread's executor, counted by `token`. Outside a worker it becomes a
@@ -342,9 +344,7 @@ pub fn spawn<F: Future<Output = ()> + Send + 'static>(token: TaskTrackerToken, f
         });
         return;
     };
-    // Outside tokio's cooperative budget, which the runner's many sessions would otherwise
-    // share: the relay yields by itself (`relay::YIELD_AFTER`).
-    let future = tokio::task::unconstrained(future);
+    // Polled only inside the runner, which runs outside tokio's cooperative budget.
     let task = Arc::new(Task {
         queued: AtomicBool::new(false),
         home: index,

@@ -184,6 +184,11 @@ impl Knobs {
         }
     }
 
+    /// Whether client_idle_timeout is set (the steady poll's question, without the division).
+    pub fn client_idle_on(&self) -> bool {
+        self.client_idle_timeout.load(Ordering::Relaxed) > 0
+    }
+
     pub fn client_idle(&self) -> std::time::Duration {
         std::time::Duration::from_micros(self.client_idle_timeout.load(Ordering::Relaxed))
     }

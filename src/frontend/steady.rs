@@ -65,7 +65,7 @@ pub fn poll<'c>(
                 },
             }
         }
-        if !s.shared.knobs.client_idle().is_zero() || s.shared.shutdown.is_draining() {
+        if s.shared.knobs.client_idle_on() || s.shared.shutdown.is_draining() {
             return Poll::Ready(Exit::Idle);
         }
         let request = match s.client.poll_request(cx) {

@@ -428,7 +428,7 @@ impl Pool {
     /// Pops the most recently used idle connection that is alive and not too old; the flag
     /// says whether server_check_delay asks for a check before use.
     pub(super) fn take_idle(&self) -> Option<(Box<ServerConn>, bool)> {
-        let check_delay = Duration::from_micros(self.hot.check_delay_us.load(Ordering::Relaxed));
+        let check_delay_us = self.hot.check_delay_us.load(Ordering::Relaxed);
         let here = crate::worker::current();
         loop {
             let mut conn = {
@@ -446,7 +446,7 @@ impl Pool {
             } else if !conn.is_quiet() {
                 self.discard(conn, "closed by the server", CloseReason::Broken);
             } else {
-                let check = idle_for(&conn) >= check_delay;
+                let check = now_us().saturating_sub(conn.idle_since_us) >= check_delay_us;
                 let generation = conn.generation;
                 match conn.rehome() {
                     Ok(conn) => return Some((conn, check)),
