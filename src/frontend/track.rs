@@ -353,7 +353,11 @@ impl ServerScan {
                 if tag == b'1' {
                     self.parses += 1;
                 }
-                self.skip = total;
+                // Whole in the buffer (nearly always): past it at once; else streamed through.
+                match pos.checked_add(total).filter(|&end| end <= buf.len()) {
+                    Some(end) => pos = end,
+                    None => self.skip = total,
+                }
                 continue;
             }
             let Some(frame) = buf.get(pos..pos + total) else {

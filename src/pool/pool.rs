@@ -485,13 +485,14 @@ impl Pool {
 
     /// Puts a clean connection back in the idle list.
     fn check_in(&self, mut conn: Box<ServerConn>) {
-        if self.hot.expired(&conn) {
+        let now = now_us();
+        if self.hot.expired_at(&conn, now) {
             return self.discard(conn, "past server_lifetime", CloseReason::Lifetime);
         }
         if conn.generation != self.generation() || self.paused() {
             return self.discard(conn, "RECONNECT, PAUSE or KILL", CloseReason::Admin);
         }
-        conn.idle_since_us = now_us();
+        conn.idle_since_us = now;
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
         // A checkout waiting for a slot under a limit may take this one instead.
         self.db_limit.wake();
@@ -704,8 +705,13 @@ impl HotSettings {
 
     /// Past server_lifetime.
     fn expired(&self, conn: &ServerConn) -> bool {
+        self.expired_at(conn, now_us())
+    }
+
+    /// `expired`, by a clock already read.
+    fn expired_at(&self, conn: &ServerConn, now: u64) -> bool {
         let lifetime = self.lifetime_us.load(Ordering::Relaxed);
-        lifetime > 0 && now_us().saturating_sub(conn.created_us) >= lifetime
+        lifetime > 0 && now.saturating_sub(conn.created_us) >= lifetime
     }
 }
 
