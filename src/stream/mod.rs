@@ -83,16 +83,20 @@ impl Stream {
 
     /// `try_write` for the data path: 0 when the socket takes nothing now (or `buf` is empty);
     /// the caller writes the rest the usual way. Over TLS always 0.
+    #[inline]
     pub fn write_now(&self, buf: &[u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
         match self {
+            _ if buf.is_empty() => Ok(0),
             Stream::Plain(s) => raw::write_now(s, buf),
-            other => match other.try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-                written => written,
-            },
+            other => other.write_now_other(buf),
+        }
+    }
+
+    #[inline(never)]
+    fn write_now_other(&self, buf: &[u8]) -> io::Result<usize> {
+        match self.try_write(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            written => written,
         }
     }
 
@@ -123,7 +127,16 @@ impl Stream {
     /// with a no-op waker, so data rustls already holds counts too, and TLS records with no
     /// application data (session tickets) do not. Whatever a probe consumes is lost: only for
     /// connections about to be dropped when they are not quiet.
+    #[inline]
     pub fn is_quiet(&mut self) -> bool {
+        match self {
+            Stream::Plain(s) => raw::is_quiet(s),
+            other => other.is_quiet_other(),
+        }
+    }
+
+    #[inline(never)]
+    fn is_quiet_other(&mut self) -> bool {
         let mut probe = [0u8; 1];
         match self {
             Stream::Plain(s) => raw::is_quiet(s),
