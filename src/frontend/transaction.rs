@@ -129,9 +129,11 @@ pub fn begin(s: &mut Session, mut lease: Lease, pick: Pick, asked: u64, retried:
 #[inline]
 pub fn waited_until_now(cancel: &CancelHandle, pool: &Pool, asked: u64) {
     cancel.wait_since.store(0, Ordering::Relaxed);
-    pool.stats
-        .wait_time
-        .fetch_add(now_us().saturating_sub(asked), Ordering::Relaxed);
+    // Served in the turn it asked (the clock is the turn's): nothing to add.
+    let waited = now_us().saturating_sub(asked);
+    if waited > 0 {
+        pool.stats.wait_time.fetch_add(waited, Ordering::Relaxed);
+    }
 }
 
 /// Takes a server for the client's request when none was free at once: the linked server of a

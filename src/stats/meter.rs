@@ -179,6 +179,12 @@ impl Meter {
 
     /// Adds what was counted to the pool's totals (also when a transaction ends otherwise).
     pub fn flush(&mut self, stats: &PoolStats) {
+        // Nothing since the transaction's end added it all (the usual release): no shard lookup.
+        let counted = self.received | self.sent | self.queries | self.query_time;
+        if counted | self.client_parses | self.server_parses | self.binds == 0 {
+            self.flushed = true;
+            return;
+        }
         self.flush_at(shard(), stats);
     }
 
