@@ -19,7 +19,7 @@ use crate::stats::now_us;
 use dashmap::DashMap;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -112,6 +112,8 @@ impl CancelHandle {
     /// (see `cancel_held` for why that is enough).
     pub fn attach(&self, server: &ServerConn, pool: &Arc<Pool>) {
         let held = &self.held;
+        // The id's clearing (`detach`) before the facts' overwriting, for `held`'s recheck.
+        fence(Ordering::Release);
         held.process_id.store(server.process_id, Ordering::Relaxed);
         held.secret_key.store(server.secret_key, Ordering::Relaxed);
         held.created_s
@@ -158,8 +160,10 @@ impl CancelHandle {
             tls: held.tls.load(Ordering::Relaxed),
             other_pool,
         };
-        // A checkout of another server meanwhile: this one is gone.
-        (held.server_id.load(Ordering::Acquire) == server_id).then_some(facts)
+        // A checkout of another server meanwhile: this one is gone. (The fence keeps the facts'
+        // loads before the recheck.)
+        fence(Ordering::Acquire);
+        (held.server_id.load(Ordering::Relaxed) == server_id).then_some(facts)
     }
 
     fn attached(&self) -> std::sync::MutexGuard<'_, Attached> {
@@ -231,6 +235,9 @@ impl CancelHandle {
         // Then the session cannot take another server before this cancel ends, so the facts read
         // here stay those of the server seen.
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        // The id's load below may not pass the count's store (an Acquire load alone may, on
+        // weaker machines than x86).
+        fence(Ordering::SeqCst);
         let Some(held) = self.held() else {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return false;

@@ -74,12 +74,12 @@ pub fn poll<'c>(
             Poll::Pending if Watch::new(&s.shared.shutdown, cancel).draining(cx) => return Poll::Ready(Exit::Idle),
             Poll::Pending => return Poll::Pending,
         };
+        if !matches!(request, Request::Ready) {
+            return Poll::Ready(Exit::Request(request));
+        }
         // A request read as a shutdown began waits in the buffer for the shutdown's own path.
         if s.shared.shutdown.is_draining() {
             return Poll::Ready(Exit::Idle);
-        }
-        if !matches!(request, Request::Ready) {
-            return Poll::Ready(Exit::Request(request));
         }
         match serve(s, cancel, false) {
             Ok(h) => *hot = Some(h),

@@ -97,9 +97,10 @@ impl Mailbox {
     /// Appends what waits for the client to `out`: a notice for what was missed, the
     /// notifications, then a notice for what was dropped. Returns how many notifications.
     ///
-    /// Dropped ones came after those queued (a notification is dropped only when the queue is
-    /// full), so their notice follows the queue, and the client reads the notifications it got
-    /// before it learns that later ones were lost.
+    /// A notification is dropped when the queue has no room for it, so the dropped ones came
+    /// after most of those queued (a smaller one that fits may still be queued after a drop):
+    /// their notice follows the queue, and the client reads the notifications it got before it
+    /// learns that others were lost.
     pub fn take(&self, out: &mut BytesMut) -> usize {
         let mut inbox = self.inbox();
         if std::mem::take(&mut inbox.missed) {
