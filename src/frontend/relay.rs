@@ -135,35 +135,49 @@ pub fn relay<'a>(
 /// What runs once per checkout before the first poll (nothing when it ran already), and the
 /// translation of frames scanned while the client waited for this server.
 pub fn start(client: &mut ClientConn, server: &mut ServerConn, state: &mut RelayState) {
-    let release_at_idle = state.release_at_idle;
     if !state.started {
         state.started = true;
         server.prepared.replies.clear();
-        let waiting = client.buf.get(..client.ready).unwrap_or_default();
-        state.meter.from_client(waiting.len());
-        state.meter.requests(waiting, true);
-        if std::mem::take(&mut client.set) && release_at_idle {
-            watch_set(
-                client.buf.get(..client.ready),
-                &client.tracker,
-                &mut state.scan,
-                &mut state.set,
-            );
-            state.harmless_sets = state.harmless_sets.saturating_add(set::harmless(waiting));
-        }
-        if std::mem::take(&mut client.listen) && release_at_idle {
-            super::listen::collect(waiting, state.listen_ops.get_or_insert_with(Default::default));
-        }
+        let (set, listen) = (std::mem::take(&mut client.set), std::mem::take(&mut client.listen));
+        follow(client, state, 0, true, set, listen);
     }
     if std::mem::take(&mut client.rewrite) && tracking(state, server) {
-        // Frames scanned while the client waited for this server.
-        let at = Position {
-            answered: state.scan.answered,
-            pending: client.tracker.pending,
-        };
-        let end = client.ready;
-        client.ready = prepared::translate(&mut client.buf, 0, end, &mut client.prepared, &mut server.prepared, at);
+        translate(client, server, state, 0);
     }
+}
+
+/// Client frames `client.buf[from..client.ready]` go to the server: counted (`idle_before`: the
+/// server owed nothing before them), and the SET and LISTEN statements the scan found in them
+/// (`set`, `listen`) followed in transaction and statement modes.
+#[inline(always)]
+fn follow(client: &ClientConn, state: &mut RelayState, from: usize, idle_before: bool, set: bool, listen: bool) {
+    let frames = client.buf.get(from..client.ready).unwrap_or_default();
+    state.meter.from_client(frames.len());
+    state.meter.requests(frames, idle_before);
+    if state.release_at_idle && set {
+        watch_set(frames, &client.tracker, &mut state.scan, &mut state.set);
+        state.harmless_sets = state.harmless_sets.saturating_add(set::harmless(frames));
+    }
+    if state.release_at_idle && listen {
+        super::listen::collect(frames, state.listen_ops.get_or_insert_with(Default::default));
+    }
+}
+
+/// Translates the prepared-statement names of `client.buf[from..client.ready]` for this server.
+fn translate(client: &mut ClientConn, server: &mut ServerConn, state: &RelayState, from: usize) {
+    let at = Position {
+        answered: state.scan.answered,
+        pending: client.tracker.pending,
+    };
+    let end = client.ready;
+    client.ready = prepared::translate(
+        &mut client.buf,
+        from,
+        end,
+        &mut client.prepared,
+        &mut server.prepared,
+        at,
+    );
 }
 
 /// Prepared statements are tracked where a client may change servers between transactions.
@@ -403,34 +417,9 @@ fn from_client(
     let from = client.ready;
     client.ready = found.end;
     client.terminate = found.terminate;
-    let frames = client.buf.get(from..found.end).unwrap_or_default();
-    state.meter.from_client(frames.len());
-    state.meter.requests(frames, quiet_before);
-    if state.release_at_idle && found.set {
-        watch_set(
-            client.buf.get(from..found.end),
-            &client.tracker,
-            &mut state.scan,
-            &mut state.set,
-        );
-        state.harmless_sets = state.harmless_sets.saturating_add(set::harmless(frames));
-    }
-    if state.release_at_idle && found.listen {
-        super::listen::collect(frames, state.listen_ops.get_or_insert_with(Default::default));
-    }
+    follow(client, state, from, quiet_before, found.set, found.listen);
     if found.rewrite && tracking(state, server) {
-        let at = Position {
-            answered: state.scan.answered,
-            pending: client.tracker.pending,
-        };
-        client.ready = prepared::translate(
-            &mut client.buf,
-            from,
-            found.end,
-            &mut client.prepared,
-            &mut server.prepared,
-            at,
-        );
+        translate(client, server, state, from);
     }
     Ok(())
 }
@@ -486,11 +475,10 @@ fn flush<W: AsyncWrite + Unpin>(
 /// else in flight and no transaction block open, is answered by the next ReadyForQuery; if that
 /// says idle and no error came, the setting follows the client (see `set`). `frames` passed
 /// `set::candidate` (`ClientScan::set`).
-fn watch_set(frames: Option<&[u8]>, t: &Tracker, scan: &mut ServerScan, pending: &mut Option<Box<set::Command>>) {
+fn watch_set(frames: &[u8], t: &Tracker, scan: &mut ServerScan, pending: &mut Option<Box<set::Command>>) {
     if t.pending != 1 || t.unsynced || t.status != b'I' {
         return;
     }
-    let Some(frames) = frames else { return };
     let Ok(Some((b'Q', total))) = peek_header(frames, usize::MAX >> 1) else {
         return;
     };

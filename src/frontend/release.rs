@@ -19,7 +19,7 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Returns a server whose transaction ended, once any cancel aimed at it has landed: at once
 /// when none is in flight, else after the boxed wait.
-async fn give_back(lease: Lease, cancel: &CancelHandle) {
+pub async fn give_back(lease: Lease, cancel: &CancelHandle) {
     if let Some(lease) = give_back_now(lease, cancel) {
         // Boxed (only when a cancel is in flight): the wait would weigh on every idle client's task.
         Box::pin(settle_then_give_back(lease, cancel)).await
@@ -29,9 +29,7 @@ async fn give_back(lease: Lease, cancel: &CancelHandle) {
 /// `give_back` without a future: the lease back when a cancel in flight must land first. The
 /// client's handle must be detached from the server already (`CancelHandle::detach`).
 pub fn give_back_now(mut lease: Lease, cancel: &CancelHandle) -> Option<Lease> {
-    let server = lease.conn();
-    // Bytes after the last ReadyForQuery: the server is not in a state we know.
-    if !server.buf.is_empty() || server.listening {
+    if !known_state(lease.conn()) {
         return None;
     }
     if cancel.cancels_in_flight() > 0 {
@@ -39,6 +37,13 @@ pub fn give_back_now(mut lease: Lease, cancel: &CancelHandle) -> Option<Lease> {
     }
     lease.release();
     None
+}
+
+/// Whether a server whose transaction ended may serve another client: no bytes after its last
+/// ReadyForQuery, and no LISTEN of its own to settle.
+#[inline]
+pub fn known_state(server: &crate::backend::ServerConn) -> bool {
+    server.buf.is_empty() && !server.listening
 }
 
 pub async fn settle_then_give_back(lease: Lease, cancel: &CancelHandle) {

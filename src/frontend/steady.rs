@@ -8,8 +8,9 @@ use super::conn::Request;
 use super::drain::Watch;
 use super::pick::{pick, Pick};
 use super::relay::{self, RelayEnd};
+use super::release::known_state;
 use super::session::Session;
-use super::transaction::{answer_alone, begin, Hot};
+use super::transaction::{answer_alone, begin, write_tail, Hot};
 use crate::config::PoolMode;
 use crate::pool::Checkout;
 use crate::stats::now_us;
@@ -125,26 +126,15 @@ fn release<'c>(s: &mut Session, hot: &mut Option<Box<Hot>>) -> Option<Exit<'c>> 
         return Some(Exit::Relayed(RelayEnd::Release));
     }
     let mut h = hot.take()?;
-    let mut out = std::mem::take(&mut h.state.out);
-    let (server, pool) = h.lease.parts();
-    h.state.meter.flush(&pool.stats);
-    server.capture = h.state.meter.take_capture();
-    // Bytes after the last ReadyForQuery: the server is not in a state we know, and closes.
-    let clean = server.buf.is_empty() && !server.listening;
-    if let Pick::Primary { wrote: true } = h.pick {
-        s.cancel.wrote_at.store(now_us(), Ordering::Release);
-    }
-    let Hot { lease, .. } = *h;
-    if clean {
+    let out = std::mem::take(&mut h.state.out);
+    h.account(&s.cancel);
+    let Hot { mut lease, .. } = *h;
+    if known_state(lease.conn()) {
         lease.release();
     }
-    if let Some(mailbox) = &s.listen {
-        mailbox.take(&mut out);
-    }
-    // Over TLS the write below also flushes what the relay's last write left in the stream.
-    match s.client.stream.write_now(&out) {
-        Ok(n) if n == out.len() && !s.client.stream.is_tls() => None,
-        Ok(n) => Some(Exit::Write(out.split_off(n))),
+    match write_tail(s, out) {
+        Ok(None) => None,
+        Ok(Some(rest)) => Some(Exit::Write(rest)),
         Err(_) => Some(Exit::Request(Request::Gone)),
     }
 }

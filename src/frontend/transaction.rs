@@ -7,7 +7,7 @@ use super::conn::{ClientConn, Waited};
 use super::drain::{self, Watch};
 use super::pick::{Outstanding, Pick};
 use super::relay::{self, RelayEnd, RelayState};
-use super::release::{clean_up, drop_frame, give_back_now, reset_settings, settle_then_give_back};
+use super::release::{clean_up, drop_frame, give_back, reset_settings};
 use super::session::Session;
 use super::timers::{Phase, Timeouts};
 use super::track::listen_tags::LISTENED;
@@ -61,6 +61,33 @@ impl Hot {
         self.state.rearm_timeouts();
         None
     }
+}
+
+impl Hot {
+    /// The transaction's counts go to its pool's stats, the slow-query buffer back to its
+    /// server, and a write on the primary starts read-your-writes.
+#[inline(always)]
+    pub fn account(&mut self, cancel: &CancelHandle) {
+        let (server, pool) = self.lease.parts();
+        self.state.meter.flush(&pool.stats);
+        server.capture = self.state.meter.take_capture();
+        if let Pick::Primary { wrote: true } = self.pick {
+            cancel.wrote_at.store(now_us(), Ordering::Release);
+        }
+    }
+}
+
+/// Writes the answer's tail `out` and the client's waiting notifications as far as the socket
+/// takes them now (plain TCP nearly always takes all): None when all went, else what is left
+/// to write the usual way (over TLS, all of it, which also flushes what the relay's last write
+/// left in the stream). Err when the client is gone.
+#[inline(always)]
+pub fn write_tail(s: &Session, mut out: BytesMut) -> std::io::Result<Option<BytesMut>> {
+    if let Some(mailbox) = &s.listen {
+        mailbox.take(&mut out);
+    }
+    let n = s.client.stream.write_now(&out)?;
+    Ok((n < out.len() || s.client.stream.is_tls()).then(|| out.split_off(n)))
 }
 
 /// A read sent to a replica, kept until the replica answers, so that a replica dying before
@@ -251,53 +278,38 @@ pub async fn finish(s: &mut Session, mut hot: Box<Hot>, end: RelayEnd) -> Flow {
             hot.lease.conn().listening &= !keep;
         }
     }
-    let Hot {
-        mut lease,
-        mut state,
-        pick,
-        replay,
-        ..
-    } = *hot;
+    if let (RelayEnd::ServerGone(e), Some(replica)) = (&end, hot.pick.replica(&s.cancel.pool)) {
+        if let Some(replay) = hot.replay.take() {
+            if hot.state.meter.untouched(replay.frames.len()) {
+                replica.ok.store(false, Ordering::Release);
+                tracing::warn!(pool = %hot.lease.pool(), error = %e, "replica connection lost before it answered: the read goes elsewhere");
+                replay.restore(&mut s.client);
+                return Flow::Retry;
+            }
+        }
+    }
+    hot.account(&s.cancel);
+    let Hot { mut lease, state, .. } = *hot;
     let timeouts = state.timeouts();
     let pool = lease.pool().clone();
     let pool = &pool;
-    let client = &mut s.client;
-    if let (RelayEnd::ServerGone(e), Some(replay), Some(replica)) = (&end, replay, pick.replica(&s.cancel.pool)) {
-        if state.meter.untouched(replay.frames.len()) {
-            replica.ok.store(false, Ordering::Release);
-            tracing::warn!(pool = %pool, error = %e, "replica connection lost before it answered: the read goes elsewhere");
-            replay.restore(client);
-            return Flow::Retry;
-        }
-    }
-    state.meter.flush(&pool.stats);
-    lease.conn().capture = state.meter.take_capture();
-    if let Pick::Primary { wrote: true } = pick {
-        s.cancel.wrote_at.store(now_us(), Ordering::Release);
-    }
     match end {
         RelayEnd::Release => {
             if keep {
-                if let Some(lease) = give_back_now(lease, &s.cancel) {
-                    Box::pin(settle_then_give_back(lease, &s.cancel)).await;
-                }
+                give_back(lease, &s.cancel).await;
             } else {
                 drop(lease);
             }
-            if let Some(mailbox) = &s.listen {
-                mailbox.take(&mut state.out);
-            }
-            // Plain TCP takes the answer's tail at once, nearly always.
-            let written = match client.stream.write_now(&state.out) {
-                Ok(n) if n == state.out.len() && !client.stream.is_tls() => Ok(()),
-                Ok(n) => client.write(state.out.get(n..).unwrap_or_default()).await,
+            let written = match write_tail(s, state.out) {
+                Ok(Some(rest)) => s.client.write(&rest).await,
+                Ok(None) => Ok(()),
                 Err(e) => Err(e),
             };
             if written.is_ok() {
                 return Flow::Next;
             }
         }
-        RelayEnd::ClientGone => clean_up(lease, client, &s.cancel, pool, &pool.settings().server_reset_query).await,
+        RelayEnd::ClientGone => clean_up(lease, &s.client, &s.cancel, pool, &pool.settings().server_reset_query).await,
         RelayEnd::TransactionBlock => {
             pool.stats.error(b"0A000");
             let error = PgError::fatal(
@@ -305,9 +317,9 @@ pub async fn finish(s: &mut Session, mut hot: Box<Hot>, end: RelayEnd) -> Flow {
                 "transaction blocks are not allowed in statement pooling mode (pool_mode = \"statement\")",
             )
             .with_hint("run each statement on its own, or use pool_mode = \"transaction\" for this database or user");
-            Box::pin(client.send_error(&error)).await;
+            Box::pin(s.client.send_error(&error)).await;
             drop_frame(lease.conn());
-            clean_up(lease, client, &s.cancel, pool, "").await;
+            clean_up(lease, &s.client, &s.cancel, pool, "").await;
         }
         RelayEnd::Timeout(Phase::Busy) => {
             // Only after the cancel: a server that answers neither the query nor its cancel is
@@ -326,19 +338,19 @@ pub async fn finish(s: &mut Session, mut hot: Box<Hot>, end: RelayEnd) -> Flow {
             .with_detail("the transaction in progress is lost")
             .with_hint("the server may be unreachable; reconnect to get another connection");
             pool.stats.error(error.code.as_bytes());
-            Box::pin(client.send_error(&error)).await;
-            clean_up(lease, client, &s.cancel, pool, "").await;
+            Box::pin(s.client.send_error(&error)).await;
+            clean_up(lease, &s.client, &s.cancel, pool, "").await;
         }
         RelayEnd::Timeout(phase) => {
             let error = timeout_error(phase, &timeouts);
             pool.stats.error(error.code.as_bytes());
-            Box::pin(client.send_error(&error)).await;
-            clean_up(lease, client, &s.cancel, pool, &pool.settings().server_reset_query).await;
+            Box::pin(s.client.send_error(&error)).await;
+            clean_up(lease, &s.client, &s.cancel, pool, &pool.settings().server_reset_query).await;
         }
         RelayEnd::ClientInvalid(e) => {
             pool.stats.error(e.code.as_bytes());
-            Box::pin(client.send_error(&e)).await;
-            clean_up(lease, client, &s.cancel, pool, &pool.settings().server_reset_query).await;
+            Box::pin(s.client.send_error(&e)).await;
+            clean_up(lease, &s.client, &s.cancel, pool, &pool.settings().server_reset_query).await;
         }
         RelayEnd::ServerGone(e) => {
             let addr = lease.conn().addr.clone();
@@ -346,13 +358,13 @@ pub async fn finish(s: &mut Session, mut hot: Box<Hot>, end: RelayEnd) -> Flow {
             pool.server_failed(crate::breaker::FailureCause::UnexpectedClose, e.to_string());
             let mut error = PgError::fatal("08006", format!("server connection lost ({addr}): {e}"))
                 .with_hint("the server closed the connection or crashed; reconnect to get a new one");
-            if client.tracker.status != b'I' || !client.tracker.quiet() {
+            if s.client.tracker.status != b'I' || !s.client.tracker.quiet() {
                 error = error.with_detail(
                     "the transaction in progress is lost: PostgreSQL rolled back whatever it had not committed",
                 );
             }
             pool.stats.error(b"08006");
-            Box::pin(client.send_error(&error)).await;
+            Box::pin(s.client.send_error(&error)).await;
         }
     }
     Flow::Stop
