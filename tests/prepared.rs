@@ -641,17 +641,29 @@ async fn sql_prepare_works_in_session_mode() {
 
 /// COPY FROM STDIN through the extended protocol: the Sync sent right after the Execute is
 /// swallowed by the server's copy mode, so it must not count as a Sync stretch of its own.
+/// Counted too few, the server would go back early; too many, it would stay with the client,
+/// and the other client on the one-server pool would wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_in_twice_with_statements_dropped_between() {
     use futures_util::SinkExt;
     let px = pgmux("default_pool_size = 1");
     let client = connect(&px.url("app", "app", "bench")).await;
-    client.batch_execute("CREATE TEMP TABLE nums(n int)").await.unwrap();
+    let other = connect(&px.url("app", "app", "bench")).await;
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS copied(n int)")
+        .await
+        .unwrap();
     for round in 0..3 {
-        let sink = client.copy_in("COPY nums FROM STDIN").await.unwrap();
+        let sink = client.copy_in("COPY copied FROM STDIN").await.unwrap();
         let mut sink = Box::pin(sink);
         sink.send(bytes::Bytes::from_static(b"1\n2\n")).await.unwrap();
         assert_eq!(sink.as_mut().finish().await.unwrap(), 2, "round {round}");
+        let released = tokio::time::timeout(REPLY_TIMEOUT, value(&other, "SELECT 2")).await;
+        assert_eq!(
+            released.as_deref(),
+            Ok("2"),
+            "round {round}: the server stayed with the COPY's client"
+        );
         assert_eq!(value(&client, "SELECT 1").await, "1");
     }
 }

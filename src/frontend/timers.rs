@@ -124,19 +124,19 @@ mod tests {
             pending: 1,
             unsynced: false,
             status: b'I',
-            syncs_in_copy: 0,
+            ..Tracker::default()
         };
         let unsynced = Tracker {
             pending: 0,
             unsynced: true,
             status: b'T',
-            syncs_in_copy: 0,
+            ..Tracker::default()
         };
         let in_tx = Tracker {
             pending: 0,
             unsynced: false,
             status: b'E',
-            syncs_in_copy: 0,
+            ..Tracker::default()
         };
         assert_eq!(Phase::of(&busy), Phase::Busy);
         assert_eq!(Phase::of(&unsynced), Phase::Busy);
@@ -155,7 +155,7 @@ mod tests {
             pending: 1,
             unsynced: false,
             status: b'I',
-            syncs_in_copy: 0,
+            ..Tracker::default()
         };
         let fired = std::future::poll_fn(|cx| watch.poll(cx, &t)).await;
         assert_eq!(fired, Phase::Busy);
@@ -164,7 +164,7 @@ mod tests {
             pending: 0,
             unsynced: false,
             status: b'T',
-            syncs_in_copy: 0,
+            ..Tracker::default()
         };
         let waited = tokio::time::timeout(Duration::from_secs(10), std::future::poll_fn(|cx| watch.poll(cx, &t))).await;
         assert!(waited.is_err());

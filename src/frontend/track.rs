@@ -1,9 +1,12 @@
 //! Where a client's transaction stands, read off the frame tags flowing each way.
 //!
 //! Every Query, FunctionCall and Sync the client sends is answered by exactly one ReadyForQuery,
-//! whatever happens in between (errors, COPY, several statements). So the server may go back to
-//! the pool when every one of them is answered, the client has sent nothing since its last Sync,
-//! and the last ReadyForQuery says idle (`I`).
+//! whatever happens in between (errors, COPY, several statements), but for Syncs that a COPY
+//! FROM STDIN swallows (`CopySyncs`) and messages the server skips after an error while it waits
+//! for a Sync. So the server may go back to the pool when every one of them is answered, the
+//! client has sent nothing since its last Sync, and the last ReadyForQuery says idle (`I`).
+//! Where the count cannot be sure it errs high: the server then stays with its client, and is
+//! closed when the client leaves, rather than handed to another while it still owes answers.
 
 use crate::protocol::frame::{header_total, is_frontend_tag, peek_header, read_cstr, FrameError, HEADER_LEN};
 
@@ -15,9 +18,29 @@ pub struct Tracker {
     pub unsynced: bool,
     /// Status of the last ReadyForQuery: `I` idle, `T` in a transaction, `E` failed transaction.
     pub status: u8,
-    /// Syncs sent since the last Execute or Query: if that started a COPY FROM STDIN, the
-    /// server swallows them in copy mode, and they get no ReadyForQuery.
-    pub syncs_in_copy: u16,
+    /// An Execute sent since the last Sync.
+    pub executed: bool,
+    /// Syncs that a COPY FROM STDIN may swallow (see `CopySyncs`).
+    pub copy: CopySyncs,
+}
+
+/// A server in COPY FROM STDIN mode reads and ignores Syncs: they get no ReadyForQuery. Whether
+/// an Execute or Query starts a COPY only the server knows (CopyInResponse), and its answer may
+/// come after the client sent more. So pgmux counts the Syncs sent right after such a message,
+/// before anything else, and takes them off `pending` only when the server's CopyInResponse
+/// says they were swallowed. It does that only when the message was the one thing in flight,
+/// so the CopyInResponse is surely its answer. Anything less certain keeps the Syncs pending:
+/// a count too high keeps the server with its client (and closes it when the client leaves),
+/// one too low would hand over a server that still owes answers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum CopySyncs {
+    /// No Execute or Query whose CopyInResponse could be attributed.
+    #[default]
+    None,
+    /// The last Execute or Query was alone in flight; `n` Syncs followed it directly.
+    Lead { n: u8 },
+    /// Something else followed the `n` Syncs: they are all the COPY may have swallowed.
+    Closed { n: u8 },
 }
 
 impl Default for Tracker {
@@ -26,7 +49,8 @@ impl Default for Tracker {
             pending: 0,
             unsynced: false,
             status: b'I',
-            syncs_in_copy: 0,
+            executed: false,
+            copy: CopySyncs::None,
         }
     }
 }
@@ -40,6 +64,33 @@ impl Tracker {
     /// The transaction is over and the server is clean.
     pub fn idle(&self) -> bool {
         self.quiet() && self.status == b'I'
+    }
+
+    /// An Execute or Query is sent: a CopyInResponse can be its answer only if nothing else is
+    /// in flight.
+    #[inline]
+    fn starts(&mut self) {
+        self.copy = if self.pending == 0 && !self.executed {
+            CopySyncs::Lead { n: 0 }
+        } else {
+            CopySyncs::None
+        };
+    }
+
+    /// A client message other than Sync and Flush ends the Syncs a COPY may swallow.
+    #[inline]
+    fn other(&mut self) {
+        if let CopySyncs::Lead { n } = self.copy {
+            self.copy = CopySyncs::Closed { n };
+        }
+    }
+
+    /// The server entered COPY FROM STDIN: the Syncs that came straight after are swallowed.
+    #[inline]
+    pub fn copy_in(&mut self) {
+        if let CopySyncs::Lead { n } | CopySyncs::Closed { n } = std::mem::take(&mut self.copy) {
+            self.pending = self.pending.saturating_sub(n.into());
+        }
     }
 }
 
@@ -83,24 +134,29 @@ pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Resu
         };
         match tag {
             b'Q' => {
+                t.starts();
                 t.pending += 1;
-                t.syncs_in_copy = 0;
                 let (r, l, s) = query_flags(body);
                 rewrite |= r;
                 listen |= l;
                 set |= s;
             }
-            b'F' => t.pending += 1,
             b'S' => {
                 t.pending += 1;
                 t.unsynced = false;
-                t.syncs_in_copy = t.syncs_in_copy.saturating_add(1);
+                t.executed = false;
+                if let CopySyncs::Lead { n } = &mut t.copy {
+                    // More than 255 straight Syncs stay pending: too many is safe.
+                    *n = n.saturating_add(1);
+                }
             }
-            b'c' | b'f' => {
-                // The copy ends here: the Syncs sent during it were never answered.
-                t.pending = t.pending.saturating_sub(std::mem::take(&mut t.syncs_in_copy).into());
+            b'E' => {
+                t.starts();
+                t.unsynced = true;
+                t.executed = true;
             }
             b'P' => {
+                t.other();
                 t.unsynced = true;
                 rewrite |= names_statement(tag, body);
                 if let Some(query) = parse_query(body) {
@@ -109,18 +165,20 @@ pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Resu
                 }
             }
             b'B' | b'D' | b'C' => {
+                t.other();
                 t.unsynced = true;
                 rewrite |= names_statement(tag, body);
             }
-            b'E' => {
-                t.unsynced = true;
-                t.syncs_in_copy = 0;
+            b'F' => {
+                t.other();
+                t.pending += 1;
             }
             // A Flush asks for output and opens nothing: after the last Sync it must not keep
             // the server (psycopg sends one at the end of a pipeline block).
             b'H' => {}
             b'p' => return Err(FrameError::Malformed("password message outside authentication")),
-            _ => {}
+            // CopyData, CopyDone, CopyFail and the rest.
+            _ => t.other(),
         }
         pos += total;
     }
@@ -349,7 +407,7 @@ impl ServerScan {
             }
             // Transaction mode looks at CommandComplete tags for LISTEN (`crate::listen`).
             let looked = matches!(tag, b'C' | b'A') && release_at_idle;
-            if !wanted && !matches!(tag, b'Z' | b'S' | b'E') && !looked {
+            if !wanted && !matches!(tag, b'Z' | b'S' | b'E' | b'G' | b'W') && !looked {
                 if tag == b'1' {
                     self.parses += 1;
                 }
@@ -390,6 +448,11 @@ impl ServerScan {
                 pos += total;
                 continue;
             }
+            if matches!(tag, b'G' | b'W') {
+                t.copy_in();
+                pos += total;
+                continue;
+            }
             if tag == b'S' {
                 let mut parts = body.split(|&b| b == 0);
                 if let (Some(name), Some(value)) = (parts.next(), parts.next()) {
@@ -401,6 +464,8 @@ impl ServerScan {
             let status = *body.first().ok_or(FrameError::Malformed("ReadyForQuery"))?;
             t.pending = t.pending.saturating_sub(1);
             t.status = status;
+            // Whatever was in flight is answered: a later CopyInResponse is not its.
+            t.copy = CopySyncs::None;
             self.answered = self.answered.wrapping_add(1);
             if self.watch == Some(self.answered) {
                 self.watch = None;
@@ -468,22 +533,95 @@ mod tests {
                 pending: 2,
                 unsynced: false,
                 status: b'I',
-                syncs_in_copy: 0,
+                ..Tracker::default()
             }
         );
     }
 
+    /// Scans `client` then `server` (from the server's side), one read each.
+    fn exchange(t: &mut Tracker, client: &[u8], server: &[u8]) -> ServerStop {
+        scan_client(client, 0, 1 << 20, t).unwrap();
+        let (end, stop) = ServerScan::default()
+            .scan(server, 0, t, true, false, |_, _| {})
+            .unwrap();
+        assert_eq!(end, server.len(), "{stop:?}");
+        stop
+    }
+
+    fn frames(list: &[(u8, &[u8])]) -> Vec<u8> {
+        list.iter().flat_map(|(tag, body)| frame(*tag, body)).collect()
+    }
+
+    const EXECUTE: (u8, &[u8]) = (b'E', b"\0\0\0\0\0");
+    const SYNC: (u8, &[u8]) = (b'S', b"");
+    const COPY_IN: (u8, &[u8]) = (b'G', b"\0\0\0");
+    const READY: (u8, &[u8]) = (b'Z', b"I");
+
     #[test]
     fn syncs_swallowed_by_copy_mode_are_not_pending() {
+        // libpq's extended COPY: Execute and Sync, then the data, CopyDone and another Sync.
         let mut t = Tracker::default();
-        let mut buf = frame(b'B', b"\0\0\0\0\0\0\0\0");
-        buf.extend(frame(b'E', b"\0\0\0\0\0"));
-        buf.extend(frame(b'S', b""));
-        buf.extend(frame(b'd', b"1\n"));
-        buf.extend(frame(b'c', b""));
-        buf.extend(frame(b'S', b""));
-        scan_client(&buf, 0, 1 << 20, &mut t).unwrap();
+        let bind = (b'B', b"\0\0\0\0\0\0\0\0" as &[u8]);
+        exchange(
+            &mut t,
+            &frames(&[bind, EXECUTE, SYNC]),
+            &frames(&[(b'2', b""), COPY_IN]),
+        );
+        assert_eq!(t.pending, 0, "the Sync came in copy mode: no ReadyForQuery for it");
+        exchange(&mut t, &frames(&[(b'd', b"1\n"), (b'c', b""), SYNC]), b"");
         assert_eq!(t.pending, 1, "one ReadyForQuery comes, after CopyDone's Sync");
+        let done = frames(&[(b'C', b"COPY 1\0"), READY]);
+        assert_eq!(exchange(&mut t, b"", &done), ServerStop::Release);
+
+        // A client that sends it all before the CopyInResponse comes back.
+        let mut t = Tracker::default();
+        let all = frames(&[EXECUTE, SYNC, (b'd', b"1\n"), (b'c', b""), SYNC]);
+        exchange(&mut t, &all, &frames(&[COPY_IN]));
+        assert_eq!(t.pending, 1);
+
+        // The same over the simple protocol: a Query, a stray Sync, the data.
+        let mut t = Tracker::default();
+        let q = (b'Q', b"copy t from stdin\0" as &[u8]);
+        exchange(&mut t, &frames(&[q, SYNC]), &frames(&[COPY_IN]));
+        assert_eq!(t.pending, 1, "the Query's ReadyForQuery is still to come");
+    }
+
+    #[test]
+    fn copy_done_without_a_copy_swallows_nothing() {
+        // Sync, CopyFail, Query: no COPY runs, so two ReadyForQuery come. The first must not
+        // release the server with the Query still running (a fuzzer found this).
+        let mut t = Tracker::default();
+        let q = (b'Q', b"select pg_sleep(0.01)\0" as &[u8]);
+        scan_client(&frames(&[SYNC, (b'c', b""), q]), 0, 1 << 20, &mut t).unwrap();
+        assert_eq!(t.pending, 2);
+        assert_eq!(exchange(&mut t, b"", &frames(&[READY])), ServerStop::More);
+        let answer = frames(&[(b'T', b"\0\0"), (b'D', b"\0\0"), (b'C', b"SELECT 1\0"), READY]);
+        assert_eq!(exchange(&mut t, b"", &answer), ServerStop::Release);
+
+        // A query answered, then a Sync and a CopyDone: the Sync is answered too.
+        let mut t = Tracker::default();
+        let q = (b'Q', b"select 1\0" as &[u8]);
+        scan_client(&frames(&[q, SYNC, (b'c', b"")]), 0, 1 << 20, &mut t).unwrap();
+        assert_eq!(exchange(&mut t, b"", &frames(&[READY])), ServerStop::More);
+        assert_eq!(exchange(&mut t, b"", &frames(&[READY])), ServerStop::Release);
+    }
+
+    #[test]
+    fn a_copy_answer_that_may_not_be_the_last_messages_keeps_syncs_pending() {
+        // Two Executes before the Sync: the CopyInResponse may answer the first, and the
+        // second then ends the COPY with an error, so the Sync is answered.
+        let mut t = Tracker::default();
+        exchange(&mut t, &frames(&[EXECUTE, EXECUTE, SYNC]), &frames(&[COPY_IN]));
+        assert_eq!(t.pending, 1);
+        // An Execute sent while an earlier Sync is unanswered: likewise.
+        let mut t = Tracker::default();
+        exchange(&mut t, &frames(&[SYNC, EXECUTE, SYNC]), &frames(&[READY, COPY_IN]));
+        assert_eq!(t.pending, 1);
+        // Syncs after CopyData may come after the data ended the COPY: they stay pending.
+        let mut t = Tracker::default();
+        let q = (b'Q', b"copy t from stdin\0" as &[u8]);
+        exchange(&mut t, &frames(&[q, (b'd', b"x\n"), SYNC]), &frames(&[COPY_IN]));
+        assert_eq!(t.pending, 2);
     }
 
     #[test]

@@ -66,7 +66,7 @@ impl Hot {
 impl Hot {
     /// The transaction's counts go to its pool's stats, the slow-query buffer back to its
     /// server, and a write on the primary starts read-your-writes.
-#[inline(always)]
+    #[inline(always)]
     pub fn account(&mut self, cancel: &CancelHandle) {
         let (server, pool) = self.lease.parts();
         self.state.meter.flush(&pool.stats);

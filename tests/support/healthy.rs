@@ -32,7 +32,19 @@ pub async fn try_value(client: &tokio_postgres::Client, sql: &str) -> Result<Str
             SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
             _ => None,
         })
-        .ok_or_else(|| format!("{sql}: no row"))
+        .ok_or_else(|| {
+            // What came instead says whose answer it was (a stray one points at a server
+            // handed over too early).
+            let got: Vec<String> = rows
+                .iter()
+                .map(|m| match m {
+                    SimpleQueryMessage::CommandComplete(n) => format!("CommandComplete({n})"),
+                    SimpleQueryMessage::RowDescription(_) => "RowDescription".into(),
+                    _ => "another message".into(),
+                })
+                .collect();
+            format!("{sql}: no row, only {got:?}")
+        })
 }
 
 /// A tokio-postgres client on its own thread running `SELECT 1` every 10 ms until `finish`.
