@@ -32,15 +32,18 @@ pub struct Tracker {
 /// so the CopyInResponse is surely its answer. Anything less certain keeps the Syncs pending:
 /// a count too high keeps the server with its client (and closes it when the client leaves),
 /// one too low would hand over a server that still owes answers.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub enum CopySyncs {
+///
+/// One byte, so that each client message costs an instruction or two: `NONE`, or the count of
+/// Syncs (up to `MAX`) with `CLOSED` set once something other than a Sync or Flush followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopySyncs(u8);
+
+impl CopySyncs {
     /// No Execute or Query whose CopyInResponse could be attributed.
-    #[default]
-    None,
-    /// The last Execute or Query was alone in flight; `n` Syncs followed it directly.
-    Lead { n: u8 },
-    /// Something else followed the `n` Syncs: they are all the COPY may have swallowed.
-    Closed { n: u8 },
+    pub const NONE: CopySyncs = CopySyncs(u8::MAX);
+    const CLOSED: u8 = 0x80;
+    /// More Syncs in a row stay pending: too many is safe.
+    const MAX: u8 = 0x7f;
 }
 
 impl Default for Tracker {
@@ -50,7 +53,7 @@ impl Default for Tracker {
             unsynced: false,
             status: b'I',
             executed: false,
-            copy: CopySyncs::None,
+            copy: CopySyncs::NONE,
         }
     }
 }
@@ -68,28 +71,35 @@ impl Tracker {
 
     /// An Execute or Query is sent: a CopyInResponse can be its answer only if nothing else is
     /// in flight.
-    #[inline]
+    #[inline(always)]
     fn starts(&mut self) {
         self.copy = if self.pending == 0 && !self.executed {
-            CopySyncs::Lead { n: 0 }
+            CopySyncs(0)
         } else {
-            CopySyncs::None
+            CopySyncs::NONE
         };
     }
 
-    /// A client message other than Sync and Flush ends the Syncs a COPY may swallow.
-    #[inline]
-    fn other(&mut self) {
-        if let CopySyncs::Lead { n } = self.copy {
-            self.copy = CopySyncs::Closed { n };
+    /// A Sync: one more the COPY may swallow, while nothing else came since the Execute.
+    #[inline(always)]
+    fn synced(&mut self) {
+        if self.copy.0 < CopySyncs::MAX {
+            self.copy.0 += 1;
         }
+    }
+
+    /// A client message other than Sync and Flush ends the Syncs a COPY may swallow.
+    #[inline(always)]
+    fn other(&mut self) {
+        self.copy.0 |= CopySyncs::CLOSED;
     }
 
     /// The server entered COPY FROM STDIN: the Syncs that came straight after are swallowed.
     #[inline]
     pub fn copy_in(&mut self) {
-        if let CopySyncs::Lead { n } | CopySyncs::Closed { n } = std::mem::take(&mut self.copy) {
-            self.pending = self.pending.saturating_sub(n.into());
+        let copy = std::mem::replace(&mut self.copy, CopySyncs::NONE);
+        if copy != CopySyncs::NONE {
+            self.pending = self.pending.saturating_sub((copy.0 & !CopySyncs::CLOSED).into());
         }
     }
 }
@@ -145,10 +155,7 @@ pub fn scan_client(buf: &[u8], from: usize, max: usize, t: &mut Tracker) -> Resu
                 t.pending += 1;
                 t.unsynced = false;
                 t.executed = false;
-                if let CopySyncs::Lead { n } = &mut t.copy {
-                    // More than 255 straight Syncs stay pending: too many is safe.
-                    *n = n.saturating_add(1);
-                }
+                t.synced();
             }
             b'E' => {
                 t.starts();
@@ -465,7 +472,7 @@ impl ServerScan {
             t.pending = t.pending.saturating_sub(1);
             t.status = status;
             // Whatever was in flight is answered: a later CopyInResponse is not its.
-            t.copy = CopySyncs::None;
+            t.copy = CopySyncs::NONE;
             self.answered = self.answered.wrapping_add(1);
             if self.watch == Some(self.answered) {
                 self.watch = None;
