@@ -492,6 +492,10 @@ impl ServerScan {
 }
 
 #[cfg(test)]
+#[path = "track_model.rs"]
+mod model;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
