@@ -21,7 +21,8 @@
 #      pgjdbc): scripts/drivers-setup.sh, which skips what is already installed.
 #   4b. Debian's chromium for the dashboard's browser test (tests/dashboard_browser.rs):
 #      scripts/browser-setup.sh, with apt as root, only when missing.
-#   5. `cargo test --locked` from the repository root. Plain `cargo test`, not
+#   5. `cargo test --locked --no-fail-fast` from the repository root (a red run reports every
+#      failing test binary, not only the first). Plain `cargo test`, not
 #      nextest: the tests of one binary share one PostgreSQL cluster. For a whole run the
 #      builds of steps 6 and 7 start beside it at nice 19 (they use the cores the tests leave
 #      idle), and are waited for after it.
@@ -171,8 +172,8 @@ if [ $# -eq 0 ]; then
     prebuilds+=($!)
   fi
 fi
-say "cargo test --locked $*"
-cargo test --locked "$@"
+say "cargo test --locked --no-fail-fast $*"
+cargo test --locked --no-fail-fast "$@"
 if ((${#prebuilds[@]})); then
   say "waiting for the release and fuzz builds started beside the tests"
   for p in "${prebuilds[@]}"; do wait "$p" || true; done
