@@ -301,13 +301,6 @@ async fn serve(config: Config, tls: Tls, path: Option<PathBuf>, upgrading: bool)
     for note in &config.notes {
         tracing::warn!("{note}");
     }
-    let inert = config.inert_settings();
-    if !inert.is_empty() {
-        tracing::warn!(
-            "these settings are accepted but not acted on by this version: {}",
-            inert.join(", ")
-        );
-    }
     let shared = Arc::new(Shared::new(config, tls).with_config_path(path));
     if let Some(t) = &takeover {
         shared.continue_ids(t.next_client);

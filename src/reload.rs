@@ -94,13 +94,6 @@ fn try_reload(shared: &Shared) -> Result<Reconfigured, ReloadError> {
     for note in &config.notes {
         tracing::warn!("{note}");
     }
-    let inert = config.inert_settings();
-    if !inert.is_empty() {
-        tracing::warn!(
-            "these settings are accepted but not acted on by this version: {}",
-            inert.join(", ")
-        );
-    }
     let config = Arc::new(config);
     // New logins see the new file first, then the pools follow.
     shared.set_config(config.clone());

@@ -428,7 +428,6 @@ pub struct ConfigError {
 }
 
 pub mod hba;
-mod inert;
 pub mod ini;
 mod parse;
 pub mod reference;
