@@ -7,10 +7,17 @@
 //! A pool that finds its database full may close an idle connection of another pool of that
 //! database to make room (PgBouncer does the same); failing that, it waits.
 
-use super::pool::Pool;
+use crate::stats::CloseReason;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::Notify;
+
+/// A pool as a limit sees it: one whose idle connections may be closed to make room for
+/// another's. (A trait, so that `limits` need not know `Pool`, which holds its limits.)
+pub trait Member: std::fmt::Display + Send + Sync {
+    fn idle_count(&self) -> usize;
+    fn close_one_idle(&self, why: &str, reason: CloseReason) -> bool;
+}
 
 /// Which setting a limit enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +52,7 @@ pub struct Limit {
     waiting: AtomicU32,
     freed: Notify,
     /// The pools under this limit, whose idle connections may be closed to make room.
-    pools: Mutex<Vec<Weak<Pool>>>,
+    pools: Mutex<Vec<Weak<dyn Member>>>,
 }
 
 impl Limit {
@@ -125,15 +132,16 @@ impl Limit {
         self.waiting.load(Ordering::Relaxed) > 0
     }
 
-    pub fn register(&self, pool: &Arc<Pool>) {
+    pub fn register<P: Member + 'static>(&self, pool: &Arc<P>) {
+        let pool: Arc<dyn Member> = pool.clone();
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools.retain(|p| p.strong_count() > 0);
-        pools.push(Arc::downgrade(pool));
+        pools.push(Arc::downgrade(&pool));
     }
 
     /// Closes one idle connection of another pool under this limit; true if one was closed.
-    pub fn evict_idle(&self, except: &Pool) -> bool {
-        let pools: Vec<Arc<Pool>> = {
+    pub fn evict_idle(&self, except: &dyn Member) -> bool {
+        let pools: Vec<Arc<dyn Member>> = {
             let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
             pools.retain(|p| p.strong_count() > 0);
             pools.iter().filter_map(Weak::upgrade).collect()
@@ -141,12 +149,12 @@ impl Limit {
         // The pool with the most idle connections gives one up.
         let victim = pools
             .iter()
-            .filter(|p| !std::ptr::eq(Arc::as_ptr(p), except))
+            .filter(|p| !std::ptr::addr_eq(Arc::as_ptr(p), except))
             .max_by_key(|p| p.idle_count());
         match victim {
             Some(pool) => pool.close_one_idle(
                 &format!("making room under {} for pool {except}", self.kind.setting()),
-                crate::stats::CloseReason::Idle,
+                CloseReason::Idle,
             ),
             None => false,
         }

@@ -729,6 +729,16 @@ impl Drop for Pool {
     }
 }
 
+impl super::limits::Member for Pool {
+    fn idle_count(&self) -> usize {
+        Pool::idle_count(self)
+    }
+
+    fn close_one_idle(&self, why: &str, reason: CloseReason) -> bool {
+        Pool::close_one_idle(self, why, reason)
+    }
+}
+
 impl std::fmt::Display for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.user, self.database)
