@@ -65,7 +65,7 @@ pub fn harmless(frames: &[u8]) -> u16 {
         pos += total;
         let text = match tag {
             b'Q' => body,
-            b'P' => match super::track::parse_query(body) {
+            b'P' => match crate::protocol::frame::parse_query(body) {
                 Some(q) => q.split(|&b| b == 0).next().unwrap_or_default(),
                 None => continue,
             },

@@ -8,7 +8,9 @@
 //! Where the count cannot be sure it errs high: the server then stays with its client, and is
 //! closed when the client leaves, rather than handed to another while it still owes answers.
 
-use crate::protocol::frame::{header_total, is_frontend_tag, peek_header, read_cstr, FrameError, HEADER_LEN};
+use crate::protocol::frame::{
+    header_total, is_frontend_tag, parse_query, peek_header, read_cstr, FrameError, HEADER_LEN,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tracker {
@@ -218,13 +220,6 @@ fn query_flags(text: &[u8]) -> (bool, bool, bool) {
         Some(b'/' | b'-') => (prepared(text), listen(text), set(text)),
         _ => (false, false, false),
     }
-}
-
-/// A Parse's query text (after the statement name).
-pub fn parse_query(body: &[u8]) -> Option<&[u8]> {
-    let mut pos = 0;
-    read_cstr(body, &mut pos)?;
-    body.get(pos..)
 }
 
 /// A Parse, Bind, Describe or Close that names a prepared statement (not the unnamed one).

@@ -72,6 +72,13 @@ pub fn read_cstr<'a>(body: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
     Some(text)
 }
 
+/// A Parse's query text (after the statement name).
+pub fn parse_query(body: &[u8]) -> Option<&[u8]> {
+    let mut pos = 0;
+    read_cstr(body, &mut pos)?;
+    body.get(pos..)
+}
+
 /// Reads a big-endian i32 at `*pos`, advancing past it.
 pub fn read_i32(body: &[u8], pos: &mut usize) -> Option<i32> {
     let bytes = body.get(*pos..*pos + 4)?;

@@ -7,10 +7,18 @@ use super::replicas::{Replicas, NO_FAILOVER};
 use crate::backend::Target;
 use std::sync::atomic::Ordering;
 
-/// The monitor's verdict after a round: which server takes the writes. `primary_timeline` is
-/// None when the configured primary could not be read as a primary (down, or in recovery). A
-/// replica promoted while the primary is fine changes nothing but its exclusion from reads.
-pub fn decide(set: &Replicas, primary: &Target, primary_timeline: Option<u32>) {
+// A method of the set, so that `replicas` calls it without importing this file.
+impl Replicas {
+    /// The monitor's verdict after a round: which server takes the writes. `primary_timeline`
+    /// is None when the configured primary could not be read as a primary (down, or in
+    /// recovery). A replica promoted while the primary is fine changes nothing but its
+    /// exclusion from reads.
+    pub fn decide_writes(&self, primary: &Target, primary_timeline: Option<u32>) {
+        decide(self, primary, primary_timeline)
+    }
+}
+
+fn decide(set: &Replicas, primary: &Target, primary_timeline: Option<u32>) {
     // The promoted replica on the highest timeline.
     let promoted = set
         .list

@@ -314,7 +314,7 @@ async fn run(weak: Weak<Replicas>) {
             let result = probe.row(&credentials, REPLICA_SQL, limit).await;
             judge(replica, result, known_primary, writing, &settings, &set.database);
         }
-        super::failover::decide(&set, &primary.target, primary_timeline);
+        set.decide_writes(&primary.target, primary_timeline);
     }
 }
 
