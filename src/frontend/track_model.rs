@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::protocol::frame::test_frame as frame;
+use proptest::prelude::*;
 use std::collections::VecDeque;
 
 /// What a Query or Execute does on the server.
@@ -132,44 +133,38 @@ fn server_frame(tag: u8) -> Vec<u8> {
     frame(tag, body)
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
+fn run() -> impl Strategy<Value = Run> {
+    prop_oneof![Just(Run::Rows), Just(Run::Copy), Just(Run::Fails)]
 }
 
-fn message(rng: &mut Rng) -> Msg {
-    let run = |rng: &mut Rng| [Run::Rows, Run::Copy, Run::Fails][rng.below(3)];
-    match rng.below(15) {
-        0 | 1 => Msg::Query(run(rng)),
-        2 => Msg::Parse { ok: rng.below(4) > 0 },
-        3 => Msg::Bind,
-        4 => Msg::Describe,
-        5 => Msg::Close,
-        6 | 7 => Msg::Execute(run(rng)),
-        8 | 9 => Msg::Sync,
-        10 => Msg::Flush,
-        11 => Msg::Call,
-        12 => Msg::CopyData { ok: rng.below(4) > 0 },
-        13 => Msg::CopyDone,
-        _ => Msg::CopyFail,
-    }
+fn message() -> impl Strategy<Value = Msg> {
+    prop_oneof![
+        2 => run().prop_map(Msg::Query),
+        1 => (0..4u8).prop_map(|n| Msg::Parse { ok: n > 0 }),
+        1 => Just(Msg::Bind),
+        1 => Just(Msg::Describe),
+        1 => Just(Msg::Close),
+        2 => run().prop_map(Msg::Execute),
+        2 => Just(Msg::Sync),
+        1 => Just(Msg::Flush),
+        1 => Just(Msg::Call),
+        1 => (0..4u8).prop_map(|n| Msg::CopyData { ok: n > 0 }),
+        1 => Just(Msg::CopyDone),
+        1 => Just(Msg::CopyFail),
+    ]
 }
 
 /// One sequence in one interleaving: Err when the scan let the server go while it still owed
-/// answers.
-fn play(msgs: &[Msg], rng: &mut Rng) -> Result<(), String> {
+/// answers. `steps` picks, turn by turn, among what can happen next (the client sends, the
+/// server answers, pgmux reads an answer); past its end the first of them happens.
+fn play(msgs: &[Msg], steps: &[u8]) -> Result<(), String> {
     let mut t = Tracker::default();
     let mut scan = ServerScan::default();
     let mut server = Server(Mode::Normal);
     let mut sent: VecDeque<Msg> = VecDeque::new();
     let mut answers: VecDeque<u8> = VecDeque::new();
     let mut next = 0;
+    let mut steps = steps.iter();
     loop {
         let mut can = Vec::new();
         if next < msgs.len() {
@@ -181,7 +176,8 @@ fn play(msgs: &[Msg], rng: &mut Rng) -> Result<(), String> {
         if !answers.is_empty() {
             can.push(2);
         }
-        let Some(&step) = can.get(rng.below(can.len().max(1))) else {
+        let pick = steps.next().map_or(0, |&s| usize::from(s) % can.len().max(1));
+        let Some(&step) = can.get(pick) else {
             return Ok(());
         };
         match step {
@@ -219,20 +215,21 @@ fn play(msgs: &[Msg], rng: &mut Rng) -> Result<(), String> {
     }
 }
 
-#[test]
-fn the_count_never_lets_a_server_go_while_it_owes_answers() {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    for case in 0..40_000 {
-        let len = 1 + rng.below(10);
-        let msgs: Vec<Msg> = (0..len).map(|_| message(&mut rng)).collect();
-        if let Err(e) = play(&msgs, &mut rng) {
-            panic!("case {case}: {msgs:?}: {e}");
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(40_000))]
+    #[test]
+    fn the_count_never_lets_a_server_go_while_it_owes_answers(
+        msgs in proptest::collection::vec(message(), 1..=10),
+        steps in proptest::collection::vec(0..3u8, 0..60),
+    ) {
+        if let Err(e) = play(&msgs, &steps) {
+            return Err(TestCaseError::fail(e));
         }
     }
 }
 
 /// The sequences drivers send end with the server back in the pool (the count is not too
-/// high for them), whatever the interleaving.
+/// high for them), however their answers are split between reads.
 #[test]
 fn drivers_copy_sequences_release_the_server() {
     use Msg::*;
@@ -240,37 +237,38 @@ fn drivers_copy_sequences_release_the_server() {
     let libpq_fail = [Bind, Execute(Run::Copy), Sync, CopyData { ok: true }, CopyFail, Sync];
     let simple = [Query(Run::Copy), CopyData { ok: true }, CopyDone];
     let bad_data = [Bind, Execute(Run::Copy), Sync, CopyData { ok: false }, CopyDone, Sync];
-    let mut rng = Rng(7);
     for seq in [&libpq_extended[..], &libpq_fail, &simple, &bad_data] {
-        for _ in 0..200 {
+        // A driver waits for the CopyInResponse before its data: the first part goes, is
+        // answered and read, then the rest.
+        let split = seq
+            .iter()
+            .position(|m| matches!(m, CopyData { .. }))
+            .unwrap_or(seq.len());
+        // Bit i of `cuts`: a read ends after the i-th answer (a sequence has at most 8).
+        for cuts in 0..1u32 << 8 {
             let mut t = Tracker::default();
             let mut scan = ServerScan::default();
             let mut server = Server(Mode::Normal);
-            // A driver waits for the CopyInResponse before its data: the first part goes, is
-            // answered and read, then the rest.
-            let split = seq
-                .iter()
-                .position(|m| matches!(m, CopyData { .. }))
-                .unwrap_or(seq.len());
             let mut released = false;
+            let mut i = 0;
             for part in [&seq[..split], &seq[split..]] {
                 for m in part {
                     scan_client(&m.bytes(), 0, 1 << 20, &mut t).unwrap();
                 }
-                // Answers may be read a frame at a time or together: the count is the same.
                 let tags: Vec<u8> = part.iter().flat_map(|&m| server.answer(m)).collect();
                 let mut bytes = Vec::new();
                 for tag in tags {
                     bytes.extend(server_frame(tag));
-                    if rng.below(2) == 0 {
+                    if cuts & 1 << i != 0 {
                         released |=
                             scan.scan(&bytes, 0, &mut t, true, false, |_, _| {}).unwrap().1 == ServerStop::Release;
                         bytes.clear();
                     }
+                    i += 1;
                 }
                 released |= scan.scan(&bytes, 0, &mut t, true, false, |_, _| {}).unwrap().1 == ServerStop::Release;
             }
-            assert!(released && t.idle(), "{seq:?}: {t:?}");
+            assert!(released && t.idle(), "{seq:?}, cuts {cuts:#b}: {t:?}");
         }
     }
 }
