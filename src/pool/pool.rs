@@ -446,7 +446,7 @@ impl Pool {
             } else if !conn.is_quiet() {
                 self.discard(conn, "closed by the server", CloseReason::Broken);
             } else {
-                let check = now_us().saturating_sub(conn.idle_since_us) >= check_delay_us;
+                let check = idle_us(&conn) >= check_delay_us;
                 let generation = conn.generation;
                 match conn.rehome() {
                     Ok(conn) => return Some((conn, check)),
@@ -717,7 +717,13 @@ impl HotSettings {
 
 /// How long a connection has been idle, by the data path's clock.
 fn idle_for(conn: &ServerConn) -> Duration {
-    Duration::from_micros(now_us().saturating_sub(conn.idle_since_us))
+    Duration::from_micros(idle_us(conn))
+}
+
+/// `idle_for` in microseconds (the checkout's, without building a Duration).
+#[inline]
+fn idle_us(conn: &ServerConn) -> u64 {
+    now_us().saturating_sub(conn.idle_since_us)
 }
 
 impl Drop for Pool {
